@@ -1,0 +1,17 @@
+"""Errors a user can fix. The CLIs print them in one line, without a traceback."""
+
+
+class XjaxError(Exception):
+  """Base class: the message says what is wrong and what to do about it."""
+
+
+class ConfigError(XjaxError):
+  """An unknown name (dataset, model, optimizer) or an invalid config value."""
+
+
+class DataNotFoundError(XjaxError):
+  """A dataset is not where it was looked for; the message names the files and the place."""
+
+
+class CheckpointMismatchError(XjaxError):
+  """A checkpoint in the workdir does not fit the model the config builds."""
