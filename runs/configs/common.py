@@ -1,0 +1,26 @@
+"""The config every training run starts from; dataset configs change what differs."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "run"
+  c.seed = 0
+  c.data = ml_collections.ConfigDict(dict(
+      name="shapes", data_dir=ml_collections.FieldReference(None, field_type=str),
+      batch_size=128, eval_batch_size=256, normalization="unit", validation_fraction=0.1,
+      augmentation=dict(flip=False, shift=0), options={}, num_threads=2,
+      fields=("image", "label")))
+  c.model = ml_collections.ConfigDict(dict(name="cnn_cifar10"))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adam", learning_rate=1e-3, momentum=0.9, nesterov=False, weight_decay=0.0,
+      schedule="constant", decay_every_epochs=2, decay_factor=0.1))
+  c.losses = ml_collections.ConfigDict({"cross_entropy": {"weight": 1.0}})
+  c.train = ml_collections.ConfigDict(dict(
+      epochs=10, log_every_steps=50, checkpoint_every_steps=500, early_stopping_patience=3))
+  # The paper's numbers, shown beside ours in results.md (None where the paper has none).
+  c.paper = ml_collections.ConfigDict({"test_accuracy": ml_collections.FieldReference(None, field_type=float)})
+  return c

@@ -1,0 +1,114 @@
+"""Orbax checkpoints of a run: the train state, the data iterator's position and the loop's state.
+
+`workdir/checkpoints/latest/<step>/` holds what a restarted run resumes from (the newest two are
+kept); `workdir/checkpoints/best/<step>/` the train state with the lowest validation loss so far,
+which the final test evaluation and later analyses (`load_variables`) use. Saves are atomic (orbax
+writes to a temporary folder and renames it), so a run killed mid-save leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from xjax.errors import CheckpointMismatchError
+from xjax.train.state import TrainState
+
+
+def _shape_tree(tree) -> dict[str, tuple]:
+  """`{"params/conv1/kernel": shape, ...}` of a pytree of arrays or orbax metadata."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+          for path, leaf in flat if hasattr(leaf, "shape")}
+
+
+def check_fits(expected: Any, saved_metadata: Any, where: Path) -> None:
+  """Raises `CheckpointMismatchError` listing the arrays whose names or shapes differ."""
+  want, have = _shape_tree(expected), _shape_tree(saved_metadata)
+  missing = sorted(set(want) - set(have))
+  unexpected = sorted(set(have) - set(want))
+  wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+  if not (missing or unexpected or wrong):
+    return
+  lines = [f"The checkpoint in {where} does not fit the model of this config."]
+  lines += [f"  {k}: checkpoint {have[k]}, model {want[k]}" for k in wrong[:10]]
+  lines += [f"  only in the model: {k}" for k in missing[:5]]
+  lines += [f"  only in the checkpoint: {k}" for k in unexpected[:5]]
+  lines.append("Use a new --workdir, or the config this workdir was trained with "
+               "(saved in its config.json).")
+  raise CheckpointMismatchError("\n".join(lines))
+
+
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class RunCheckpoints:
+  """The `latest` and `best` checkpoint managers of one workdir."""
+
+  def __init__(self, workdir: str | Path, max_to_keep: int = 2):
+    root = Path(workdir).absolute() / "checkpoints"
+    self.latest_dir, self.best_dir = root / "latest", root / "best"
+    self.latest = ocp.CheckpointManager(
+        self.latest_dir, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    self.best = ocp.CheckpointManager(
+        self.best_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def save(self, state: TrainState, data_state: dict, loop_state: dict) -> None:
+    """Saves the state and the positions of the data iterator and the loop at `state.step`."""
+    step = int(jax.device_get(state.step))
+    self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        loop=ocp.args.JsonSave(loop_state)), force=True)
+
+  def save_best(self, state: TrainState, metrics: dict) -> None:
+    step = int(jax.device_get(state.step))
+    self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), metrics=ocp.args.JsonSave(metrics)), force=True)
+
+  def restore(self, like: TrainState) -> tuple[TrainState, dict, dict]:
+    """The newest `latest` checkpoint, restored with the shardings of `like`."""
+    step = self.latest.latest_step()
+    check_fits(like, self.latest.item_metadata(step)["state"], self.latest_dir / str(step))
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(like)), data=ocp.args.JsonRestore(),
+        loop=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"], restored["loop"]
+
+  def restore_best(self, like: TrainState) -> TrainState | None:
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    check_fits(like, self.best.item_metadata(step)["state"], self.best_dir / str(step))
+    return self.best.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(like))))["state"]
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def load_params(workdir: str | Path, which: str = "best") -> dict[str, np.ndarray]:
+  """The raw saved train state of a workdir (`best`, else `latest`) as nested numpy arrays."""
+  root = Path(workdir).absolute() / "checkpoints"
+  for name in ((which, "latest") if which == "best" else (which,)):
+    manager = ocp.CheckpointManager(root / name)
+    step = manager.latest_step()
+    if step is not None:
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      manager.close()
+      return jax.device_get(restored["state"])
+    manager.close()
+  raise CheckpointMismatchError(f"No checkpoint under {root}.")

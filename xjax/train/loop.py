@@ -1,0 +1,253 @@
+"""The training loop: one readable function from a config to a finished workdir.
+
+`train_and_evaluate(config, workdir)` trains `config.model` on `config.data` with the loss terms of
+`config.losses` and the optimizer of `config.optimizer`, data-parallel over all devices, evaluates
+on the validation split after every epoch (early stopping on its loss, as in Rieger 2018 sec. 5.1),
+and finally on the test split with the best parameters. The workdir (DESIGN.md principle 6):
+
+  config.json     the config, so that later tools can rebuild the model
+  checkpoints/    latest/ (resume) and best/ (lowest validation loss), orbax
+  metrics.jsonl   one JSON object per logged step and per epoch
+  results.json    the final numbers (test_accuracy, ...), results.md the same as a table
+  figures/        training_curves.png
+
+Started again in the same workdir, a run resumes from its latest checkpoint (parameters, optimizer
+state, step, RNG, data position, loop state) and ends with the same parameters as a run that was
+never interrupted. SIGTERM saves a checkpoint and stops (`Interrupted`).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from xjax.data import pipeline, registry
+from xjax.errors import ConfigError, XjaxError
+from xjax.nn import registry as models
+from xjax.plot.curves import plot_training_curves
+from xjax.train import checkpoint, report, sharding
+from xjax.train.losses import build_loss_terms
+from xjax.train.optim import make_optimizer
+from xjax.train.state import TrainState, create_train_state
+from xjax.train.step import compile_eval_step, compile_train_step, make_eval_step, make_train_step
+
+
+class Interrupted(XjaxError):
+  """SIGTERM arrived: a checkpoint was saved and the run stopped; run it again to resume."""
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop checks after each step (then saves and stops)."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def load_sources(data: ml_collections.ConfigDict, splits=("train", "validation", "test")):
+  """The sources of `config.data` by split."""
+  options = dict(data.get("options", {}))
+  return {split: registry.get_source(data.name, split, data_dir=data.get("data_dir"),
+                                     validation_fraction=data.get("validation_fraction", 0.1),
+                                     **options) for split in splits}
+
+
+def build_model(config: ml_collections.ConfigDict, info) -> Any:
+  """`config.model` with `num_classes` taken from the data when the config does not set it."""
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  kwargs.setdefault("num_classes", info.num_classes)
+  return models.get_model(config.model.name, **kwargs)
+
+
+def evaluate(eval_step: Callable, variables: dict, source, config, mesh) -> dict[str, float]:
+  """Mean loss and accuracy over every example of `source`."""
+  totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+  for batch in pipeline.eval_batches(
+      source, batch_size=config.data.eval_batch_size, normalization=config.data.normalization,
+      fields=("image", "label"), process_index=jax.process_index(),
+      process_count=jax.process_count()):
+    sums = jax.device_get(eval_step(variables, sharding.shard_batch(batch, mesh)))
+    for k in totals:
+      totals[k] += float(sums[k])
+  return {"loss": totals["loss_sum"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
+
+
+def _mean_metrics(rows: list[dict]) -> dict[str, float]:
+  rows = jax.device_get(rows)
+  return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Trains, validates every epoch, tests the best parameters; returns results.json's content."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  tc = config.train
+
+  # ---------------------------------------------------------------- mesh
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.data.batch_size, mesh)
+  sharding.check_batch_size(config.data.eval_batch_size, mesh, "eval batch size")
+
+  # ---------------------------------------------------------------- input
+  sources = load_sources(config.data)
+  info = sources["train"].info
+  augmentation = pipeline.Augmentation(**config.data.get("augmentation", {}))
+  train_data = pipeline.train_pipeline(
+      sources["train"], batch_size=config.data.batch_size, seed=config.seed,
+      normalization=config.data.normalization, augmentation=augmentation,
+      num_epochs=tc.epochs, fields=tuple(config.data.get("fields", ("image", "label"))),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_threads=config.data.get("num_threads", 2))
+  steps_per_epoch = train_data.steps_per_epoch
+  total_steps = tc.epochs * steps_per_epoch
+
+  # ---------------------------------------------------------------- model
+  model = build_model(config, info)
+  tx = make_optimizer(**config.optimizer, steps_per_epoch=steps_per_epoch, total_epochs=tc.epochs)
+  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), info.image_shape)
+  state = jax.device_put(state, sharding.replicated(mesh))
+
+  # ---------------------------------------------------------------- update step
+  terms = build_loss_terms(config.losses)
+  train_step = compile_train_step(make_train_step(model, tx, terms), mesh)
+  eval_step = compile_eval_step(make_eval_step(model), mesh)
+
+  # ---------------------------------------------------------------- checkpoint
+  ckpt = checkpoint.RunCheckpoints(workdir)
+  data_state, loop = None, {"history": [], "best_validation_loss": None, "best_epoch": None,
+                            "bad_epochs": 0, "stopped_early": False, "train_seconds": 0.0}
+  if ckpt.latest_step() is not None:
+    state, data_state, loop = ckpt.restore(state)
+    print(f"Resuming from step {int(state.step)} in {ckpt.latest_dir}.", flush=True)
+  elif is_main:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  start_step = int(jax.device_get(state.step))
+  writer = report.MetricWriter(workdir / "metrics.jsonl", resume_step=start_step) if is_main else None
+  iterator = train_data.iterator(data_state)
+
+  def save():
+    ckpt.save(state, iterator.get_state(), loop)
+
+  # ---------------------------------------------------------------- loop
+  step_metrics: list[dict] = []
+  loop.setdefault("epoch_logs", [])  # this epoch's logged train metrics, kept across a resume
+  started = time.time() - loop["train_seconds"]
+  bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+             disable=None if is_main else True, dynamic_ncols=True)
+  with _SigtermFlag() as sigterm:
+    step = start_step
+    while step < total_steps and not loop["stopped_early"]:
+      state, metrics = train_step(state, sharding.shard_batch(next(iterator), mesh))
+      step += 1
+      step_metrics.append(metrics)
+      bar.update(1)
+      if step % tc.log_every_steps == 0 or step % steps_per_epoch == 0:
+        logged = _mean_metrics(step_metrics)
+        loop["epoch_logs"].append(logged)
+        step_metrics = []
+        if not np.isfinite(logged["loss"]):
+          ckpt.wait()
+          raise XjaxError(f"The training loss became {logged['loss']} at step {step}; the last "
+                          f"good checkpoint is step {ckpt.latest_step()} in {ckpt.latest_dir}. "
+                          f"Lower the learning rate or check the data for NaNs.")
+        bar.set_postfix(loss=f"{logged['loss']:.4f}", acc=f"{logged['accuracy']:.3f}")
+        if writer:
+          writer.write(step, {"epoch": step / steps_per_epoch,
+                              **{f"train/{k}": v for k, v in logged.items()}})
+      if step % steps_per_epoch == 0:
+        epoch = step // steps_per_epoch
+        val = evaluate(eval_step, state.variables, sources["validation"], config, mesh)
+        logs = loop.pop("epoch_logs")
+        loop["epoch_logs"] = []
+        train_means = {k: float(np.mean([m[k] for m in logs])) for k in logs[0]}
+        loop["history"].append({"epoch": epoch, "step": step, "train_loss": train_means["loss"],
+                                "train_accuracy": train_means["accuracy"],
+                                "validation_loss": val["loss"], "validation_accuracy": val["accuracy"]})
+        best = loop["best_validation_loss"]
+        if best is None or val["loss"] < best:
+          loop.update(best_validation_loss=val["loss"], best_epoch=epoch, bad_epochs=0)
+          ckpt.save_best(state, {"epoch": epoch, **val})
+        else:
+          loop["bad_epochs"] += 1
+          patience = tc.get("early_stopping_patience")
+          if patience and loop["bad_epochs"] >= patience:
+            loop["stopped_early"] = True
+        if writer:
+          writer.write(step, {"epoch": epoch, **{f"validation/{k}": v for k, v in val.items()}})
+        tqdm.write(f"epoch {epoch}: train loss {train_means['loss']:.4f} acc "
+                   f"{train_means['accuracy']:.4f} | validation loss {val['loss']:.4f} acc "
+                   f"{val['accuracy']:.4f}")
+      if step % steps_per_epoch == 0 or step % tc.checkpoint_every_steps == 0 or sigterm.raised:
+        loop["train_seconds"] = time.time() - started
+        save()
+      if sigterm.raised:
+        ckpt.wait()
+        bar.close()
+        raise Interrupted(f"SIGTERM: saved step {step} in {ckpt.latest_dir}; run the same "
+                          f"command again to resume.")
+  bar.close()
+  if int(jax.device_get(state.step)) != (ckpt.latest_step() or -1):
+    save()
+  ckpt.wait()
+
+  # ---------------------------------------------------------------- final evaluation
+  best_state = ckpt.restore_best(state) or state
+  test = evaluate(eval_step, best_state.variables, sources["test"], config, mesh)
+  ckpt.close()
+  history = loop["history"]
+  results = {
+      "name": config.get("name", config.data.name), "test_accuracy": test["accuracy"],
+      "test_loss": test["loss"], "best_validation_loss": loop["best_validation_loss"],
+      "best_validation_accuracy": next((h["validation_accuracy"] for h in history
+                                        if h["epoch"] == loop["best_epoch"]), None),
+      "best_epoch": loop["best_epoch"], "epochs_completed": len(history),
+      "stopped_early": loop["stopped_early"], "steps": int(jax.device_get(state.step)),
+      "train_seconds": loop["train_seconds"], "num_devices": mesh.size,
+      "num_params": models.count_params(state.params), "history": history,
+  }
+  if is_main:
+    report.write_json(workdir / "results.json", results)
+    (workdir / "results.md").write_text(
+        report.training_results_markdown(results, config.get("paper", None)))
+    if history:
+      plot_training_curves(history, workdir / "figures" / "training_curves.png",
+                           title=f"{results['name']}: {config.model.name}")
+  print(json.dumps({"test_accuracy": round(test["accuracy"], 4), "test_loss": round(test["loss"], 4),
+                    "workdir": str(workdir)}), flush=True)
+  return results
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails early, with the key's name, on the config values that would fail late."""
+  for key in ("data", "model", "optimizer", "train", "losses"):
+    if key not in config:
+      raise ConfigError(f"The config has no section {key!r}.")
+  if config.train.epochs < 1:
+    raise ConfigError(f"train.epochs must be >= 1, got {config.train.epochs}.")
+  if config.data.normalization not in pipeline.NORMALIZATIONS:
+    raise ConfigError(f"Unknown data.normalization {config.data.normalization!r}; expected one of "
+                      f"{pipeline.NORMALIZATIONS}.")
