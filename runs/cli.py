@@ -26,9 +26,29 @@ def run(main: Callable[..., object]) -> None:
     if _CONFIG.value is None or _WORKDIR.value is None:
       raise app.UsageError("Both --config and --workdir are required.")
     try:
-      main(_CONFIG.value, _WORKDIR.value)
+      config = _CONFIG.value
+      "name" in config  # a config file that failed to load raises here, not at parse time
+    except OSError as e:
+      print(f"error: cannot load --config: {str(e).strip().splitlines()[-1].strip()}",
+            file=sys.stderr, flush=True)
+      sys.exit(2)
+    try:
+      main(config, _WORKDIR.value)
     except XjaxError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(143 if type(e).__name__ == "Interrupted" else 2)
 
-  app.run(absl_main)
+  app.run(absl_main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with config errors (unknown keys, bad values) as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    # ml_collections wraps the config file's own exception (with its traceback) in the message:
+    # its last line is the part a user needs, e.g. `Did you mean "epochs" instead of "epochz"?`.
+    lines = [line for line in str(e).replace("\\n", "\n").splitlines() if line.strip()]
+    print(f"error: bad --config or flag: {lines[-1].strip(chr(39)) if lines else e!r}",
+          file=sys.stderr, flush=True)
+    sys.exit(2)

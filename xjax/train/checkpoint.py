@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from xjax.errors import CheckpointMismatchError
+from xjax.errors import CheckpointMismatchError, XjaxError
 from xjax.train.state import TrainState
 
 
@@ -55,9 +55,13 @@ class RunCheckpoints:
     root = Path(workdir).absolute() / "checkpoints"
     self.latest_dir, self.best_dir = root / "latest", root / "best"
     self.latest = ocp.CheckpointManager(
-        self.latest_dir, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        self.latest_dir, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler(), "loop": ocp.JsonCheckpointHandler()})
     self.best = ocp.CheckpointManager(
-        self.best_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+        self.best_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "metrics": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -100,15 +104,24 @@ class RunCheckpoints:
     self.best.close()
 
 
-def load_params(workdir: str | Path, which: str = "best") -> dict[str, np.ndarray]:
-  """The raw saved train state of a workdir (`best`, else `latest`) as nested numpy arrays."""
+def load_params(workdir: str | Path, which: str = "best") -> dict[str, Any]:
+  """The saved train state of a workdir (`best`, else `latest`) as numpy arrays.
+
+  Restored onto this process's first device whatever topology saved it, so a model trained on
+  several GPUs can be analysed on a laptop.
+  """
   root = Path(workdir).absolute() / "checkpoints"
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   for name in ((which, "latest") if which == "best" else (which,)):
-    manager = ocp.CheckpointManager(root / name)
+    manager = ocp.CheckpointManager(root / name,
+                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
     step = manager.latest_step()
     if step is not None:
-      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            manager.item_metadata(step)["state"].tree)
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))
       manager.close()
       return jax.device_get(restored["state"])
     manager.close()
-  raise CheckpointMismatchError(f"No checkpoint under {root}.")
+  raise XjaxError(f"No checkpoint under {root}: train a model in this workdir first.")

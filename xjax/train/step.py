@@ -50,7 +50,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, **{f"loss/{k}": v for k, v in values.items()},
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
     return new_state, metrics

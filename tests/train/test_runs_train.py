@@ -1,0 +1,124 @@
+"""`python -m runs.train` end to end, in subprocesses: workdir, SIGKILL + resume, 4 devices, errors.
+
+The same tiny shapes run (2 epochs of 16 steps) is trained three ways; their final parameters must
+agree: interrupted by a real SIGKILL right after its second checkpoint (mid-epoch) and started
+again, and on 4 (virtual CPU) devices with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from xjax.train.checkpoint import load_params
+
+TINY = ["--config=runs/configs/shapes.py:smoke", "--config.data.options.num_examples=512",
+        "--config.data.batch_size=32", "--config.data.eval_batch_size=64", "--config.train.epochs=2",
+        "--config.train.checkpoint_every_steps=5", "--config.train.log_every_steps=4"]
+# Runs runs.train, but SIGKILLs the process as soon as its second checkpoint is on disk.
+KILL_AFTER_SECOND_SAVE = """
+import os, signal, sys
+from xjax.train import checkpoint
+save = checkpoint.RunCheckpoints.save
+def save_then_die(self, *args):
+  save(self, *args)
+  self.latest.wait_until_finished()
+  if len(self.latest.all_steps()) >= 2:
+    os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.RunCheckpoints.save = save_then_die
+from runs import cli, train
+sys.argv = ["runs.train"] + sys.argv[1:]
+cli.run(train.main)
+"""
+
+
+def _train(workdir, *extra, devices: int = 1, code: str | None = None):
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu"}
+  head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "runs.train"]
+  return subprocess.run([*head, *TINY, f"--workdir={workdir}", *extra], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _params(workdir):
+  return load_params(workdir, "latest")["params"]
+
+
+def _assert_trees_close(a, b, **tolerance):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tolerance), a, b)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("plain")
+  result = _train(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_workdir_has_everything_a_run_promises(plain):
+  results = json.loads((plain / "results.json").read_text())
+  assert 0.0 <= results["test_accuracy"] <= 1.0 and results["steps"] == 32
+  assert results["epochs_completed"] == 2 and len(results["history"]) == 2
+  assert "test_accuracy" in (plain / "results.md").read_text()
+  assert (plain / "figures" / "training_curves.png").stat().st_size > 1000
+  assert json.loads((plain / "config.json").read_text())["model"]["name"] == "cnn_fashion"
+  rows = [json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "validation/loss" in r] == [16, 32]
+  assert sorted(p.name for p in (plain / "checkpoints").iterdir()) == ["best", "latest"]
+
+
+def test_sigkill_then_resume_gives_the_same_parameters(plain, tmp_path):
+  killed = _train(tmp_path, code=KILL_AFTER_SECOND_SAVE)
+  assert killed.returncode == -9, killed.stderr[-3000:]
+  assert not (tmp_path / "results.json").exists()
+  resumed = _train(tmp_path)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resuming from step 10" in resumed.stdout
+  _assert_trees_close(_params(tmp_path), _params(plain), rtol=1e-6, atol=1e-7)
+  # metrics.jsonl reads as one uninterrupted run: the same rows, none twice.
+  read = lambda w: [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in read(tmp_path)] == [r["step"] for r in read(plain)]
+  a, b = json.loads((tmp_path / "results.json").read_text()), json.loads((plain / "results.json").read_text())
+  assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
+  assert a["history"][1]["train_loss"] == pytest.approx(b["history"][1]["train_loss"], rel=1e-5)
+
+
+def test_four_devices_give_the_same_parameters_as_one(plain, tmp_path):
+  result = _train(tmp_path, devices=4)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((tmp_path / "results.json").read_text())["num_devices"] == 4
+  _assert_trees_close(_params(tmp_path), _params(plain), rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_that_does_not_fit_the_model_is_a_clear_error(plain, tmp_path):
+  import shutil
+  shutil.copytree(plain / "checkpoints", tmp_path / "checkpoints")
+  result = _train(tmp_path, "--config.model.name=mlp")
+  assert result.returncode == 2
+  assert "does not fit the model" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.data.name=imagenet", "error: Unknown dataset 'imagenet'"),
+    ("--config.model.name=alexnet", "error: Unknown model"),
+    ("--config.optimizer.name=lbfgs", "error: Unknown optimizer 'lbfgs'"),
+])
+def test_unknown_names_are_one_line_errors(tmp_path, override, message):
+  result = _train(tmp_path, override)
+  assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+  result = _train(tmp_path, "--config.train.epochz=3")
+  assert result.returncode != 0 and "epochz" in result.stderr
+  assert "Traceback" not in result.stderr
