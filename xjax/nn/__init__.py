@@ -1,0 +1,30 @@
+"""Models: Flax modules returning `(logits, intermediates)`, and a registry of them by name.
+
+The contract: `model.apply(variables, x, train=False, rngs={"dropout": key})` on float32 NHWC
+images returns `(logits, intermediates)`; `intermediates["features"]` is the input of the final
+classification layer and, for conv nets, `intermediates["conv_maps"]` the last convolutional
+activation before pooling/flatten. `num_classes=None` drops the classifier (`logits` = features).
+"""
+
+from xjax.nn.cnn import MLP, CNNCifar10, CNNFashion, CNNMnist, SumPoolCNN, sum_pool
+from xjax.nn.registry import MODELS, count_params, get_model, init_variables, logits_fn
+from xjax.nn.resnet import BasicBlock, ResNet18
+from xjax.nn.vgg import VGG, VGG_CONFIGS
+
+__all__ = [
+    "MLP",
+    "MODELS",
+    "VGG",
+    "VGG_CONFIGS",
+    "BasicBlock",
+    "CNNCifar10",
+    "CNNFashion",
+    "CNNMnist",
+    "ResNet18",
+    "SumPoolCNN",
+    "count_params",
+    "get_model",
+    "init_variables",
+    "logits_fn",
+    "sum_pool",
+]

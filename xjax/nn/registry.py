@@ -1,0 +1,85 @@
+"""Models by name, and the few helpers every caller of a model needs."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xjax.errors import ConfigError
+from xjax.nn.cnn import MLP, CNNCifar10, CNNFashion, CNNMnist, SumPoolCNN
+from xjax.nn.resnet import ResNet18
+from xjax.nn.vgg import VGG
+
+MODELS: dict[str, type] = {
+    "cnn_cifar10": CNNCifar10,
+    "cnn_fashion": CNNFashion,
+    "cnn_mnist": CNNMnist,
+    "sumpool_cnn": SumPoolCNN,
+    "mlp": MLP,
+    "resnet18": ResNet18,
+    "vgg": VGG,
+}
+
+_FLAX_FIELDS = ("parent", "name")
+
+
+def model_fields(cls: type) -> tuple[str, ...]:
+  """The settable fields of a model class (its dataclass fields, less flax's own)."""
+  return tuple(f.name for f in dataclasses.fields(cls) if f.init and f.name not in _FLAX_FIELDS)
+
+
+def _freeze(value: Any) -> Any:
+  """Lists (as configs give them) to tuples, so module fields stay hashable."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_freeze(v) for v in value)
+  return value
+
+
+def get_model(name: str, **kwargs: Any) -> nn.Module:
+  """The model registered as `name`, built with `kwargs` as its fields.
+
+  Raises:
+    ConfigError: for an unknown name, an unknown field, or a value the model rejects.
+  """
+  if name not in MODELS:
+    raise ConfigError(f"Unknown model {name!r}; known models: {', '.join(sorted(MODELS))}.")
+  cls = MODELS[name]
+  fields = model_fields(cls)
+  unknown = sorted(set(kwargs) - set(fields))
+  if unknown:
+    raise ConfigError(f"Unknown field(s) {', '.join(map(repr, unknown))} for model {name!r} "
+                      f"({cls.__name__}); valid fields: {', '.join(fields)}.")
+  try:
+    return cls(**{k: _freeze(v) for k, v in kwargs.items()})
+  except TypeError as e:
+    raise ConfigError(f"Cannot build model {name!r} from {kwargs}: {e}") from e
+
+
+def init_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, ...]) -> dict:
+  """Fresh variables of `model` for inputs of shape `image_shape` (no batch axis), e.g. (32, 32, 3).
+
+  Returns `{"params": ...}`, plus `"batch_stats"` for models with batch norm. Initialised in
+  eval mode (no dropout rng needed) on a batch of one, under `jax.jit`.
+  """
+  x = jnp.zeros((1, *image_shape), jnp.float32)
+  variables = jax.jit(lambda r, x: model.init(r, x, train=False))(rng, x)
+  return dict(variables)
+
+
+def logits_fn(model: nn.Module) -> Callable[[dict, jax.Array], jax.Array]:
+  """The pure inference function `(variables, x) -> logits` (eval mode: no dropout, running BN)."""
+
+  def apply(variables: dict, x: jax.Array) -> jax.Array:
+    return model.apply(variables, x, train=False)[0]
+
+  return apply
+
+
+def count_params(params: Any) -> int:
+  """The number of scalars in a pytree of arrays (or of `jax.ShapeDtypeStruct`s)."""
+  return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,85 @@
+"""VGG-style networks for small images (Simonyan & Zisserman 2015)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xjax.errors import ConfigError
+
+Array = jax.Array
+
+# Channels of the 3x3 convolutions, "M" = 2x2 max pooling (Simonyan & Zisserman 2015, Table 1).
+VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
+              "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512,
+              512, 512, 512, "M"),
+}
+
+
+def resolve_config(config: str | tuple[int | str, ...]) -> tuple[int | str, ...]:
+  """The layer list of a named VGG config, or `config` itself after checking it."""
+  if isinstance(config, str):
+    if config not in VGG_CONFIGS:
+      raise ConfigError(f"Unknown VGG config {config!r}; expected one of {tuple(VGG_CONFIGS)} or a "
+                        "tuple of channel counts and 'M'.")
+    return VGG_CONFIGS[config]
+  layers = tuple(config)
+  if not any(isinstance(v, int) for v in layers) or not all(
+      v == "M" or (isinstance(v, int) and v > 0) for v in layers):
+    raise ConfigError(f"Invalid VGG config {config!r}: expected positive channel counts and 'M' "
+                      "(max pooling), with at least one convolution.")
+  return layers
+
+
+class VGG(nn.Module):
+  """VGG of Simonyan & Zisserman, "Very deep convolutional networks..." (ICLR 2015), small images.
+
+  3x3 'SAME' convolutions (with bias) + ReLU, optionally batch norm before the ReLU
+  (`batch_norm=True`; momentum 0.9, epsilon 1e-5), 2x2 max pooling at each "M" of `config`; then
+  flatten, `dense` hidden layers with ReLU + dropout, and a Dense classifier. On 32x32 inputs the
+  five pools of the named configs leave a 1x1x512 map, so the flatten is 512 wide.
+
+  Names: "conv1", "conv2", ... (and "bn1", ...), "dense1", ..., "classifier". Intermediates:
+  "conv_maps" (ReLU output of the last convolution, before the trailing pooling) and "features"
+  (the input of the classifier, after the last dropout).
+  """
+
+  config: str | tuple = "vgg11"
+  num_classes: int | None = 10
+  batch_norm: bool = False
+  dense: tuple[int, ...] = (512, 512)
+  dropout_rate: float = 0.5
+
+  def __post_init__(self) -> None:
+    resolve_config(self.config)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
+    x = jnp.asarray(x, jnp.float32)
+    intermediates = {}
+    num_convs = 0
+    for v in resolve_config(self.config):
+      if v == "M":
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        continue
+      num_convs += 1
+      x = nn.Conv(v, (3, 3), padding=((1, 1), (1, 1)), name=f"conv{num_convs}")(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         name=f"bn{num_convs}")(x)
+      x = nn.relu(x)
+      intermediates["conv_maps"] = x
+    x = x.reshape((x.shape[0], -1))
+    for i, units in enumerate(self.dense):
+      x = nn.relu(nn.Dense(units, name=f"dense{i + 1}")(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    intermediates["features"] = x
+    if self.num_classes is None:
+      return x, intermediates
+    return nn.Dense(self.num_classes, name="classifier")(x), intermediates
