@@ -24,3 +24,26 @@ def base_config() -> ml_collections.ConfigDict:
   # The paper's numbers, shown beside ours in results.md (None where the paper has none).
   c.paper = ml_collections.ConfigDict({"test_accuracy": ml_collections.FieldReference(None, field_type=float)})
   return c
+
+
+def table1_config(dataset: str, model: str, paper_accuracy: float, variant: str = ""):
+  """A Table-1 network of Rieger 2018 on a TFDS dataset, with the paper's stopping rule.
+
+  The paper trains until the validation loss has not improved for three epochs (sec. 5.1).
+  [A] Adam 1e-3, batch 128 (spec/METHODS.md section 2). Variants: the default, and `quick`
+  (3 epochs, a check in minutes on a CPU).
+  """
+  c = base_config()
+  c.name = dataset
+  c.data.name = dataset
+  c.model.name = model
+  c.train.epochs = 30
+  c.train.early_stopping_patience = 3
+  c.train.log_every_steps = 100
+  c.train.checkpoint_every_steps = 1000
+  c.paper.test_accuracy = paper_accuracy  # Rieger 2018, Table 3 (baseline)
+  if variant == "quick":
+    c.train.epochs = 3
+  elif variant:
+    raise ValueError(f"Unknown variant {variant!r}; known: '' (default), 'quick'.")
+  return c

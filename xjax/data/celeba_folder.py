@@ -1,0 +1,203 @@
+"""CelebA read from a local folder in the original layout, without TFDS.
+
+CelebA: Liu, Luo, Wang & Tang, "Deep Learning Face Attributes in the Wild", ICCV 2015
+(http://mmlab.ie.cuhk.edu.hk/projects/CelebA.html). The layout under `root`, as distributed:
+
+  img_align_celeba/NNNNNN.jpg      aligned and cropped faces, 178x218 (W x H); any uniform
+                                   downscale works, e.g. the 89x109 offline subset
+  list_attr_celeba.txt             line 1: count; line 2: the 40 attribute names;
+                                   then `NNNNNN.jpg` and 40 values in {-1, 1}
+  list_landmarks_align_celeba.txt  optional; line 1: count; line 2: `lefteye_x lefteye_y ...`;
+                                   then `NNNNNN.jpg` and 10 ints, in pixels of the 178x218 image
+  list_eval_partition.txt          optional; `NNNNNN.jpg 0|1|2` = train / validation / test
+
+Line endings may be LF or CRLF. Rows whose image file is missing are skipped. Without
+list_eval_partition.txt the kept rows are split by their order in list_attr_celeba.txt: the first
+80% train, the next 10% validation, the last 10% test (CelebA's official partition is also by file
+number: 162770 / 19867 / 19962 of 202599).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+
+from xjax.data import image_ops
+from xjax.data.source import DatasetInfo
+from xjax.errors import ConfigError, DataNotFoundError
+
+SPLITS = ("train", "validation", "test", "all")
+LANDMARK_NAMES = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
+# Size (H, W) of the aligned images that the landmark coordinates refer to.
+ALIGNED_SIZE = (218, 178)
+_LAYOUT = ("img_align_celeba/NNNNNN.jpg, list_attr_celeba.txt, and optionally "
+           "list_landmarks_align_celeba.txt and list_eval_partition.txt")
+
+
+def _read_lines(path: pathlib.Path) -> list[str]:
+  return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_table(path: pathlib.Path, width: int | None) -> tuple[list[str], dict[str, list[int]]]:
+  """Parses a CelebA list file with a count line and a header: (header names, {file: values})."""
+  lines = _read_lines(path)
+  if len(lines) < 2:
+    raise DataNotFoundError(f"{path} is malformed: expected a count line, a header line and rows")
+  names = lines[1].split()
+  width = len(names) if width is None else width
+  rows = {}
+  for num, line in enumerate(lines[2:], start=3):
+    parts = line.split()
+    if len(parts) != width + 1:
+      raise DataNotFoundError(f"{path} line {num} is malformed: expected a file name and {width} "
+                              f"values, got {line!r}")
+    rows[parts[0]] = [int(v) for v in parts[1:]]
+  return names, rows
+
+
+def _read_partition(path: pathlib.Path) -> dict[str, int]:
+  out = {}
+  for num, line in enumerate(_read_lines(path), start=1):
+    parts = line.split()
+    if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+      raise DataNotFoundError(f"{path} line {num} is malformed: expected `NNNNNN.jpg 0|1|2`, "
+                              f"got {line!r}")
+    out[parts[0]] = int(parts[1])
+  return out
+
+
+class CelebAFolder:
+  """A split of CelebA read from `root` (module docstring), with PIL and an optional decoded cache.
+
+  Fields (xjax.data.source): image, label, index, attributes (n, 40) int8 in {0, 1} (the file's
+  -1 -> 0), and keypoints (n, 5, 2) + keypoints_visible when the landmarks file exists: the 5
+  landmarks (x, y) in pixels of the returned image. CelebA has no classes: label is 0 with
+  num_classes 1, unless `label_attribute` makes one attribute the (binary) label.
+
+  Args:
+    root: the CelebA folder.
+    split: "train", "validation", "test", or "all".
+    image_size: (H, W) to resize the images to; None keeps the files' size (which must be uniform).
+    label_attribute: an attribute name, e.g. "Young" (XNet's task): label = that attribute,
+      num_classes 2, class_names ("not_<name>", "<name>").
+    cache: keep decoded images in memory after their first read; default: on when the split's
+      decoded images take less than 1 GiB.
+  """
+
+  def __init__(self, root: str | os.PathLike, split: str, *,
+               image_size: tuple[int, int] | None = None, label_attribute: str | None = None,
+               cache: bool | None = None):
+    self.root = pathlib.Path(root).expanduser()
+    if split not in SPLITS:
+      raise ConfigError(f"unknown CelebA split {split!r}; splits: {', '.join(SPLITS)}")
+    self.split = split
+    image_dir = self.root / "img_align_celeba"
+    attr_path = self.root / "list_attr_celeba.txt"
+    missing = [p.name for p in (image_dir, attr_path) if not p.exists()]
+    if missing:
+      raise DataNotFoundError(f"CelebA folder {self.root} lacks {', '.join(missing)}; expected "
+                              f"under root: {_LAYOUT}")
+    names, attrs = _read_table(attr_path, None)
+    self.attribute_names = tuple(names)
+    present = set(os.listdir(image_dir))
+    files = [f for f in attrs if f in present]  # dicts keep the file's row order
+    if not files:
+      raise DataNotFoundError(f"no image of {attr_path.name} found in {image_dir}; expected under "
+                              f"root: {_LAYOUT}")
+    partition_path = self.root / "list_eval_partition.txt"
+    if partition_path.exists():
+      partition = _read_partition(partition_path)
+      files = [f for f in files if f in partition]
+      part_of = np.array([partition[f] for f in files], dtype=np.int64)
+    else:
+      n = len(files)
+      part_of = np.full(n, 2, dtype=np.int64)
+      part_of[: int(0.9 * n)] = 1
+      part_of[: int(0.8 * n)] = 0
+    if split != "all":
+      files = [f for f, p in zip(files, part_of) if p == SPLITS.index(split)]
+    self.files = tuple(files)
+    self._attributes = (np.array([attrs[f] for f in files], dtype=np.int64)
+                        .reshape(len(files), len(names)) > 0).astype(np.int8)
+
+    landmarks_path = self.root / "list_landmarks_align_celeba.txt"
+    self._landmarks = None
+    if landmarks_path.exists():
+      _, marks = _read_table(landmarks_path, 2 * len(LANDMARK_NAMES))
+      lacking = [f for f in files if f not in marks]
+      if lacking:
+        raise DataNotFoundError(
+            f"{landmarks_path} has no row for {len(lacking)} images, e.g. {lacking[0]}")
+      self._landmarks = np.array([marks[f] for f in files], dtype=np.float32).reshape(
+          len(files), len(LANDMARK_NAMES), 2)
+
+    if label_attribute is None:
+      self._labels = np.zeros(len(files), dtype=np.int32)
+      num_classes, class_names = 1, ()
+    else:
+      column = self.attribute_index(label_attribute)
+      self._labels = self._attributes[:, column].astype(np.int32)
+      num_classes, class_names = 2, (f"not_{label_attribute}", label_attribute)
+    self.label_attribute = label_attribute
+
+    if image_size is None:
+      image_size = image_ops.image_size_of(image_dir / files[0]) if files else ALIGNED_SIZE
+      self._resize = False
+    else:
+      self._resize = True
+    self.image_size = (int(image_size[0]), int(image_size[1]))
+    shape = (*self.image_size, 3)
+    fields = ("image", "label", "index", "attributes")
+    if self._landmarks is not None:
+      fields += ("keypoints", "keypoints_visible")
+    self.info = DatasetInfo(
+        name="celeb_a", image_shape=shape, num_classes=num_classes, class_names=class_names,
+        attribute_names=self.attribute_names,
+        part_names=LANDMARK_NAMES if self._landmarks is not None else (), fields=fields)
+    self._cache = image_ops.ImageCache(len(files), shape,
+                                       image_ops.cache_enabled(cache, len(files), shape))
+
+  def attribute_index(self, name: str) -> int:
+    """The column of attribute `name` in `attributes`."""
+    if name not in self.attribute_names:
+      raise ConfigError(f"unknown CelebA attribute {name!r}; attributes: "
+                        f"{', '.join(self.attribute_names)}")
+    return self.attribute_names.index(name)
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def _load(self, i: int) -> np.ndarray:
+    path = self.root / "img_align_celeba" / self.files[i]
+    image = image_ops.load_rgb(path)
+    if self._resize:
+      return image_ops.resize_uint8(image, self.image_size)
+    if image.shape[:2] != self.image_size:
+      raise ConfigError(f"CelebA images in {path.parent} differ in size ({path.name} is "
+                        f"{image.shape[0]}x{image.shape[1]}, the first is {self.image_size[0]}x"
+                        f"{self.image_size[1]}); pass image_size=(H, W)")
+    return image
+
+  def read_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+      raise IndexError(f"indices out of range [0, {len(self)}) of CelebA {self.split}")
+    batch = {
+        "image": self._cache.get(indices, self._load),
+        "label": self._labels[indices],
+        "index": indices,
+        "attributes": self._attributes[indices],
+    }
+    if self._landmarks is not None:
+      # Landmarks are in pixels of the 178x218 aligned image, whatever the files' size.
+      h, w = self.image_size
+      scale = (w / ALIGNED_SIZE[1], h / ALIGNED_SIZE[0])
+      batch["keypoints"] = image_ops.transform_points(self._landmarks[indices], (0.0, 0.0), scale)
+      batch["keypoints_visible"] = np.ones(batch["keypoints"].shape[:2], dtype=bool)
+    return batch
+
+  def __repr__(self) -> str:
+    return (f"CelebAFolder({str(self.root)!r}, {self.split!r}, n={len(self)}, "
+            f"image_shape={self.info.image_shape}, label_attribute={self.label_attribute!r})")

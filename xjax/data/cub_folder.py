@@ -1,0 +1,229 @@
+"""Caltech-UCSD Birds-200-2011 (CUB) read from a local folder in the original layout, without TFDS.
+
+CUB: Wah, Branson, Welinder, Perona & Belongie, "The Caltech-UCSD Birds-200-2011 Dataset", Caltech
+technical report CNS-TR-2011-001 (https://www.vision.caltech.edu/datasets/cub_200_2011/). The layout
+under `root` (the extracted CUB_200_2011/ folder):
+
+  images/<class>/<name>.jpg     images of varying size
+  images.txt                    `<image_id> <class>/<name>.jpg`
+  image_class_labels.txt        `<image_id> <class_id>` (1..200)
+  train_test_split.txt          `<image_id> <is_training_image>` (1 train, 0 test)
+  bounding_boxes.txt            `<image_id> <x> <y> <width> <height>` in pixels
+  classes.txt                   `<class_id> <class_name>`
+  parts/parts.txt               `<part_id> <part name>` (15 parts; names with spaces); optional
+  parts/part_locs.txt           `<image_id> <part_id> <x> <y> <visible>` in pixels; optional
+
+Boxes and parts are in pixels of the original images; `annotation_scale` converts them to the
+pixels of the files at hand (0.25 for the offline subset, whose images were downscaled by 4). Rows
+whose image file is missing are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+
+from xjax.data import image_ops
+from xjax.data.source import DatasetInfo
+from xjax.errors import ConfigError, DataNotFoundError
+
+SPLITS = ("train", "test", "all")
+_REQUIRED = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt",
+             "classes.txt", "images")
+_LAYOUT = ("images/<class>/<name>.jpg, images.txt, image_class_labels.txt, train_test_split.txt, "
+           "bounding_boxes.txt, classes.txt, and optionally parts/parts.txt + parts/part_locs.txt")
+# The annotation_scale check: images sampled, tolerance, fraction of images allowed outside.
+_CHECK_SAMPLE, _CHECK_TOLERANCE, _CHECK_FRACTION = 256, 1.05, 0.05
+
+
+def _read_rows(path: pathlib.Path, maxsplit: int = -1) -> list[list[str]]:
+  return [line.split(maxsplit=maxsplit) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _nice_scale(scale: float) -> float:
+  """Snaps a suggested scale to the nearest power of two within 5%, else to 3 significant digits."""
+  power = 2.0 ** np.round(np.log2(scale))
+  return float(power) if abs(scale / power - 1) < 0.05 else float(f"{scale:.3g}")
+
+
+class CubFolder:
+  """A split of CUB-200-2011 read from `root` (module docstring), with PIL and an optional cache.
+
+  Fields (xjax.data.source): image, label, index, bbox (x_min, y_min, x_max, y_max) and, with the
+  parts files, keypoints (n, 15, 2) + keypoints_visible, all in pixels of the returned image. Boxes
+  are clipped to the image (some reach a fraction of a pixel beyond it after scaling). Parts that
+  are not visible have (0, 0); with crop="bbox", a part outside the crop is marked not visible.
+
+  Args:
+    root: the CUB_200_2011 folder.
+    split: "train" or "test" (train_test_split.txt), or "all".
+    image_size: (H, W) of the returned images.
+    crop: "none", or "bbox" to crop each image to its bounding box before resizing.
+    annotation_scale: factor from the annotation files' pixels to the image files' pixels.
+    classes: "present": the class ids in image_class_labels.txt for the images of images.txt, mapped
+      to 0..K-1 in sorted order; "all": class_id - 1, with all classes of classes.txt (200).
+    cache: keep decoded (cropped, resized) images in memory; default: on below 1 GiB.
+
+  Raises:
+    ConfigError: bad options, or an annotation_scale under which more than 5% of the (sampled)
+      images have boxes reaching beyond 1.05 times their size; the message suggests a scale.
+    DataNotFoundError: files missing under root.
+  """
+
+  def __init__(self, root: str | os.PathLike, split: str, *,
+               image_size: tuple[int, int] = (224, 224), crop: str = "none",
+               annotation_scale: float = 1.0, classes: str = "present", cache: bool | None = None):
+    self.root = pathlib.Path(root).expanduser()
+    if split not in SPLITS:
+      raise ConfigError(f"unknown CUB split {split!r}; splits: {', '.join(SPLITS)}")
+    if crop not in ("none", "bbox"):
+      raise ConfigError(f"unknown crop {crop!r}; use 'none' or 'bbox'")
+    if classes not in ("present", "all"):
+      raise ConfigError(f"unknown classes {classes!r}; use 'present' or 'all'")
+    if not annotation_scale > 0:
+      raise ConfigError(f"annotation_scale must be positive, got {annotation_scale}")
+    missing = [name for name in _REQUIRED if not (self.root / name).exists()]
+    if missing:
+      raise DataNotFoundError(f"CUB folder {self.root} lacks {', '.join(missing)}; expected under "
+                              f"root: {_LAYOUT}")
+    self.split, self.crop, self.annotation_scale = split, crop, float(annotation_scale)
+    self.image_size = (int(image_size[0]), int(image_size[1]))
+
+    paths = {r[0]: r[1] for r in _read_rows(self.root / "images.txt", 1)}
+    labels = {r[0]: int(r[1]) for r in _read_rows(self.root / "image_class_labels.txt")}
+    is_train = {r[0]: r[1] == "1" for r in _read_rows(self.root / "train_test_split.txt")}
+    boxes = {r[0]: [float(v) for v in r[1:5]] for r in _read_rows(self.root / "bounding_boxes.txt")}
+    class_rows = {int(r[0]): r[1] for r in _read_rows(self.root / "classes.txt", 1)}
+    for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", is_train),
+                        ("bounding_boxes.txt", boxes)):
+      if lacking := [i for i in paths if i not in table]:
+        raise DataNotFoundError(f"{self.root / name} has no row for {len(lacking)} images of "
+                                f"images.txt, e.g. image_id {lacking[0]}")
+
+    if classes == "present":
+      class_ids = sorted({labels[i] for i in paths})
+    else:
+      class_ids = list(range(1, max(class_rows) + 1))
+    to_label = {c: k for k, c in enumerate(class_ids)}
+    self.classes = classes
+    class_names = tuple(class_rows.get(c, str(c)) for c in class_ids)
+
+    ids = [i for i in paths if (self.root / "images" / paths[i]).is_file()]
+    if not ids:
+      raise DataNotFoundError(f"no image of images.txt found under {self.root / 'images'}; "
+                              f"expected under root: {_LAYOUT}")
+    if split != "all":
+      ids = [i for i in ids if is_train[i] == (split == "train")]
+    self.image_ids = tuple(ids)
+    self.files = tuple(paths[i] for i in ids)
+    n = len(ids)
+    self._labels = np.array([to_label[labels[i]] for i in ids], dtype=np.int32).reshape(n)
+    b = np.array([boxes[i] for i in ids], dtype=np.float64).reshape(n, 4)
+    # (x, y, width, height) -> (x_min, y_min, x_max, y_max), in pixels of the image files.
+    self._boxes = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1) * self.annotation_scale
+
+    self.part_names: tuple[str, ...] = ()
+    self._parts = self._visible = None
+    parts_dir = self.root / "parts"
+    if (parts_dir / "parts.txt").is_file() and (parts_dir / "part_locs.txt").is_file():
+      part_rows = sorted((int(r[0]), r[1]) for r in _read_rows(parts_dir / "parts.txt", 1))
+      self.part_names = tuple(name for _, name in part_rows)
+      column = {pid: k for k, (pid, _) in enumerate(part_rows)}
+      row = {i: k for k, i in enumerate(ids)}
+      self._parts = np.zeros((n, len(part_rows), 2), dtype=np.float64)
+      self._visible = np.zeros((n, len(part_rows)), dtype=bool)
+      for r in _read_rows(parts_dir / "part_locs.txt"):
+        if r[0] in row and int(r[1]) in column:
+          k, p = row[r[0]], column[int(r[1])]
+          self._parts[k, p] = (float(r[2]), float(r[3]))
+          self._visible[k, p] = r[4] == "1"
+      self._parts *= self.annotation_scale
+
+    # (H, W) of each image file, read when the image is first loaded (or by the scale check).
+    self._sizes = np.zeros((n, 2), dtype=np.int64)
+    self._check_scale()
+
+    shape = (*self.image_size, 3)
+    fields = ("image", "label", "index", "bbox")
+    if self._parts is not None:
+      fields += ("keypoints", "keypoints_visible")
+    self.info = DatasetInfo(name="caltech_birds2011", image_shape=shape, num_classes=len(class_ids),
+                            class_names=class_names, part_names=self.part_names, fields=fields)
+    self._cache = image_ops.ImageCache(n, shape, image_ops.cache_enabled(cache, n, shape))
+
+  def _size(self, k: int) -> np.ndarray:
+    if not self._sizes[k, 0]:
+      self._sizes[k] = image_ops.image_size_of(self.root / "images" / self.files[k])
+    return self._sizes[k]
+
+  def _check_scale(self) -> None:
+    """Raises ConfigError if the scaled boxes of many (sampled) images reach beyond the images."""
+    n = len(self.files)
+    if not n:
+      return
+    sample = np.unique(np.linspace(0, n - 1, min(n, _CHECK_SAMPLE)).round().astype(np.int64))
+    sizes = np.array([self._size(k) for k in sample], dtype=np.float64)  # (H, W)
+    extent = np.maximum(self._boxes[sample, 2] / sizes[:, 1], self._boxes[sample, 3] / sizes[:, 0])
+    if np.mean(extent > _CHECK_TOLERANCE) > _CHECK_FRACTION:
+      # The largest scale at which 95% of the sampled boxes fit in their images.
+      suggested = _nice_scale(self.annotation_scale / np.percentile(extent, 95))
+      raise ConfigError(
+          f"CUB boxes in {self.root} do not fit the image files with annotation_scale="
+          f"{self.annotation_scale:g}: {np.mean(extent > _CHECK_TOLERANCE):.0%} of {len(sample)} "
+          f"sampled images have x_max or y_max beyond {_CHECK_TOLERANCE:g} times the image size "
+          f"(median ratio of box extent to image size {np.median(extent):.2f}); the images look "
+          f"downscaled from the annotated originals: try annotation_scale={suggested:g}")
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def _window(self, k: int):
+    """(offset, scale, window): the map from file pixels of image k to returned pixels, and the
+    crop window (x0, y0, x1, y1) in file pixels."""
+    h, w = (int(v) for v in self._size(k))
+    if self.crop == "bbox":
+      x0, y0, x1, y1 = image_ops.crop_box(self._boxes[k], (h, w))
+    else:
+      x0, y0, x1, y1 = 0, 0, w, h
+    out_h, out_w = self.image_size
+    return (x0, y0), (out_w / (x1 - x0), out_h / (y1 - y0)), (x0, y0, x1, y1)
+
+  def _load(self, k: int) -> np.ndarray:
+    image = image_ops.load_rgb(self.root / "images" / self.files[k])
+    self._sizes[k] = image.shape[:2]
+    _, _, (x0, y0, x1, y1) = self._window(k)
+    return image_ops.resize_uint8(image[y0:y1, x0:x1], self.image_size)
+
+  def read_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+      raise IndexError(f"indices out of range [0, {len(self)}) of CUB {self.split}")
+    images = self._cache.get(indices, self._load)
+    out_h, out_w = self.image_size
+    boxes = np.empty((len(indices), 4), dtype=np.float32)
+    limits = np.array([out_w, out_h, out_w, out_h], np.float32)
+    n, num_parts = len(indices), len(self.part_names)
+    parts = None if self._parts is None else np.zeros((n, num_parts, 2), np.float32)
+    visible = None if self._visible is None else np.zeros((n, num_parts), bool)
+    for j, k in enumerate(indices):
+      h, w = self._size(int(k))
+      offset, scale, _ = self._window(int(k))
+      box = np.clip(self._boxes[k], 0, [w, h, w, h])
+      boxes[j] = np.clip(image_ops.transform_boxes(box, offset, scale), 0, limits)
+      if parts is not None:
+        pts = image_ops.transform_points(self._parts[k], offset, scale)
+        vis = self._visible[k].copy()
+        if self.crop == "bbox":
+          vis &= (pts[:, 0] >= 0) & (pts[:, 0] <= out_w) & (pts[:, 1] >= 0) & (pts[:, 1] <= out_h)
+        parts[j] = np.where(vis[:, None], pts, 0.0)
+        visible[j] = vis
+    batch = {"image": images, "label": self._labels[indices], "index": indices, "bbox": boxes}
+    if parts is not None:
+      batch["keypoints"], batch["keypoints_visible"] = parts, visible
+    return batch
+
+  def __repr__(self) -> str:
+    return (f"CubFolder({str(self.root)!r}, {self.split!r}, n={len(self)}, crop={self.crop!r}, "
+            f"annotation_scale={self.annotation_scale:g}, classes={self.classes!r})")
