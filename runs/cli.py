@@ -14,6 +14,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, `runs/configs/NAME.py[:VARIANT]`; override keys with "
     "--config.KEY=VALUE.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory: checkpoints, metrics, results.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() first (one process per host; the "
+    "coordinator is found from the cluster's environment, e.g. SLURM or Cloud TPU).")
 
 
 def run(main: Callable[..., object]) -> None:
@@ -32,6 +35,9 @@ def run(main: Callable[..., object]) -> None:
       print(f"error: cannot load --config: {str(e).strip().splitlines()[-1].strip()}",
             file=sys.stderr, flush=True)
       sys.exit(2)
+    if _MULTIHOST.value:
+      import jax
+      jax.distributed.initialize()
     try:
       main(config, _WORKDIR.value)
     except XjaxError as e:

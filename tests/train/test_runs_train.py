@@ -38,6 +38,11 @@ sys.argv = ["runs.train"] + sys.argv[1:]
 cli.run(train.main)
 """
 
+# Runs runs.train and sends itself SIGTERM right after its first checkpoint.
+SIGTERM_AFTER_FIRST_SAVE = KILL_AFTER_SECOND_SAVE.replace(
+    "len(self.latest.all_steps()) >= 2", "len(self.latest.all_steps()) == 1").replace(
+    "signal.SIGKILL", "signal.SIGTERM")
+
 
 def _train(workdir, *extra, devices: int = 1, code: str | None = None):
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
@@ -90,6 +95,15 @@ def test_sigkill_then_resume_gives_the_same_parameters(plain, tmp_path):
   a, b = json.loads((tmp_path / "results.json").read_text()), json.loads((plain / "results.json").read_text())
   assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
   assert a["history"][1]["train_loss"] == pytest.approx(b["history"][1]["train_loss"], rel=1e-5)
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes(plain, tmp_path):
+  stopped = _train(tmp_path, code=SIGTERM_AFTER_FIRST_SAVE)
+  assert stopped.returncode == 143, stopped.stderr[-3000:]
+  assert "SIGTERM: saved step 5" in stopped.stderr and "Traceback" not in stopped.stderr
+  resumed = _train(tmp_path)
+  assert resumed.returncode == 0 and "Resuming from step 5" in resumed.stdout
+  _assert_trees_close(_params(tmp_path), _params(plain), rtol=1e-6, atol=1e-7)
 
 
 def test_four_devices_give_the_same_parameters_as_one(plain, tmp_path):
