@@ -141,3 +141,8 @@ def test_registry_errors_name_the_valid_choices():
 def test_batch_larger_than_the_data_is_a_clear_error():
   with pytest.raises(ConfigError, match="larger than the dataset"):
     pipeline.train_pipeline(ArraySource(n=10), batch_size=16, seed=0)
+
+
+def test_an_option_the_source_does_not_take_lists_the_ones_it_does():
+  with pytest.raises(ConfigError, match="does not take the options \\['colour'\\].*image_size"):
+    registry.get_source("shapes", "train", colour="red")

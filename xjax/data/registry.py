@@ -14,6 +14,7 @@ whatever the run's seed, so runs with different seeds are validated on the same 
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -86,24 +87,33 @@ def get_source(name: str, split: str, *, data_dir: str | None = None,
     raise ConfigError(f"Unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.")
   if split not in SPLITS:
     raise ConfigError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-  try:
-    if name == "shapes":
-      from xjax.data.shapes import ShapesSource
-      return ShapesSource(split, **options)
-    if name == "celeb_a_local":
-      from xjax.data.celeba_folder import CelebAFolder
-      return CelebAFolder(local_root(name, options.pop("root", None)), split, **options)
-    if name == "caltech_birds2011_local":
-      from xjax.data.cub_folder import CubFolder
-      root = local_root(name, options.pop("root", None))
-      return _with_validation(lambda s: CubFolder(root, s, **options), split, validation_fraction)
-    from xjax.data.tfds_data import TfdsSource
-    if name in _TFDS_WITH_VALIDATION:
-      return TfdsSource(name, split, data_dir=data_dir, **options)
-    return _with_validation(lambda s: TfdsSource(name, s, data_dir=data_dir, **options), split,
+  if name == "shapes":
+    from xjax.data.shapes import ShapesSource
+    return _checked(name, ShapesSource, split, **options)
+  if name == "celeb_a_local":
+    from xjax.data.celeba_folder import CelebAFolder
+    return _checked(name, CelebAFolder, local_root(name, options.pop("root", None)), split, **options)
+  if name == "caltech_birds2011_local":
+    from xjax.data.cub_folder import CubFolder
+    root = local_root(name, options.pop("root", None))
+    return _with_validation(lambda s: _checked(name, CubFolder, root, s, **options), split,
                             validation_fraction)
-  except TypeError as e:  # an option the source does not take
-    raise ConfigError(f"Dataset {name!r} does not accept the options {sorted(options)}: {e}") from e
+  from xjax.data.tfds_data import TfdsSource
+  if name in _TFDS_WITH_VALIDATION:
+    return _checked(name, TfdsSource, name, split, data_dir=data_dir, **options)
+  return _with_validation(lambda s: _checked(name, TfdsSource, name, s, data_dir=data_dir, **options),
+                          split, validation_fraction)
+
+
+def _checked(name: str, cls, *args, **options) -> Source:
+  """`cls(*args, **options)`, with options it does not take reported as a `ConfigError`."""
+  try:
+    inspect.signature(cls).bind(*args, **options)
+  except TypeError as e:
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "split", "name", "root")]
+    raise ConfigError(f"Dataset {name!r} does not take the options {sorted(options)} ({e}); "
+                      f"it takes: {', '.join(accepted)}.") from None
+  return cls(*args, **options)
 
 
 def _with_validation(make, split: str, fraction: float) -> Source:
