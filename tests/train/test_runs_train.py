@@ -20,6 +20,7 @@ from tests.conftest import REPO
 from xjax.train.checkpoint import load_params
 
 TINY = ["--config=runs/configs/shapes.py:smoke", "--config.data.options.num_examples=512",
+        "--config.data.options.image_size=16", "--config.model.name=cnn_fashion",
         "--config.data.batch_size=32", "--config.data.eval_batch_size=64", "--config.train.epochs=2",
         "--config.train.checkpoint_every_steps=5", "--config.train.log_every_steps=4"]
 # Runs runs.train, but SIGKILLs the process as soon as its second checkpoint is on disk.
