@@ -113,8 +113,9 @@ def load_params(workdir: str | Path, which: str = "best") -> dict[str, Any]:
   root = Path(workdir).absolute() / "checkpoints"
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   for name in ((which, "latest") if which == "best" else (which,)):
-    manager = ocp.CheckpointManager(root / name,
-                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
+    manager = ocp.CheckpointManager(root / name, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), **{k: ocp.JsonCheckpointHandler()
+                                                     for k in ("data", "loop", "metrics")}})
     step = manager.latest_step()
     if step is not None:
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
