@@ -51,6 +51,15 @@ def _flatten(x: Array) -> Array:
   return x.reshape((x.shape[0], -1))
 
 
+def _table1_head(x: Array, units: int, num_classes: int | None, intermediates: dict[str, Array],
+                 dropout_rate: float, dense_dropout_rate: float, train: bool):
+  """The shared tail of the Table-1 CNNs: Dropout-Flatten-Dense(units)-ReLU-Dropout-classifier."""
+  x = nn.Dropout(dropout_rate, deterministic=not train)(x)
+  x = nn.relu(nn.Dense(units, kernel_init=_KERAS_KERNEL_INIT, name="dense1")(_flatten(x)))
+  x = nn.Dropout(dense_dropout_rate, deterministic=not train)(x)
+  return _classifier(x, num_classes, intermediates, _KERAS_KERNEL_INIT)
+
+
 class CNNCifar10(nn.Module):
   """The CIFAR10 network of Rieger 2018, Table 1: C32-C32-MaxP-C64-C64-MaxP-D512-D10.
 
@@ -82,10 +91,8 @@ class CNNCifar10(nn.Module):
     x = nn.relu(conv(64, "VALID", "conv4")(x))
     intermediates = {"conv_maps": x}
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(nn.Dense(512, kernel_init=_KERAS_KERNEL_INIT, name="dense1")(_flatten(x)))
-    x = nn.Dropout(self.dense_dropout_rate, deterministic=not train)(x)
-    return _classifier(x, self.num_classes, intermediates, _KERAS_KERNEL_INIT)
+    return _table1_head(x, 512, self.num_classes, intermediates, self.dropout_rate,
+                        self.dense_dropout_rate, train)
 
 
 class CNNFashion(nn.Module):
@@ -110,10 +117,8 @@ class CNNFashion(nn.Module):
                         name="conv1")(x))
     intermediates = {"conv_maps": x}
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(nn.Dense(256, kernel_init=_KERAS_KERNEL_INIT, name="dense1")(_flatten(x)))
-    x = nn.Dropout(self.dense_dropout_rate, deterministic=not train)(x)
-    return _classifier(x, self.num_classes, intermediates, _KERAS_KERNEL_INIT)
+    return _table1_head(x, 256, self.num_classes, intermediates, self.dropout_rate,
+                        self.dense_dropout_rate, train)
 
 
 class CNNMnist(nn.Module):
@@ -143,10 +148,8 @@ class CNNMnist(nn.Module):
                         name="conv2")(x))
     intermediates = {"conv_maps": x}
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(nn.Dense(512, kernel_init=_KERAS_KERNEL_INIT, name="dense1")(_flatten(x)))
-    x = nn.Dropout(self.dense_dropout_rate, deterministic=not train)(x)
-    return _classifier(x, self.num_classes, intermediates, _KERAS_KERNEL_INIT)
+    return _table1_head(x, 512, self.num_classes, intermediates, self.dropout_rate,
+                        self.dense_dropout_rate, train)
 
 
 class SumPoolCNN(nn.Module):
