@@ -64,8 +64,8 @@ def local_root(name: str, root: str | os.PathLike | None) -> Path:
   if not base:
     raise DataNotFoundError(
         f"Dataset {name!r} reads a local folder: set XJAX_DATA_DIR so that "
-        f"$XJAX_DATA_DIR/{_LOCAL_SUBDIRS[name]}/ holds it, or give its folder as `root` "
-        f"(--config.data.root=DIR).")
+        f"$XJAX_DATA_DIR/{_LOCAL_SUBDIRS[name]}/ holds it, or give its folder as the option "
+        f"`root` (in a config: data.options.root).")
   return Path(base) / _LOCAL_SUBDIRS[name]
 
 
