@@ -96,6 +96,7 @@ def evaluate(eval_step: Callable, variables: dict, source, config, mesh) -> dict
 
 
 def _mean_metrics(rows: list[dict]) -> dict[str, float]:
+  """The mean of each metric over the steps since the last flush (one device transfer)."""
   rows = jax.device_get(rows)
   return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
@@ -165,9 +166,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       step += 1
       step_metrics.append(metrics)
       bar.update(1)
-      if step % tc.log_every_steps == 0 or step % steps_per_epoch == 0:
+      end_of_epoch = step % steps_per_epoch == 0
+      saving = end_of_epoch or step % tc.checkpoint_every_steps == 0 or sigterm.raised
+      # Metrics are flushed into the loop state before every save, so a resumed run loses none.
+      if step % tc.log_every_steps == 0 or saving:
         logged = _mean_metrics(step_metrics)
-        loop["epoch_logs"].append(logged)
+        loop["epoch_logs"].append({**logged, "steps": len(step_metrics)})
         step_metrics = []
         if not np.isfinite(logged["loss"]):
           ckpt.wait()
@@ -178,12 +182,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if writer:
           writer.write(step, {"epoch": step / steps_per_epoch,
                               **{f"train/{k}": v for k, v in logged.items()}})
-      if step % steps_per_epoch == 0:
+      if end_of_epoch:
         epoch = step // steps_per_epoch
         val = evaluate(eval_step, state.variables, sources["validation"], config, mesh)
-        logs = loop.pop("epoch_logs")
-        loop["epoch_logs"] = []
-        train_means = {k: float(np.mean([m[k] for m in logs])) for k in logs[0]}
+        logs, loop["epoch_logs"] = loop["epoch_logs"], []
+        train_means = {k: float(np.average([m[k] for m in logs], weights=[m["steps"] for m in logs]))
+                       for k in ("loss", "accuracy")}
         loop["history"].append({"epoch": epoch, "step": step, "train_loss": train_means["loss"],
                                 "train_accuracy": train_means["accuracy"],
                                 "validation_loss": val["loss"], "validation_accuracy": val["accuracy"]})
@@ -201,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         tqdm.write(f"epoch {epoch}: train loss {train_means['loss']:.4f} acc "
                    f"{train_means['accuracy']:.4f} | validation loss {val['loss']:.4f} acc "
                    f"{val['accuracy']:.4f}")
-      if step % steps_per_epoch == 0 or step % tc.checkpoint_every_steps == 0 or sigterm.raised:
+      if saving:
         loop["train_seconds"] = time.time() - started
         save()
       if sigterm.raised:
