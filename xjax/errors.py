@@ -15,3 +15,7 @@ class DataNotFoundError(XjaxError):
 
 class CheckpointMismatchError(XjaxError):
   """A checkpoint in the workdir does not fit the model the config builds."""
+
+
+class UnsupportedOperationError(XjaxError):
+  """An explanation method met an operation of the model it cannot handle; the message names it."""

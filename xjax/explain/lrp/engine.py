@@ -1,0 +1,359 @@
+"""Relevance propagation as a modified gradient of the traced program.
+
+The engine evaluates the flat program of `xjax.explain.lrp.program` with each layer wrapped in a
+`jax.custom_vjp` whose backward pass applies the layer's rule. Relevance is carried as a gradient
+`g` with `R = v * g` at every value `v` (DESIGN.md, principle 2), so every operation between
+layers - residual additions, concatenation, reshapes, sum / average / max pooling, ReLU - splits
+relevance in proportion under ordinary automatic differentiation, with no model-specific code:
+
+* a layer's backward pass receives `g` at its output `y`, forms `R_out = y * g`, lets the rule
+  compute `R_in`, and returns `g_in = R_in / x` (0 where `x = 0`, where every rule but the
+  first-layer rules gives `R_in = 0` anyway);
+* layers that read the model input return `R_in` itself through a zero "probe" input instead, so
+  first-layer rules whose relevance is not `x * g` (z^B, w^2, flat) are exact; the relevance at
+  the input is `x * g_x + g_probe`.
+
+Montavon et al., "Methods for interpreting and understanding deep neural networks" (DSP 2018),
+Sec. 5; Montavon et al., "Explaining nonlinear classification decisions with deep Taylor
+decomposition" (Pattern Recognition 2017).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xjax.errors import ConfigError
+from xjax.explain.lrp.program import (PASS_ACTIVATIONS, Layer, LayerInfo, Lit,
+                                      Program)
+
+Array = jax.Array
+MAX_POOL_MODES = ("winner", "average")
+
+
+def stabilize(z: Array, epsilon: float) -> Array:
+  """`z + epsilon * sign(z)` with sign(0) = +1: the LRP-epsilon denominator (zennit's convention)."""
+  return z + epsilon * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
+
+
+def safe_divide(a: Array, b: Array) -> Array:
+  """`a / b`, and 0 where `b == 0`."""
+  zero = b == 0
+  return jnp.where(zero, 0.0, a / jnp.where(zero, 1.0, b)).astype(a.dtype)
+
+
+def bind(eqn, args: Sequence[Any]) -> list[Any]:
+  """Evaluates one equation on `args`; always returns a list of outputs."""
+  params = eqn.primitive.get_bind_params(eqn.params)
+  if isinstance(params, tuple):  # older JAX: (subfuns, params)
+    subfuns, params = params
+    args = [*subfuns, *args]
+  out = eqn.primitive.bind(*args, **params)
+  return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _zero_cotangent(value: Any) -> Any:
+  value = jnp.asarray(value)
+  if jnp.issubdtype(value.dtype, jnp.inexact):
+    return jnp.zeros_like(value)
+  return np.zeros(value.shape, jax.dtypes.float0)
+
+
+class LayerCall:
+  """A layer during the backward pass: what a rule needs to compute the layer's relevance.
+
+  The layer computes `y = A * linear(x, W) + B`, where `A` and `B` come from the elementwise
+  affine operations merged into it (bias, inference-mode BatchNorm). The rules work with the
+  effective weights `A * W`: `forward(x, "pos")` applies their positive part, which is
+  `A+ * linear(x, W+) + A- * linear(x, W-)` (A broadcast over the output).
+  """
+
+  def __init__(self, layer: Layer, x: Array, weight: Array, chain_args: Sequence[Any],
+               output: Array):
+    self.layer, self.info, self.weight, self.output = layer, layer.info, weight, output
+    self._x_like = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    self._chain_args = chain_args
+
+  def linear(self, x: Array, weight: Array) -> Array:
+    """The layer's dense / convolution op (no bias) with another weight."""
+    args = [x, weight] if self.layer.input_position == 0 else [weight, x]
+    return bind(self.layer.linear, args)[0]
+
+  def _chain(self, z: Array) -> Array:
+    return _run_chain(self.layer, z, self._chain_args)
+
+  @functools.cached_property
+  def scale(self) -> Array | None:
+    """`A`, or None when the merged operations only shift (A = 1)."""
+    if not self.layer.scaled:
+      return None
+    zeros = jnp.zeros(self.output.shape, self.output.dtype)
+    return jax.jvp(self._chain, (zeros,), (jnp.ones_like(zeros),))[1]
+
+  @functools.cached_property
+  def shift(self) -> Array | float:
+    """`B`, the effective bias (0 without merged operations)."""
+    if not self.layer.chain:
+      return 0.0
+    return self._chain(jnp.zeros(self.output.shape, self.output.dtype))
+
+  def bias(self, part: str = "all") -> Array | float:
+    """The effective bias, or its positive ("pos") or negative ("neg") part."""
+    b = self.shift
+    return {"all": b, "pos": jnp.maximum(b, 0), "neg": jnp.minimum(b, 0)}[part]
+
+  def forward(self, x: Array, mode: str = "w") -> Array:
+    """`x` through the effective weights `A * W` modified by `mode`, without bias.
+
+    Modes: "w" (unmodified), "pos" (positive part), "neg" (negative part), "sq" (squared),
+    "ones" (all weights 1, the flat rule; `A` is ignored).
+    """
+    w, a = self.weight, self.scale
+    if mode == "ones":
+      return self.linear(x, jnp.ones_like(w))
+    if mode == "sq":
+      z = self.linear(x, w * w)
+      return z if a is None else a * a * z
+    if mode == "w":
+      z = self.linear(x, w)
+      return z if a is None else a * z
+    if mode not in ("pos", "neg"):
+      raise ValueError(f"unknown weight mode {mode!r}")
+    w_pos, w_neg = jnp.maximum(w, 0), jnp.minimum(w, 0)
+    if mode == "neg":
+      w_pos, w_neg = w_neg, w_pos
+    if a is None:
+      return self.linear(x, w_pos)
+    return jnp.maximum(a, 0) * self.linear(x, w_pos) + jnp.minimum(a, 0) * self.linear(x, w_neg)
+
+  def backward(self, s: Array, mode: str = "w") -> Array:
+    """The transpose of `forward(., mode)` applied to `s`: `(A * W)_mode^T s`."""
+    return jax.linear_transpose(functools.partial(self.forward, mode=mode), self._x_like)(s)[0]
+
+
+def _chain_operands(layer: Layer) -> list[list[Any]]:
+  """For each merged equation, its constant operands (None marks the running value)."""
+  running, operands = layer.linear.outvars[0], []
+  for eqn in layer.chain:
+    operands.append([None if v == running else v for v in eqn.invars])
+    running = eqn.outvars[0]
+  return operands
+
+
+def _run_chain(layer: Layer, z: Array, chain_args: Sequence[Any]) -> Array:
+  """Applies the merged affine equations to `z`; `chain_args` are their constant operands."""
+  args = iter(chain_args)
+  for eqn, operands in zip(layer.chain, _chain_operands(layer)):
+    values = [z if v is None else (v.value if isinstance(v, Lit) else next(args))
+              for v in operands]
+    z = bind(eqn, values)[0]
+  return z
+
+
+def _layer_with_rule(layer: Layer, rule: Callable, probe: bool) -> Callable:
+  """`f(x, weight, chain_args, probe) = y` whose backward pass applies `rule` to the layer."""
+
+  def forward(x, weight, chain_args, probe_value):
+    del probe_value
+    args = [x, weight] if layer.input_position == 0 else [weight, x]
+    return _run_chain(layer, bind(layer.linear, args)[0], chain_args)
+
+  def fwd(x, weight, chain_args, probe_value):
+    y = forward(x, weight, chain_args, probe_value)
+    return y, (x, weight, chain_args, probe_value, y)
+
+  def bwd(residuals, g):
+    x, weight, chain_args, probe_value, y = residuals
+    relevance_in = rule(LayerCall(layer, x, weight, chain_args, y), x, y * g)
+    zeros = (_zero_cotangent(weight), [_zero_cotangent(a) for a in chain_args])
+    if probe:
+      return (jnp.zeros_like(x), *zeros, relevance_in.astype(x.dtype))
+    return (safe_divide(relevance_in, x), *zeros, jnp.zeros_like(probe_value))
+
+  f = jax.custom_vjp(forward)
+  f.defvjp(fwd, bwd)
+  return f
+
+
+def _max_pool_as_average(eqn) -> Callable:
+  """Max pooling whose relevance splits in proportion to the inputs, as for sum pooling."""
+  params = eqn.params
+  if eqn.primitive.name == "reduce_window_max":
+    def window_sum(v):
+      return jax.lax.reduce_window(v, jnp.array(0, v.dtype), jax.lax.add,
+                                   params["window_dimensions"], params["window_strides"],
+                                   params["padding"], params["base_dilation"],
+                                   params["window_dilation"])
+  else:  # reduce_max
+    def window_sum(v):
+      return jnp.sum(v, axis=tuple(params["axes"]))
+
+  @jax.custom_vjp
+  def pool(x):
+    return bind(eqn, [x])[0]
+
+  def fwd(x):
+    y = pool(x)
+    return y, (x, y)
+
+  def bwd(residuals, g):
+    x, y = residuals
+    s = (y * g) / stabilize(window_sum(x), 1e-6)
+    return (jax.linear_transpose(window_sum, x)(s)[0],)
+
+  pool.defvjp(fwd, bwd)
+  return pool
+
+
+def _pass_activation(eqn) -> Callable:
+  """A nonlinear elementwise activation that passes relevance unchanged (R_in = R_out)."""
+
+  @jax.custom_vjp
+  def act(z):
+    return bind(eqn, [z])[0]
+
+  def fwd(z):
+    y = act(z)
+    return y, (z, y)
+
+  def bwd(residuals, g):
+    z, y = residuals
+    return (safe_divide(y * g, z),)
+
+  act.defvjp(fwd, bwd)
+  return act
+
+
+def evaluate(program: Program, param_leaves: Sequence[Any], x: Array, *,
+             rules: Sequence[Callable] | None = None, probe: Array | None = None,
+             max_pool: str = "winner", taps: dict[int, Array] | None = None,
+             record: dict[int, Array] | None = None) -> Array:
+  """Runs the program on `x`; with `rules`, its gradient is the relevance gradient.
+
+  Args:
+    program: the traced program.
+    param_leaves: the leaves of `params`, in `jax.tree.leaves` order.
+    x: the input.
+    rules: one rule per layer (`program.layers`), or None for the plain program.
+    probe: zeros shaped like `x`: input layers return their relevance as its cotangent.
+    max_pool: "winner" (relevance to the maximum, the gradient) or "average" (in proportion to
+      the inputs of the window, as if the pooling were sum pooling).
+    taps: values added to program variables as they are computed (zeros, to take the gradient
+      with respect to an intermediate value).
+    record: a dict whose keys are program variables; their values are stored in it.
+
+  Returns:
+    The program's output.
+  """
+  if max_pool not in MAX_POOL_MODES:
+    raise ConfigError(f"max_pool must be one of {MAX_POOL_MODES}; got {max_pool!r}.")
+  env: dict[int, Any] = dict(program.consts)
+  env.update(zip(program.param_vars, param_leaves))
+  env[program.input_var] = x
+  twins = {program.input_var: probe} if probe is not None else {}
+  taps = taps or {}
+
+  def read(atom):
+    return atom.value if isinstance(atom, Lit) else env[atom]
+
+  chain_skip = program.chain_eqns
+  for eqn in program.eqns:
+    if id(eqn) in chain_skip:
+      continue
+    layer = program.layer_at.get(id(eqn))
+    name = eqn.primitive.name
+    if layer is not None:
+      linear = layer.linear
+      x_var = linear.invars[layer.input_position]
+      weight = read(linear.invars[1 - layer.input_position])
+      chain_args = [read(v) for operands, chain_eqn in zip(_chain_operands(layer), layer.chain)
+                    for v in operands if v is not None and not isinstance(v, Lit)]
+      if rules is None:
+        args = [read(v) for v in linear.invars]
+        outs = [_run_chain(layer, bind(linear, args)[0], chain_args)]
+      else:
+        use_probe = x_var in twins
+        fn = _layer_with_rule(layer, rules[layer.info.index], use_probe)
+        probe_value = twins[x_var] if use_probe else jnp.zeros((), read(x_var).dtype)
+        outs = [fn(read(x_var), weight, chain_args, probe_value)]
+      outvars = [layer.output]
+    elif (rules is not None and max_pool == "average" and name in ("reduce_window_max", "reduce_max")
+          and program.depends(eqn.invars[0])):
+      outs, outvars = [_max_pool_as_average(eqn)(read(eqn.invars[0]))], eqn.outvars
+    elif rules is not None and name in PASS_ACTIVATIONS and program.depends(eqn.invars[0]):
+      outs, outvars = [_pass_activation(eqn)(read(eqn.invars[0]))], eqn.outvars
+    else:
+      outs, outvars = bind(eqn, [read(v) for v in eqn.invars]), eqn.outvars
+      first = eqn.invars[0] if eqn.invars else None
+      if twins and isinstance(first, int) and first in twins and first in program.reads_input \
+          and eqn.outvars[0] in program.reads_input:
+        twins[eqn.outvars[0]] = bind(eqn, [twins[first]] + [read(v) for v in eqn.invars[1:]])[0]
+    for var, value in zip(outvars, outs):
+      env[var] = value + taps[var] if var in taps else value
+      if record is not None and var in record:
+        record[var] = env[var]
+  return read(program.output_var)
+
+
+def propagate(program: Program, params: Any, x: Array, output_relevance: Array | None,
+              rules: Sequence[Callable], *, max_pool: str = "winner",
+              seed: Array | None = None, at: int | None = None) -> Array:
+  """Relevance at the input (or at program variable `at`) by the modified gradient.
+
+  Exactly one of `output_relevance` (R at the outputs, (B, C)) and `seed` (the gradient at the
+  outputs, R / f(x)) is given; class-index targets give `seed = onehot`, which avoids dividing by
+  the logits.
+  """
+  leaves = jax.tree.leaves(params)
+  if at is None:
+    def run(x, probe):
+      return evaluate(program, leaves, x, rules=rules, probe=probe, max_pool=max_pool)
+    y, pullback = jax.vjp(run, x, jnp.zeros_like(x))
+  else:
+    shape = program.avals[at]
+    def run(x, tap):
+      return evaluate(program, leaves, x, rules=rules, max_pool=max_pool, taps={at: tap})
+    y, pullback = jax.vjp(run, x, jnp.zeros(shape.shape, shape.dtype))
+  if seed is None:
+    seed = safe_divide(output_relevance.astype(y.dtype), y)
+  g_x, g_probe = pullback(seed.astype(y.dtype))
+  if at is None:
+    return x * g_x + g_probe
+  return value_and_gradient_at(program, leaves, x, None, at)[0] * g_probe
+
+
+def value_and_gradient_at(program: Program, leaves: Sequence[Any], x: Array,
+                          seed: Array | None, var: int) -> tuple[Array, Array | None]:
+  """The value of program variable `var` and (for a `seed` at the outputs) the gradient there.
+
+  The plain program (no rules): what CAM and Grad-CAM need at a layer's feature maps.
+  """
+  aval = program.avals[var]
+  record = {var: None}
+
+  def run(tap):
+    out = evaluate(program, leaves, x, taps={var: tap}, record=record)
+    return out, record[var]
+
+  tap = jnp.zeros(aval.shape, aval.dtype)
+  if seed is None:
+    return run(tap)[1], None
+  y, pullback, value = jax.vjp(run, tap, has_aux=True)
+  return value, pullback(seed.astype(y.dtype))[0]
+
+
+def check_rules(program: Program, composite: Callable[[LayerInfo], Callable]) -> list[Callable]:
+  """The rule of every layer, chosen by `composite`; a clear error if it returns no rule."""
+  rules = []
+  for info in program.infos:
+    rule = composite(info)
+    if not callable(rule):
+      raise ConfigError(f"The composite returned {rule!r} for layer {info.index} ({info.name}); "
+                        "expected a rule from xjax.explain.rules.")
+    rules.append(rule)
+  return rules
+

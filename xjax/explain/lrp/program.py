@@ -1,0 +1,386 @@
+"""The traced program of `apply_fn(params, x)`, flattened and analysed for relevance propagation.
+
+LRP works on the program, not on a module library (DESIGN.md, principle 2): `apply_fn` is traced
+to a jaxpr, calls (`jit`, `custom_jvp_call`, ...) are inlined, and the analysis finds
+
+* the **layers**: every `dot_general` / `conv_general_dilated` with one input-dependent operand
+  and constant weights, together with the chain of elementwise affine operations with constant
+  operands that follows it (bias, inference-mode BatchNorm). The chain is merged into the layer
+  (canonization): the layer computes `y = A * (x @ W) + B`, and the rules see the effective
+  weights `A * W` and bias `B`, so BatchNorm after a convolution conserves relevance;
+* which values depend on the input `x`, which are statically non-negative (ReLU outputs and what
+  pooling or reshaping makes of them; the rules skip the negative-input terms there), and which
+  layers read the input itself (`LayerInfo.is_input`, for first-layer rules such as z^B);
+* operations relevance cannot pass (a product of two input-dependent values, a nonlinear function
+  such as `exp` of one): `UnsupportedOperationError` names the operation and its source line.
+
+Everything else (additions, concatenation, reshapes, sum / average / max pooling, ReLU) is left
+to automatic differentiation: relevance is `x * modified_gradient`, which splits in proportion
+through any of them (see `xjax.explain.lrp.engine`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.extend.core as jcore
+import jax.numpy as jnp
+
+from xjax.errors import UnsupportedOperationError
+
+LINEAR_PRIMITIVES = ("dot_general", "conv_general_dilated")
+# Calls whose body is inlined; the key of the body in the equation's params.
+_CALL_BODIES = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
+                "core_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
+                "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
+                "remat": "jaxpr", "checkpoint": "jaxpr"}
+# Ops that only move or copy values: a layer fed through them still reads the input.
+_LAYOUT = {"reshape", "transpose", "squeeze", "expand_dims", "convert_element_type", "copy",
+           "copy_p", "reduce_precision", "sharding_constraint", "broadcast_in_dim"}
+# Ops through which `x * gradient` splits relevance in proportion (linear in the input-dependent
+# operands, or positively homogeneous like ReLU, abs and max pooling), or that carry no gradient.
+_PROPORTIONAL = _LAYOUT | {
+    "add", "add_any", "sub", "neg", "concatenate", "slice", "dynamic_slice", "gather", "pad",
+    "rev", "select_n", "reduce_sum", "reduce_window_sum", "cumsum", "reduce_max",
+    "reduce_window_max", "reduce_min", "max", "min", "abs", "stop_gradient", "clamp",
+    "squeeze", "dynamic_update_slice", "mul", "div", "sign", "floor", "ceil", "round",
+    "gt", "lt", "ge", "le", "eq", "ne", "argmax", "argmin", "and", "or", "not", "is_finite",
+    "iota", "optimization_barrier"}
+# Elementwise nonlinear activations: relevance passes through them unchanged (zennit's Pass).
+PASS_ACTIVATIONS = {"tanh", "logistic", "erf"}
+# Elementwise affine ops with one constant operand, merged into the layer before them.
+_AFFINE_CHAIN = {"add", "sub", "mul", "div", "neg", "convert_element_type"}
+# Ops whose output is >= 0 when all their input-dependent operands are.
+_KEEPS_NONNEG = _LAYOUT | {"concatenate", "slice", "dynamic_slice", "gather", "rev", "add",
+                           "add_any", "reduce_sum", "reduce_window_sum", "reduce_max",
+                           "reduce_window_max", "reduce_min", "min", "mul", "select_n", "cumsum"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Lit:
+  """A literal operand of an equation."""
+  value: Any
+
+
+Atom = Any  # an int (a variable of the flat program) or a Lit
+
+
+@dataclasses.dataclass
+class Eqn:
+  """One equation of the flat program: `outvars = primitive.bind(*invars, **params)`."""
+  primitive: Any
+  invars: list[Atom]
+  outvars: list[int]
+  params: dict
+  name: str  # the name stack, e.g. "CNNCifar10/conv1" for Flax modules
+  source: str  # file:line of the user code that produced it
+
+  def describe(self) -> str:
+    where = f" in {self.name}" if self.name else ""
+    return f"`{self.primitive.name}`{where} (at {self.source})"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+  """What a composite sees of a layer when it chooses the layer's rule.
+
+  Attributes:
+    index: position among the program's layers, in evaluation order.
+    kind: "conv" or "dense".
+    name: the name stack of the linear op (the Flax module path, e.g. "ResNet18/layer1_0/conv1").
+    is_input: the layer reads the model input (through reshapes only): the first layer.
+    is_output: the layer's output is an output of the program (the classifier).
+    input_nonnegative: the layer's input is >= 0 by construction (after a ReLU).
+    input_shape, output_shape: shapes of the layer's input and output (with the batch axis).
+  """
+  index: int
+  kind: str
+  name: str
+  is_input: bool
+  is_output: bool
+  input_nonnegative: bool
+  input_shape: tuple[int, ...]
+  output_shape: tuple[int, ...]
+
+
+@dataclasses.dataclass
+class Layer:
+  """A linear op and the affine chain merged into it: `y = chain(linear(x, w))`."""
+  info: LayerInfo
+  linear: Eqn
+  input_position: int  # which operand of `linear` is the input (the other is the weight)
+  chain: list[Eqn]
+  output: int  # the variable holding y
+  scaled: bool  # the chain multiplies or divides (so A != 1)
+
+
+class Program:
+  """`apply_fn(params, x)` traced, flattened and analysed. Build with `trace`."""
+
+  def __init__(self, eqns, consts, param_vars, input_var, output_var, avals):
+    self.eqns: list[Eqn] = eqns
+    self.consts: dict[int, Any] = consts
+    self.param_vars: list[Atom] = param_vars
+    self.input_var: int = input_var
+    self.output_var: Atom = output_var
+    self.avals: dict[int, Any] = avals
+    self._analyse()
+
+  # ---------------------------------------------------------------------------------------------
+  # Analysis
+  # ---------------------------------------------------------------------------------------------
+
+  def _analyse(self) -> None:
+    live = {self.output_var} if isinstance(self.output_var, int) else set()
+    kept = []
+    for eqn in reversed(self.eqns):  # dead code elimination: keep what the output needs
+      if any(v in live for v in eqn.outvars):
+        kept.append(eqn)
+        live.update(v for v in eqn.invars if isinstance(v, int))
+    self.eqns = kept[::-1]
+    self.uses: dict[int, list[Eqn]] = {}
+    for eqn in self.eqns:
+      for v in eqn.invars:
+        if isinstance(v, int):
+          self.uses.setdefault(v, []).append(eqn)
+    self.producer = {v: eqn for eqn in self.eqns for v in eqn.outvars}
+
+    self.dependent = {self.input_var}
+    self.reads_input = {self.input_var}  # the input, through layout ops only
+    self.nonnegative: set[int] = set()
+    for eqn in self.eqns:
+      dep = [v for v in eqn.invars if isinstance(v, int) and v in self.dependent]
+      if not dep:
+        continue
+      self.dependent.update(eqn.outvars)
+      name = eqn.primitive.name
+      if name in _LAYOUT and dep[0] in self.reads_input:
+        self.reads_input.update(eqn.outvars)
+      if self._output_nonnegative(eqn, dep):
+        self.nonnegative.update(eqn.outvars)
+    self._find_layers()
+    self._check_supported()
+
+  def _is_nonneg_atom(self, atom: Atom) -> bool:
+    if isinstance(atom, Lit):
+      try:
+        return bool(jnp.all(jnp.asarray(atom.value) >= 0))
+      except jax.errors.ConcretizationTypeError:
+        return False
+    return atom in self.nonnegative
+
+  def _output_nonnegative(self, eqn: Eqn, dep: list[int]) -> bool:
+    name = eqn.primitive.name
+    if name == "max":  # max(a, b) >= each operand: ReLU is max(x, 0.0)
+      return any(self._is_nonneg_atom(v) for v in eqn.invars)
+    if name in ("abs", "logistic", "exp"):
+      return True
+    if name == "pad":
+      return self._is_nonneg_atom(eqn.invars[0]) and self._is_nonneg_atom(eqn.invars[1])
+    if name == "select_n":
+      return all(self._is_nonneg_atom(v) for v in eqn.invars[1:])
+    if name in ("mul", "div"):
+      return all(self._is_nonneg_atom(v) for v in eqn.invars)
+    if name in _KEEPS_NONNEG:
+      return all(self._is_nonneg_atom(v) for v in dep)
+    return False
+
+  def depends(self, atom: Atom) -> bool:
+    """True for a variable that depends on the input."""
+    return isinstance(atom, int) and atom in self.dependent
+
+  def _is_float(self, var: int) -> bool:
+    return jnp.issubdtype(self.avals[var].dtype, jnp.inexact)
+
+  def _constant_operand(self, eqn: Eqn) -> bool:
+    """True when exactly one operand of a binary op depends on the input."""
+    return sum(isinstance(v, int) and v in self.dependent for v in eqn.invars) == 1
+
+  def _find_layers(self) -> None:
+    self.layers: list[Layer] = []
+    merged: set[int] = set()
+    for eqn in self.eqns:
+      if eqn.primitive.name not in LINEAR_PRIMITIVES:
+        continue
+      dep = [i for i, v in enumerate(eqn.invars) if isinstance(v, int) and v in self.dependent]
+      if len(dep) != 1:
+        if len(dep) == 2:
+          raise UnsupportedOperationError(
+              f"LRP cannot propagate relevance through {eqn.describe()}: both of its operands "
+              "depend on the input (a product of two input-dependent tensors, as in attention); "
+              "only layers with constant weights are supported.")
+        continue
+      position = dep[0]
+      if eqn.primitive.name == "conv_general_dilated" and position != 0:
+        raise UnsupportedOperationError(
+            f"LRP cannot propagate relevance through {eqn.describe()}: its kernel depends on "
+            "the input.")
+      chain, out, scaled = [], eqn.outvars[0], False
+      merged.add(id(eqn))
+      while True:
+        users = self.uses.get(out, [])
+        if len(users) != 1 or out == self.output_var:
+          break
+        user = users[0]
+        if (user.primitive.name not in _AFFINE_CHAIN or not self._constant_operand(user)
+            or (user.primitive.name == "div" and user.invars[0] != out)
+            or self.avals[user.outvars[0]].shape != self.avals[out].shape):
+          break
+        scaled |= user.primitive.name in ("mul", "div", "neg") or (
+            user.primitive.name == "sub" and user.invars[1] == out)
+        chain.append(user)
+        merged.add(id(user))
+        out = user.outvars[0]
+      x_var = eqn.invars[position]
+      info = LayerInfo(
+          index=len(self.layers),
+          kind="conv" if eqn.primitive.name == "conv_general_dilated" else "dense",
+          name=eqn.name, is_input=x_var in self.reads_input, is_output=out == self.output_var,
+          input_nonnegative=x_var in self.nonnegative, input_shape=tuple(self.avals[x_var].shape),
+          output_shape=tuple(self.avals[out].shape))
+      self.layers.append(Layer(info, eqn, position, chain, out, scaled))
+    self.merged = merged
+    self.layer_of = {id(layer.linear): layer for layer in self.layers}
+    # A layer is evaluated where its last merged equation was (its constants, e.g. a reshaped
+    # bias, may be computed after the linear op); its other equations are skipped.
+    self.layer_at = {id((layer.chain or [layer.linear])[-1]): layer for layer in self.layers}
+    self.chain_eqns = {id(e) for layer in self.layers for e in [layer.linear, *layer.chain]}
+    self.chain_eqns -= set(self.layer_at)
+
+  def _check_supported(self) -> None:
+    for eqn in self.eqns:
+      name = eqn.primitive.name
+      dep = [v for v in eqn.invars if isinstance(v, int) and v in self.dependent]
+      if (not dep or id(eqn) in self.merged
+          or not any(self._is_float(v) for v in dep)):
+        continue
+      if name in ("mul", "dot_general") and len(dep) > 1:
+        raise UnsupportedOperationError(
+            f"LRP cannot propagate relevance through {eqn.describe()}: it multiplies two "
+            "input-dependent values (e.g. gating or attention).")
+      if name == "div" and self.depends(eqn.invars[1]):
+        raise UnsupportedOperationError(
+            f"LRP cannot propagate relevance through {eqn.describe()}: it divides by an "
+            "input-dependent value (e.g. softmax or a normalisation); explain the logits.")
+      if name not in _PROPORTIONAL and name not in PASS_ACTIVATIONS:
+        raise UnsupportedOperationError(
+            f"LRP cannot propagate relevance through {eqn.describe()} of an input-dependent "
+            "value. Supported: dense and convolution layers with constant weights, elementwise "
+            "affine maps, ReLU / abs / max (piecewise linear), tanh / sigmoid (relevance passes "
+            "unchanged), sum / average / max pooling, reshapes and concatenation.")
+
+  # ---------------------------------------------------------------------------------------------
+  # Lookup
+  # ---------------------------------------------------------------------------------------------
+
+  @property
+  def infos(self) -> list[LayerInfo]:
+    return [layer.info for layer in self.layers]
+
+  def find_layer(self, layer: int | str) -> Layer:
+    """The layer at an index (negative counts from the end) or with a name (suffix match)."""
+    if isinstance(layer, int):
+      if not -len(self.layers) <= layer < len(self.layers):
+        raise UnsupportedOperationError(
+            f"layer {layer} does not exist: the program has {len(self.layers)} layers.")
+      return self.layers[layer]
+    matches = [l for l in self.layers if l.info.name == layer or l.info.name.endswith("/" + layer)]
+    if len(matches) != 1:
+      names = ", ".join(l.info.name for l in self.layers)
+      raise UnsupportedOperationError(
+          f"{'No' if not matches else 'More than one'} layer is named {layer!r}; layers: {names}.")
+    return matches[0]
+
+  def activation_of(self, layer: Layer) -> int:
+    """The variable of a layer's activation: its output after a following ReLU / residual sum.
+
+    Follows single consumers that are `max` with a constant (ReLU), `add` of two input-dependent
+    values (a residual connection) or a pass activation; this is what Grad-CAM calls the layer's
+    feature maps (for a ResNet block's last convolution: the block's output).
+    """
+    out = layer.output
+    while True:
+      users = self.uses.get(out, [])
+      if len(users) != 1 or out == self.output_var:
+        return out
+      user = users[0]
+      name = user.primitive.name
+      dep = [v for v in user.invars if isinstance(v, int) and v in self.dependent]
+      if not ((name == "max" and len(dep) == 1) or (name == "add" and len(dep) == 2)
+              or name in PASS_ACTIVATIONS):
+        return out
+      out = user.outvars[0]
+
+
+def _source(eqn) -> str:
+  try:
+    from jax._src import source_info_util
+    return source_info_util.summarize(eqn.source_info)
+  except Exception:  # pragma: no cover - private API; the message only loses the line
+    return "unknown location"
+
+
+class _Flattener:
+  """Inlines calls so the program is one list of equations over integer variables."""
+
+  def __init__(self):
+    self.eqns: list[Eqn] = []
+    self.consts: dict[int, Any] = {}
+    self.avals: dict[int, Any] = {}
+
+  def new_var(self, aval) -> int:
+    var = len(self.avals)
+    self.avals[var] = aval
+    return var
+
+  def inline(self, jaxpr, consts: Sequence[Any], inputs: Sequence[Atom], scope: str) -> list[Atom]:
+    env: dict[Any, Atom] = {}
+    for v, c in zip(jaxpr.constvars, consts):
+      env[v] = self.new_var(v.aval)
+      self.consts[env[v]] = c
+    env.update(zip(jaxpr.invars, inputs))
+
+    def read(v):
+      return Lit(v.val) if isinstance(v, jcore.Literal) else env[v]
+
+    for eqn in jaxpr.eqns:
+      ins = [read(v) for v in eqn.invars]
+      name = str(eqn.source_info.name_stack)
+      name = f"{scope}/{name}" if scope and name else (scope or name)
+      body = _CALL_BODIES.get(eqn.primitive.name)
+      if body is not None and body in eqn.params:
+        sub = eqn.params[body]
+        sub_jaxpr, sub_consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, ())
+        if eqn.primitive.name == "custom_vjp_call_jaxpr":
+          ins = ins[:len(sub_jaxpr.invars)]
+        outs = self.inline(sub_jaxpr, sub_consts, ins, name)
+      else:
+        outs = [self.new_var(v.aval) for v in eqn.outvars]
+        self.eqns.append(Eqn(eqn.primitive, ins, outs, dict(eqn.params), name, _source(eqn)))
+      for v, o in zip(eqn.outvars, outs):
+        if not isinstance(v, jcore.DropVar):
+          env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
+def trace(apply_fn: Callable, params: Any, x: jax.Array) -> Program:
+  """Traces `apply_fn(params, x)` (one array out) into an analysed `Program`.
+
+  Raises:
+    UnsupportedOperationError: `apply_fn` returns more than one array, does not depend on `x`,
+      or uses an operation relevance cannot pass (named, with its source line).
+  """
+  closed = jax.make_jaxpr(apply_fn)(params, x)
+  flat = _Flattener()
+  invars = [flat.new_var(v.aval) for v in closed.jaxpr.invars]
+  outs = flat.inline(closed.jaxpr, closed.consts, invars, "")
+  if len(outs) != 1:
+    raise UnsupportedOperationError(
+        f"apply_fn must return one array of outputs (B, C); it returns {len(outs)} arrays. "
+        "Wrap it, e.g. `lambda p, x: model.apply(p, x)[0]`.")
+  program = Program(flat.eqns, flat.consts, invars[:-1], invars[-1], outs[0], flat.avals)
+  if program.output_var not in program.dependent:
+    raise UnsupportedOperationError("apply_fn's output does not depend on its input x.")
+  return program

@@ -1,0 +1,59 @@
+"""The `target` argument every explanation method shares, and the checks on its inputs.
+
+Every method is called as `method(apply_fn, params, x, target, **options)`, where `target` is either
+
+* class indices, an integer array of shape (B,): explain output `target[b]` of image `b`; or
+* an explicit output vector, a float array of shape (B, C).
+
+How an explicit vector is read depends on the family of the method:
+
+* gradient methods (saliency, SmoothGrad, Integrated Gradients, Grad-CAM) take it as the weights
+  of the explained output, `sum_c target[b, c] * f_c(x_b)` (the cotangent of the backward pass);
+* relevance methods (LRP, DTD, excitation backprop) take it as the relevance at the output,
+  `R_c` (Montavon et al., DSP 2018, Eq. 6). Class indices mean `R = onehot(target) * f(x)`, i.e.
+  the explained logit with "all other outputs set to 0" (Rieger 2018, Sec. 2).
+
+For class indices the two readings agree: the seed of the backward pass is `onehot(target)`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from xjax.errors import ConfigError
+
+Array = jax.Array
+
+
+def check_inputs(x: Array, target: Array, num_outputs: int | None = None) -> None:
+  """Raises ConfigError unless `x` is batched and `target` is (B,) ints or (B, C) floats."""
+  x_shape, t_shape = jnp.shape(x), jnp.shape(target)
+  if len(x_shape) < 2:
+    raise ConfigError(f"x must be a batch (B, ...) of inputs; got shape {x_shape}.")
+  if len(t_shape) not in (1, 2) or t_shape[0] != x_shape[0]:
+    raise ConfigError(f"target must be class indices (B,) or output vectors (B, C) with B = "
+                      f"{x_shape[0]} (the batch of x); got shape {t_shape}.")
+  integer = jnp.issubdtype(jnp.result_type(target), jnp.integer)
+  if len(t_shape) == 1 and not integer:
+    raise ConfigError(f"a target of shape {t_shape} must hold integer class indices; got dtype "
+                      f"{jnp.result_type(target)}. Explicit output vectors have shape (B, C).")
+  if len(t_shape) == 2 and num_outputs is not None and t_shape[1] != num_outputs:
+    raise ConfigError(f"target has {t_shape[1]} outputs per image but the model has "
+                      f"{num_outputs}.")
+
+
+def output_seed(outputs: Array, target: Array) -> Array:
+  """The cotangent of the outputs (B, C) for gradient methods: `onehot(target)` or `target`."""
+  check_inputs(outputs, target, outputs.shape[-1])
+  if target.ndim == 1:
+    return jax.nn.one_hot(target, outputs.shape[-1], dtype=outputs.dtype)
+  return target.astype(outputs.dtype)
+
+
+def output_relevance(outputs: Array, target: Array) -> Array:
+  """The relevance at the outputs (B, C) for relevance methods: `onehot(target) * f(x)` or `target`."""
+  check_inputs(outputs, target, outputs.shape[-1])
+  if target.ndim == 1:
+    return jax.nn.one_hot(target, outputs.shape[-1], dtype=outputs.dtype) * outputs
+  return target.astype(outputs.dtype)
