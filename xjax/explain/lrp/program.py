@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.extend.core as jcore
 import jax.numpy as jnp
+import numpy as np
 
 from xjax.errors import UnsupportedOperationError
 
@@ -165,10 +166,8 @@ class Program:
 
   def _is_nonneg_atom(self, atom: Atom) -> bool:
     if isinstance(atom, Lit):
-      try:
-        return bool(jnp.all(jnp.asarray(atom.value) >= 0))
-      except jax.errors.ConcretizationTypeError:
-        return False
+      # numpy, not jnp: under an outer jax.jit a jnp comparison would be staged, not evaluated.
+      return bool(np.all(np.asarray(atom.value) >= 0))
     return atom in self.nonnegative
 
   def _output_nonnegative(self, eqn: Eqn, dep: list[int]) -> bool:

@@ -1,0 +1,74 @@
+"""Excitation backprop (Zhang et al., "Top-down neural attention by excitation backprop", ECCV 2016).
+
+The marginal winning probability (MWP) of a unit is `P(a_j) = sum_i a_j w+_ji / (sum_j' a_j'
+w+_j'i) P(a_i)` (Eq. 7): the z+ rule with the bias ignored, started from a probability of 1 at
+the target class instead of its score (METHODS.md, Sec. 4). It runs on the LRP engine with
+`ZPlus(ignore_bias=True)` on every layer, so it needs no model-specific code either.
+
+Contrastive MWP (Sec. 3.3; `Demo.ipynb` of Caffe-ExcitationBP): through the top layer, the MWP
+of the target minus that of its dual unit with negated weights (`rules.ContrastiveZPlus`), then
+ordinary MWP further down; the map is `max(sum_channels, 0)` at an intermediate layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from xjax.explain import rules
+from xjax.explain.cam import layer_maps, spread_over_input
+from xjax.explain.lrp.engine import check_rules, propagate
+from xjax.explain.lrp.program import trace
+from xjax.explain.targets import check_inputs
+
+Array = jax.Array
+# Tiny: MWP divides probabilities, and conservation matters more than smoothing here.
+_STABILIZER = 1e-12
+
+
+def winning_probability(apply_fn: Callable, params: Any, x: Array, target: Array, *,
+                        contrastive: bool = False, layer: int | str | None = None) -> Array:
+  """The (contrastive) marginal winning probability at the input, or at a layer's activation.
+
+  Args:
+    apply_fn, params, x: the common convention (`xjax.explain.targets`).
+    target: class indices (B,) (probability 1 on the class) or a distribution over the outputs
+      (B, C).
+    contrastive: the contrastive MWP (negated top-layer weights subtracted).
+    layer: None for the input; else a layer index or module name, whose activation (B, h, w, K)
+      receives the probabilities.
+
+  Returns:
+    Probabilities with the shape of x, or of the layer's activation.
+  """
+  program = trace(apply_fn, params, x)
+  num_outputs = program.avals[program.output_var].shape[-1]
+  check_inputs(x, target, num_outputs)
+  top = program.layers[-1].info.index if program.layers else None
+  plain = rules.ZPlus(_STABILIZER, ignore_bias=True)
+  dual = rules.ContrastiveZPlus(_STABILIZER)
+
+  def composite(info):
+    return dual if contrastive and info.index == top else plain
+
+  probability = (jax.nn.one_hot(target, num_outputs, dtype=jnp.float32) if target.ndim == 1
+                 else jnp.asarray(target, jnp.float32))
+  at = None if layer is None else layer_maps(program, layer)
+  return propagate(program, params, x, probability, check_rules(program, composite), at=at)
+
+
+def excitation_backprop(apply_fn: Callable, params: Any, x: Array, target: Array, *,
+                        contrastive: bool = False, layer: int | str | None = None) -> Array:
+  """Excitation backprop heatmap with the shape of x.
+
+  Without `layer`: the MWP of each input element. With `layer`: `max(sum_channels MWP, 0)` at
+  the layer's activation, resized bicubically to x (METHODS.md, Sec. 4, step 5) and spread over
+  its channels (`heatmaps.channel_sum` gives the map).
+  """
+  probability = winning_probability(apply_fn, params, x, target, contrastive=contrastive,
+                                    layer=layer)
+  if layer is None:
+    return probability
+  return spread_over_input(jnp.maximum(probability.sum(-1), 0), x, method="bicubic")

@@ -1,0 +1,111 @@
+"""Heatmap figures: relevance in red, counter-relevance in blue, white at zero.
+
+The colour convention of the LRP literature (e.g. Montavon, Samek, Mueller, DSP 2018, Fig. 4:
+"red corresponds to relevance and blue to counter-relevance"), with symmetric limits per image so
+that 0 is always white whatever the sign balance of the heatmap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+
+from xjax.errors import ConfigError  # noqa: E402
+
+# An odd number of entries puts one entry exactly at 0.5, so a relevance of 0 is pure white.
+RELEVANCE_CMAP = LinearSegmentedColormap.from_list(
+    "relevance", ["#0000ff", "#ffffff", "#ff0000"], N=255)
+
+
+def heatmap_rgb(h: np.ndarray) -> np.ndarray:
+  """Heatmaps (H, W) or (N, H, W) as float RGB in [0, 1], (..., H, W, 3).
+
+  Each image is scaled by its own `max |h|` to [-1, 1], so 0 maps to white, the strongest
+  relevance to dark red and the strongest counter-relevance to dark blue. An all-zero heatmap is
+  white.
+  """
+  h = np.asarray(h, dtype=np.float64)
+  if h.ndim not in (2, 3):
+    raise ConfigError(f"expected a heatmap (H, W) or heatmaps (N, H, W); got shape {h.shape}. "
+                      f"Reduce channels first, e.g. xjax.explain.heatmaps.channel_sum.")
+  vmax = np.max(np.abs(h), axis=(-2, -1), keepdims=True)
+  scaled = h / np.where(vmax > 0, vmax, 1.0)
+  return RELEVANCE_CMAP((scaled + 1.0) / 2.0)[..., :3]
+
+
+def _displayable_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+  """An image for `imshow`: uint8 or floats in [0, 1] as they are, other floats min-max scaled."""
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  if image.ndim not in (2, 3):
+    raise ConfigError(f"expected images (H, W), (H, W, 1) or (H, W, 3); got shape {image.shape}.")
+  if image.dtype == np.uint8:
+    image = image.astype(np.float64) / 255.0
+  else:
+    image = image.astype(np.float64)
+    low, high = image.min(), image.max()
+    if low < 0.0 or high > 1.0:  # e.g. standardised or [-1, 1] inputs: show the full range.
+      image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+  return image, ("gray" if image.ndim == 2 else None)
+
+
+def plot_explanations(images: np.ndarray, heatmaps: Mapping[str, np.ndarray], path: str | Path, *,
+                      titles: Sequence[str] | None = None, labels: Sequence[str] | None = None,
+                      cell_size: float = 2.0, dpi: int = 100) -> Path:
+  """Saves a PNG grid: one row per image, the image first, then one heatmap per method.
+
+  Args:
+    images: (N, H, W), (N, H, W, 1) or (N, H, W, 3); uint8, or floats (in [0, 1] shown as they
+      are, otherwise min-max scaled per image).
+    heatmaps: method name -> heatmaps (N, H, W), in column order; coloured by `heatmap_rgb`.
+    path: where to write the PNG (parent folders are created).
+    titles: column titles, 1 + len(heatmaps) of them; default "input" and the method names.
+    labels: one text per row (e.g. "class 3, p = 0.91"), written left of the row.
+    cell_size: the size of one cell in inches; the PNG is (N * cell_size * dpi) pixels high and
+      ((1 + len(heatmaps)) * cell_size * dpi) pixels wide.
+    dpi: dots per inch of the PNG.
+
+  Returns:
+    The path of the PNG.
+  """
+  images = np.asarray(images)
+  num_rows, num_cols = images.shape[0], 1 + len(heatmaps)
+  for name, h in heatmaps.items():
+    if np.shape(h)[:1] != (num_rows,) or np.ndim(h) != 3:
+      raise ConfigError(f"heatmaps[{name!r}] must have shape (N, H, W) with N = {num_rows}; got "
+                        f"{np.shape(h)}.")
+  titles = ["input", *heatmaps] if titles is None else list(titles)
+  if len(titles) != num_cols:
+    raise ConfigError(f"titles needs {num_cols} entries (input + methods); got {len(titles)}.")
+  if labels is not None and len(labels) != num_rows:
+    raise ConfigError(f"labels needs {num_rows} entries (one per image); got {len(labels)}.")
+  colours = [heatmap_rgb(h) for h in heatmaps.values()]
+
+  fig, axes = plt.subplots(num_rows, num_cols, figsize=(num_cols * cell_size, num_rows * cell_size),
+                           squeeze=False)
+  for row in range(num_rows):
+    image, cmap = _displayable_image(images[row])
+    cells = [(image, cmap)] + [(rgb[row], None) for rgb in colours]
+    for col, (content, cmap) in enumerate(cells):
+      ax = axes[row, col]
+      ax.imshow(content, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if row == 0:
+        ax.set_title(titles[col], fontsize=9)
+    if labels is not None:
+      axes[row, 0].set_ylabel(labels[row], fontsize=8)
+  fig.tight_layout()
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
