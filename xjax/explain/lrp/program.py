@@ -268,7 +268,8 @@ class Program:
             f"LRP cannot propagate relevance through {eqn.describe()} of an input-dependent "
             "value. Supported: dense and convolution layers with constant weights, elementwise "
             "affine maps, ReLU / abs / max (piecewise linear), tanh / sigmoid (relevance passes "
-            "unchanged), sum / average / max pooling, reshapes and concatenation.")
+            "unchanged), sum / average / max pooling, reshapes and concatenation. Explain "
+            "logits, not probabilities.")
 
   # ---------------------------------------------------------------------------------------------
   # Lookup

@@ -1,0 +1,437 @@
+"""LRP / DTD: every rule against hand formulas, conservation, and the engine's invariants."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xjax.errors import ConfigError, UnsupportedOperationError
+from xjax.explain import composites, rules
+from xjax.explain.excitation import winning_probability
+from xjax.explain.lrp import layers, lrp
+
+RNG = np.random.default_rng(0)
+
+
+# -------------------------------------------------------------------------------------------------
+# Reference formulas on a dense matrix, written out per (i, j) from the rule definitions
+# (Montavon et al., DSP 2018, Sec. 5.1; zennit's bias conventions).
+# -------------------------------------------------------------------------------------------------
+
+def _stab(z, eps=1e-6):
+  return z + eps * np.where(z >= 0, 1.0, -1.0)
+
+
+def reference(rule: str, x, w, b, r_out, low=None, high=None, connected=None):
+  """Relevance of one input vector x (n,) through y = x @ w + b (w: n x m), by the formulas.
+
+  `connected` (n x m) is 1 where an input reaches an output (all ones for a dense layer; the
+  receptive fields of a convolution): the flat rule's weights.
+  """
+  n, m = w.shape
+  connected = np.ones((n, m)) if connected is None else connected
+  wp, wn = np.maximum(w, 0), np.minimum(w, 0)
+  xp, xn = np.maximum(x, 0), np.minimum(x, 0)
+  r_in = np.zeros(n)
+  for j in range(m):
+    if rule == "epsilon0":
+      z = x @ w[:, j] + b[j]
+      share = x * w[:, j] / _stab(z)
+    elif rule == "zplus":  # bias ignored
+      contributions = xp * wp[:, j] + xn * wn[:, j]
+      share = contributions / _stab(contributions.sum())
+    elif rule == "alpha2beta1":
+      pos = xp * wp[:, j] + xn * wn[:, j]
+      neg = xp * wn[:, j] + xn * wp[:, j]
+      share = 2 * pos / _stab(pos.sum() + max(b[j], 0)) - neg / _stab(neg.sum() + min(b[j], 0))
+    elif rule == "zbox":
+      terms = x * w[:, j] - low * wp[:, j] - high * wn[:, j]
+      share = terms / _stab(terms.sum())
+    elif rule == "wsquare":
+      share = w[:, j] ** 2 / _stab((w[:, j] ** 2).sum() + b[j] ** 2)
+    elif rule == "flat":
+      share = connected[:, j] / _stab(connected[:, j].sum())
+    elif rule == "gamma":  # gamma = 0.25, zennit's split by the sign of y_j
+      y = x @ w[:, j] + b[j]
+      if y > 0:
+        c = xp * (w[:, j] + 0.25 * wp[:, j]) + xn * (w[:, j] + 0.25 * wn[:, j])
+        share = c / _stab(c.sum() + b[j] + 0.25 * max(b[j], 0))
+      elif y < 0:
+        c = xp * (w[:, j] + 0.25 * wn[:, j]) + xn * (w[:, j] + 0.25 * wp[:, j])
+        share = c / _stab(c.sum() + b[j] + 0.25 * min(b[j], 0))
+      else:
+        share = np.zeros(n)
+    r_in += share * r_out[j]
+  return r_in
+
+
+RULES = {
+    "epsilon0": rules.epsilon(0.0),
+    "zplus": rules.zplus(ignore_bias=True),
+    "alpha2beta1": rules.alpha_beta(2.0, 1.0),
+    "zbox": rules.zbox(-1.5, 2.0),
+    "wsquare": rules.wsquare(),
+    "flat": rules.flat(),
+    "gamma": rules.gamma(0.25),
+}
+
+
+def _dense_case(nonnegative: bool):
+  x = RNG.uniform(0 if nonnegative else -1.5, 2.0, size=(3, 5)).astype(np.float32)
+  w = RNG.normal(size=(5, 4)).astype(np.float32)
+  b = RNG.normal(size=(4,)).astype(np.float32) * 0.5
+  return x, w, b
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_rule_on_a_dense_input_layer_matches_the_formula(name):
+  x, w, b = _dense_case(nonnegative=name in ("zplus",))
+
+  def apply_fn(p, x):
+    return x @ p["w"] + p["b"]
+
+  target = np.array([0, 3, 1])
+  got = lrp(apply_fn, {"w": w, "b": b}, jnp.asarray(x), jnp.asarray(target),
+            composites.uniform(RULES[name]))
+  y = x @ w + b
+  for k in range(3):
+    r_out = np.zeros(4)
+    r_out[target[k]] = y[k, target[k]]
+    want = reference(name, x[k].astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                     r_out, low=-1.5, high=2.0)
+    np.testing.assert_allclose(got[k], want, rtol=2e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["epsilon0", "zplus", "alpha2beta1", "gamma"])
+def test_rule_on_a_hidden_layer_matches_the_formula(name):
+  """A layer behind a ReLU takes the hidden path (relevance / x as gradient); x >= 0 there."""
+  x, w, b = _dense_case(nonnegative=True)
+
+  def apply_fn(p, x):
+    return jax.nn.relu(x) @ p["w"] + p["b"]
+
+  assert not layers(apply_fn, {"w": w, "b": b}, jnp.asarray(x))[0].is_input
+  got = lrp(apply_fn, {"w": w, "b": b}, jnp.asarray(x), jnp.array([2, 2, 0]),
+            composites.uniform(RULES[name]))
+  y = x @ w + b
+  for k, t in enumerate([2, 2, 0]):
+    r_out = np.zeros(4)
+    r_out[t] = y[k, t]
+    want = reference(name, x[k].astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                     r_out)
+    np.testing.assert_allclose(got[k], want, rtol=2e-4, atol=1e-5)
+
+
+def _conv(x, k):
+  return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 0), (0, 1)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("name", ["epsilon0", "zplus", "zbox", "flat", "wsquare"])
+def test_rule_on_a_conv_layer_matches_the_unrolled_dense_formula(name):
+  """The conv layer as its dense matrix (found by applying it to basis images)."""
+  x = RNG.uniform(0 if name == "zplus" else -1.5, 2.0, size=(2, 4, 3, 2)).astype(np.float32)
+  kernel = RNG.normal(size=(2, 2, 2, 3)).astype(np.float32)
+  bias = RNG.normal(size=(3,)).astype(np.float32) * 0.3
+
+  def apply_fn(p, x):
+    return (_conv(x, p["k"]) + p["b"]).reshape(x.shape[0], -1)
+
+  params = {"k": kernel, "b": bias}
+  n = x[0].size
+  basis = np.eye(n, dtype=np.float32).reshape(n, *x.shape[1:])
+  matrix = np.asarray(_conv(basis, kernel)).reshape(n, -1)  # (inputs, outputs)
+  connected = np.asarray(_conv(basis, np.ones_like(kernel))).reshape(n, -1)
+  bias_flat = np.asarray(apply_fn({"k": kernel * 0, "b": bias}, x[:1]))[0]
+  target = jnp.array([5, 11])
+  got = np.asarray(lrp(apply_fn, params, jnp.asarray(x), target, composites.uniform(RULES[name])))
+  y = np.asarray(apply_fn(params, x))
+  for k in range(2):
+    r_out = np.zeros(y.shape[1])
+    r_out[int(target[k])] = y[k, int(target[k])]
+    want = reference(name, x[k].reshape(-1).astype(np.float64), matrix.astype(np.float64),
+                     bias_flat.astype(np.float64), r_out, low=-1.5, high=2.0,
+                     connected=connected)
+    np.testing.assert_allclose(got[k].reshape(-1), want, rtol=5e-4, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------------
+# Networks: a CNN with max pooling, a residual net with BatchNorm and pooling.
+# -------------------------------------------------------------------------------------------------
+
+class SmallCNN(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(6, (3, 3), name="conv1")(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(nn.Conv(8, (3, 3), padding="VALID", name="conv2")(x))
+    x = nn.relu(nn.Dense(16, name="dense1")(x.reshape(x.shape[0], -1)))
+    return nn.Dense(5, name="classifier")(x)
+
+
+class ResidualNet(nn.Module):
+  """conv-BN-ReLU, a residual block (two conv-BN, identity shortcut), avg pool, a block with a
+  1x1 projection shortcut and a concatenation, global average pooling, dense: ResNet's
+  ingredients, small."""
+
+  @nn.compact
+  def __call__(self, x):
+    bn = lambda name: nn.BatchNorm(use_running_average=True, name=name)  # noqa: E731
+    x = nn.relu(bn("bn0")(nn.Conv(8, (3, 3), use_bias=False, name="stem")(x)))
+    y = nn.relu(bn("bn1")(nn.Conv(8, (3, 3), use_bias=False, name="conv1")(x)))
+    y = bn("bn2")(nn.Conv(8, (3, 3), use_bias=False, name="conv2")(y))
+    x = nn.relu(x + y)
+    x = nn.avg_pool(x, (2, 2), (2, 2))
+    shortcut = bn("bn_proj")(nn.Conv(12, (1, 1), use_bias=False, name="proj")(x))
+    y = bn("bn3")(nn.Conv(12, (3, 3), use_bias=False, name="conv3")(jnp.concatenate([x, x], -1)))
+    x = nn.relu(shortcut + y)
+    x = x.mean(axis=(1, 2))
+    return nn.Dense(4, name="classifier")(x)
+
+
+def _random_bn_stats(variables, key):
+  """Random BN statistics and affine parameters, so canonization is really exercised."""
+  keys = iter(jax.random.split(key, 100))
+  stats = jax.tree.map(lambda a: 0.5 * jax.random.normal(next(keys), a.shape), variables["batch_stats"])
+  stats = jax.tree_util.tree_map_with_path(
+      lambda p, a: jnp.abs(a) + 0.5 if "var" in jax.tree_util.keystr(p) else a, stats)
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, a: (1.0 + 0.3 * jax.random.normal(next(keys), a.shape))
+      if "scale" in jax.tree_util.keystr(p) else
+      (0.3 * jax.random.normal(next(keys), a.shape) if "bn" in jax.tree_util.keystr(p) else a),
+      variables["params"])
+  return {"params": params, "batch_stats": stats}
+
+
+def _zero_dense_biases(variables):
+  return jax.tree_util.tree_map_with_path(
+      lambda p, a: jnp.zeros_like(a)
+      if jax.tree_util.keystr(p).endswith("['bias']") and "bn" not in jax.tree_util.keystr(p)
+      else a, variables)
+
+
+@pytest.fixture(scope="module")
+def cnn():
+  model = SmallCNN()
+  x = jax.random.uniform(jax.random.key(1), (3, 12, 12, 2))
+  variables = model.init(jax.random.key(0), x)
+  variables = jax.tree.map(lambda a: a * 1.5, variables)  # logits of order 1
+  return model.apply, variables, x
+
+
+@pytest.fixture(scope="module")
+def resnet():
+  model = ResidualNet()
+  x = jax.random.uniform(jax.random.key(2), (2, 8, 8, 3))
+  variables = _random_bn_stats(model.init(jax.random.key(0), x), jax.random.key(5))
+  return model.apply, _zero_dense_biases(variables), x
+
+
+def _explained(apply_fn, variables, x):
+  logits = apply_fn(variables, x)
+  target = jnp.argmax(logits, -1)
+  return target, logits[jnp.arange(x.shape[0]), target]
+
+
+def test_dtd_conserves_relevance_on_a_cnn(cnn):
+  apply_fn, variables, x = cnn
+  variables = _zero_dense_biases(variables)
+  target, logit = _explained(apply_fn, variables, x)
+  relevance = lrp(apply_fn, variables, x, target, composites.dtd(0.0, 1.0))
+  np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logit, rtol=1e-4)
+  assert float(jnp.abs(relevance).max()) > 0
+
+
+def test_dtd_conserves_relevance_on_a_residual_net_with_batchnorm(resnet):
+  apply_fn, variables, x = resnet
+  target, logit = _explained(apply_fn, variables, x)
+  assert float(jnp.abs(logit).min()) > 0.05  # a meaningful logit, not rounding noise
+  relevance = lrp(apply_fn, variables, x, target, composites.dtd(0.0, 1.0))
+  np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logit, rtol=1e-4)
+  # The BatchNorm layers were merged into the convolutions: 6 layers, all conv but the last.
+  infos = layers(apply_fn, variables, x)
+  assert [i.kind for i in infos] == ["conv"] * 5 + ["dense"]
+  assert infos[0].is_input and not infos[1].is_input and infos[-1].is_output
+
+
+def test_z_plus_conserves_with_nonzero_biases_when_the_bias_is_ignored(cnn):
+  apply_fn, variables, x = cnn
+  target, logit = _explained(apply_fn, variables, x)
+  relevance = lrp(apply_fn, variables, x, target,
+                  composites.by_kind(first=rules.zbox(0.0, 1.0),
+                                     default=rules.zplus(ignore_bias=True)))
+  np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logit, rtol=1e-4)
+
+
+def test_lrp_0_equals_gradient_times_input(cnn):
+  apply_fn, variables, x = cnn  # biases non-zero: LRP-0 lets them absorb relevance, as x * grad
+  target, _ = _explained(apply_fn, variables, x)
+  relevance = lrp(apply_fn, variables, x, target, composites.uniform(rules.epsilon(0.0)))
+  gradient = jax.grad(lambda x: apply_fn(variables, x)[jnp.arange(3), target].sum())(x)
+  np.testing.assert_allclose(relevance, x * gradient, atol=1e-6 * float(jnp.abs(x * gradient).max()) + 1e-7)
+
+
+def test_batchnorm_is_merged_exactly_like_a_folded_convolution():
+  """conv + BN gives the relevance of one conv with the BN folded into kernel and bias."""
+  x = jax.random.normal(jax.random.key(3), (2, 6, 6, 2))
+  kernel = jax.random.normal(jax.random.key(4), (3, 3, 2, 4))
+  mean, var = jnp.array([0.3, -0.2, 0.1, 0.5]), jnp.array([0.5, 2.0, 1.0, 0.25])
+  scale, shift = jnp.array([1.5, -0.7, 0.9, 1.1]), jnp.array([0.2, -0.1, 0.4, 0.0])
+  head = jax.random.normal(jax.random.key(5), (6 * 6 * 4, 3))
+
+  def with_bn(p, x):
+    z = jax.lax.conv_general_dilated(x, p["k"], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    z = (z - mean) * (scale / jnp.sqrt(var + 1e-5)) + shift
+    return jax.nn.relu(z).reshape(2, -1) @ p["head"]
+
+  factor = scale / jnp.sqrt(var + 1e-5)
+
+  def folded(p, x):
+    z = jax.lax.conv_general_dilated(x, p["k"] * factor, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.relu(z + (shift - mean * factor)).reshape(2, -1) @ p["head"]
+
+  params = {"k": kernel, "head": head}
+  target = jnp.array([0, 2])
+  for composite in (composites.uniform(rules.zplus()), composites.epsilon_gamma_box(-3.0, 3.0),
+                    composites.uniform(rules.alpha_beta())):
+    a = lrp(with_bn, params, x, target, composite)
+    b = lrp(folded, params, x, target, composite)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_z_plus_equals_the_marginal_winning_probability_up_to_the_logit():
+  """Excitation backprop's MWP (Zhang et al. 2016, Eq. 7), computed by hand per layer."""
+  w1 = RNG.normal(size=(6, 5)).astype(np.float32)
+  w2 = RNG.normal(size=(5, 3)).astype(np.float32)
+  b1 = np.abs(RNG.normal(size=(5,))).astype(np.float32)  # most hidden units active
+  x = RNG.uniform(0, 1, size=(2, 6)).astype(np.float32)
+
+  def divide(a, b):  # 0 where nothing wins through a unit
+    return np.divide(a, b, out=np.zeros_like(a), where=b != 0)
+
+  def apply_fn(p, x):
+    return jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"]
+
+  params = {"w1": w1, "b1": b1, "w2": w2}
+  # MWP by hand: P_bottom = a * (W+ (P_top / (W+^T a))) per layer, starting from P = onehot.
+  hidden = np.maximum(x @ w1 + b1, 0)
+  target = np.argmax(hidden @ np.maximum(w2, 0), axis=1)  # classes some evidence wins through
+  mwp = []
+  for k in range(2):
+    p_top = np.eye(3)[target[k]]
+    p_hidden = hidden[k] * (np.maximum(w2, 0) @ divide(p_top, hidden[k] @ np.maximum(w2, 0)))
+    p_in = x[k] * (np.maximum(w1, 0) @ divide(p_hidden, x[k] @ np.maximum(w1, 0)))
+    mwp.append(p_in)
+  mwp = np.stack(mwp)
+  np.testing.assert_allclose(mwp.sum(1), 1.0, rtol=1e-5)  # a probability distribution
+  np.testing.assert_allclose(winning_probability(apply_fn, params, jnp.asarray(x),
+                                                 jnp.asarray(target)), mwp, rtol=1e-4, atol=1e-7)
+  logit = (hidden @ w2)[np.arange(2), target]
+  relevance = lrp(apply_fn, params, jnp.asarray(x), jnp.asarray(target),
+                  composites.uniform(rules.zplus(stabilizer=1e-12, ignore_bias=True)))
+  np.testing.assert_allclose(relevance / logit[:, None], mwp, rtol=1e-4, atol=1e-7)
+
+
+def test_jit_equals_no_jit_and_vmap_over_targets_equals_a_loop(cnn):
+  apply_fn, variables, x = cnn
+  composite = composites.dtd(0.0, 1.0)
+  explain = lambda p, x, t: lrp(apply_fn, p, x, t, composite)  # noqa: E731
+  targets = jnp.stack([jnp.full((3,), c) for c in range(5)])  # all classes
+  eager = [explain(variables, x, t) for t in targets]
+  jitted = jax.jit(explain)
+  np.testing.assert_allclose(jitted(variables, x, targets[1]), eager[1], rtol=1e-5, atol=1e-7)
+  all_classes = jax.jit(jax.vmap(explain, in_axes=(None, None, 0)))(variables, x, targets)
+  np.testing.assert_allclose(all_classes, np.stack(eager), rtol=1e-5, atol=1e-7)
+
+
+def test_explicit_output_relevance_equals_class_indices(cnn):
+  apply_fn, variables, x = cnn
+  target, _ = _explained(apply_fn, variables, x)
+  logits = apply_fn(variables, x)
+  explicit = jax.nn.one_hot(target, 5) * logits
+  composite = composites.epsilon_plus()
+  np.testing.assert_allclose(lrp(apply_fn, variables, x, explicit, composite),
+                             lrp(apply_fn, variables, x, target, composite), rtol=1e-5, atol=1e-8)
+
+
+def test_all_zero_input_gives_finite_relevance(cnn):
+  apply_fn, variables, x = cnn
+  zeros = jnp.zeros_like(x)
+  for composite in (composites.dtd(0.0, 1.0), composites.epsilon_plus_flat(),
+                    composites.epsilon_alpha2_beta1(), composites.epsilon_gamma_box(0.0, 1.0)):
+    relevance = lrp(apply_fn, variables, zeros, jnp.zeros(3, jnp.int32), composite)
+    assert bool(jnp.all(jnp.isfinite(relevance)))
+
+
+def test_a_flax_model_and_the_same_plain_functions_give_the_same_relevance(cnn):
+  apply_fn, variables, x = cnn
+  p = variables["params"]
+
+  def plain(p, x):
+    def conv(x, layer, padding):
+      z = jax.lax.conv_general_dilated(x, layer["kernel"], (1, 1), padding,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return z + layer["bias"]
+    x = jnp.maximum(conv(x, p["conv1"], "SAME"), 0)
+    x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    x = jnp.maximum(conv(x, p["conv2"], "VALID"), 0).reshape(x.shape[0], -1)
+    x = jnp.maximum(x @ p["dense1"]["kernel"] + p["dense1"]["bias"], 0)
+    return x @ p["classifier"]["kernel"] + p["classifier"]["bias"]
+
+  np.testing.assert_allclose(plain(p, x), apply_fn(variables, x), rtol=1e-5, atol=1e-6)
+  target = jnp.array([0, 1, 2])
+  for composite in (composites.dtd(0.0, 1.0), composites.epsilon_plus_flat()):
+    np.testing.assert_allclose(lrp(plain, p, x, target, composite),
+                               lrp(apply_fn, variables, x, target, composite), rtol=1e-4,
+                               atol=1e-7)
+
+
+def test_max_pool_as_average_splits_in_proportion():
+  x = jnp.array([[[[1.0], [3.0]], [[0.0], [4.0]]]])  # one 2x2 window
+  w = jnp.array([[2.0]])
+
+  def apply_fn(p, x):
+    pooled = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    return pooled.reshape(1, 1) @ p
+
+  target = jnp.array([0])
+  winner = lrp(apply_fn, w, x, target, composites.uniform(rules.epsilon(0.0)))
+  np.testing.assert_allclose(winner.reshape(-1), [0, 0, 0, 8.0], atol=1e-5)
+  average = lrp(apply_fn, w, x, target, composites.uniform(rules.epsilon(0.0)), max_pool="average")
+  np.testing.assert_allclose(average.reshape(-1), np.array([1, 3, 0, 4]) / 8 * 8.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fn, op", [
+    (lambda p, x: jax.nn.softmax(x @ p), "exp"),
+    (lambda p, x: (x @ p) / jnp.sum(x), "div"),
+    (lambda p, x: (x * x) @ p, "mul"),
+    (lambda p, x: jnp.exp(x) @ p, "exp"),
+])
+def test_unsupported_operations_raise_a_clear_error(fn, op):
+  with pytest.raises(UnsupportedOperationError, match=f"`{op}`"):
+    lrp(fn, jnp.ones((3, 2)), jnp.ones((1, 3)), jnp.array([0]))
+
+
+def test_bad_composites_and_rules_raise_config_errors():
+  with pytest.raises(ConfigError, match="alpha - beta = 1"):
+    rules.alpha_beta(3.0, 1.0)
+  with pytest.raises(ConfigError, match="known composites"):
+    composites.get_composite("dtd_plus")
+  with pytest.raises(ConfigError, match="expected a rule"):
+    lrp(lambda p, x: x @ p, jnp.ones((3, 2)), jnp.ones((1, 3)), jnp.array([0]), lambda info: None)
+  with pytest.raises(ConfigError, match="target"):
+    lrp(lambda p, x: x @ p, jnp.ones((3, 2)), jnp.ones((2, 3)), jnp.array([0]))
+
+
+def test_by_kind_chooses_by_position_kind_and_name(cnn):
+  apply_fn, variables, x = cnn
+  first, conv, dense, named = rules.flat(), rules.zplus(), rules.epsilon(0.1), rules.epsilon(0.5)
+  composite = composites.by_kind(first=first, conv=conv, dense=dense,
+                                 names={"classifier": named})
+  chosen = [composite(info) for info in layers(apply_fn, variables, x)]
+  assert chosen == [first, conv, dense, named]
