@@ -402,6 +402,9 @@ def test_max_pool_as_average_splits_in_proportion():
   target = jnp.array([0])
   winner = lrp(apply_fn, w, x, target, composites.uniform(rules.epsilon(0.0)))
   np.testing.assert_allclose(winner.reshape(-1), [0, 0, 0, 8.0], atol=1e-5)
+  ties = jnp.array([[[[3.0], [3.0]], [[0.0], [1.0]]]])  # two maxima share (lrp_toolbox)
+  split = lrp(apply_fn, w, ties, target, composites.uniform(rules.epsilon(0.0)))
+  np.testing.assert_allclose(split.reshape(-1), [3.0, 3.0, 0, 0], atol=1e-5)
   average = lrp(apply_fn, w, x, target, composites.uniform(rules.epsilon(0.0)), max_pool="average")
   np.testing.assert_allclose(average.reshape(-1), np.array([1, 3, 0, 4]) / 8 * 8.0, rtol=1e-5)
 
