@@ -438,3 +438,28 @@ def test_by_kind_chooses_by_position_kind_and_name(cnn):
                                  names={"classifier": named})
   chosen = [composite(info) for info in layers(apply_fn, variables, x)]
   assert chosen == [first, conv, dense, named]
+
+
+@pytest.mark.parametrize("name", ["zplus", "alpha2beta1", "zbox"])
+def test_a_scale_that_varies_over_positions_is_applied_in_the_output_space(name):
+  """A merged scale that is not per channel cannot fold into the kernel: A+ f(W+) + A- f(W-)."""
+  x = RNG.uniform(0 if name == "zplus" else -1.5, 2.0, size=(2, 4, 3, 2)).astype(np.float32)
+  kernel = RNG.normal(size=(2, 2, 2, 3)).astype(np.float32)
+  out_shape = np.asarray(_conv(x[:1], kernel)).shape
+  scale = RNG.normal(size=(1, *out_shape[1:])).astype(np.float32)  # mixed signs, per position
+
+  def apply_fn(p, x):
+    return (_conv(x, p) * scale).reshape(x.shape[0], -1)
+
+  n = x[0].size
+  basis = np.eye(n, dtype=np.float32).reshape(n, *x.shape[1:])
+  matrix = np.asarray(_conv(basis, kernel)).reshape(n, -1) * scale.reshape(1, -1)
+  target = jnp.array([3, 7])
+  got = np.asarray(lrp(apply_fn, kernel, jnp.asarray(x), target, composites.uniform(RULES[name])))
+  y = np.asarray(apply_fn(kernel, x))
+  for k in range(2):
+    r_out = np.zeros(y.shape[1])
+    r_out[int(target[k])] = y[k, int(target[k])]
+    want = reference(name, x[k].reshape(-1).astype(np.float64), matrix.astype(np.float64),
+                     np.zeros(y.shape[1]), r_out, low=-1.5, high=2.0)
+    np.testing.assert_allclose(got[k].reshape(-1), want, rtol=5e-4, atol=1e-5)

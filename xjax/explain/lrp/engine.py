@@ -138,15 +138,27 @@ class LayerCall:
     b = self.shift
     return {"all": b, "pos": jnp.maximum(b, 0), "neg": jnp.minimum(b, 0)}[part]
 
+  @functools.cached_property
+  def _weight_and_scale(self) -> tuple[Array, Array | None]:
+    """(W, A), or (A * W, None) when A is per output feature (BatchNorm) and folds into W."""
+    a = self.scale
+    if a is None or self.layer.feature_axes is None:
+      return self.weight, a
+    y_axis, w_axis = self.layer.feature_axes
+    per_feature = jnp.moveaxis(a, y_axis, -1).reshape(-1, a.shape[y_axis])[0]
+    shape = [1] * self.weight.ndim
+    shape[w_axis] = per_feature.shape[0]
+    return self.weight * per_feature.reshape(shape), None
+
   def forward(self, x: Array, mode: str = "w") -> Array:
     """`x` through the effective weights `A * W` modified by `mode`, without bias.
 
     Modes: "w" (unmodified), "pos" (positive part), "neg" (negative part), "sq" (squared),
     "ones" (all weights 1, the flat rule; `A` is ignored).
     """
-    w, a = self.weight, self.scale
     if mode == "ones":
-      return self.linear(x, jnp.ones_like(w))
+      return self.linear(x, jnp.ones_like(self.weight))
+    w, a = self._weight_and_scale
     if mode == "sq":
       z = self.linear(x, w * w)
       return z if a is None else a * a * z

@@ -115,6 +115,9 @@ class Layer:
   chain: list[Eqn]
   output: int  # the variable holding y
   scaled: bool  # the chain multiplies or divides (so A != 1)
+  # (axis of y, axis of the weight) of the output features when every scaling in the chain is
+  # per output feature (BatchNorm), so A can be folded into the weight; else None.
+  feature_axes: tuple[int, int] | None = None
 
 
 class Program:
@@ -239,7 +242,8 @@ class Program:
           name=eqn.name, is_input=x_var in self.reads_input, is_output=out == self.output_var,
           input_nonnegative=x_var in self.nonnegative, input_shape=tuple(self.avals[x_var].shape),
           output_shape=tuple(self.avals[out].shape))
-      self.layers.append(Layer(info, eqn, position, chain, out, scaled))
+      self.layers.append(Layer(info, eqn, position, chain, out, scaled,
+                               self._feature_axes(eqn, position, chain) if scaled else None))
     self.merged = merged
     self.layer_of = {id(layer.linear): layer for layer in self.layers}
     # A layer is evaluated where its last merged equation was (its constants, e.g. a reshaped
@@ -247,6 +251,30 @@ class Program:
     self.layer_at = {id((layer.chain or [layer.linear])[-1]): layer for layer in self.layers}
     self.chain_eqns = {id(e) for layer in self.layers for e in [layer.linear, *layer.chain]}
     self.chain_eqns -= set(self.layer_at)
+
+  def _feature_axes(self, eqn: Eqn, position: int, chain: list[Eqn]) -> tuple[int, int] | None:
+    """(y axis, weight axis) of the output features if the chain scales per feature only."""
+    if eqn.primitive.name == "conv_general_dilated":
+      dims = eqn.params["dimension_numbers"]
+      axes = (dims.out_spec[1], dims.rhs_spec[0])
+    else:
+      (contract_x, contract_w), (batch_x, batch_w) = eqn.params["dimension_numbers"]
+      x_rank = len(self.avals[eqn.invars[position]].shape)
+      w_var = eqn.invars[1 - position]
+      w_rank = len(w_var.value.shape) if isinstance(w_var, Lit) else len(self.avals[w_var].shape)
+      if (position, tuple(contract_x), tuple(contract_w), batch_x, batch_w, w_rank) != (
+          0, (x_rank - 1,), (0,), (), (), 2):
+        return None
+      axes = (x_rank - 1, 1)
+    for user in chain:
+      if user.primitive.name not in ("mul", "div"):
+        continue
+      for v in user.invars:
+        if not self.depends(v):
+          shape = np.shape(v.value) if isinstance(v, Lit) else self.avals[v].shape
+          if any(size != 1 for axis, size in enumerate(shape) if axis != axes[0]):
+            return None
+    return axes
 
   def _check_supported(self) -> None:
     for eqn in self.eqns:
