@@ -68,7 +68,8 @@ def _valid_conv_is_slow(eqn) -> bool:
 
   XLA:CPU runs these about 4x slower than the same convolution with "SAME" padding (25 ms
   against 6.6 ms including the crop, 64x32x32x32 input, 3x3x32x32 kernel, 2 cores), so the
-  rules' extra convolutions are computed padded and cropped: the same sums.
+  engine computes them padded and cropped, the layer's forward pass and the rules' modified
+  ones alike: the same sums. (`jax.grad` of the model itself keeps the slow op.)
   """
   if eqn.primitive.name != "conv_general_dilated" or jax.default_backend() != "cpu":
     return False
@@ -92,6 +93,15 @@ def _valid_conv_as_cropped_same(eqn, x: Array, weight: Array) -> Array:
   return out[tuple(index)]
 
 
+def _linear(layer: Layer, x: Array, weight: Array) -> Array:
+  """The layer's dense / convolution op (no bias): the model's own op, or the same sums faster."""
+  eqn = layer.linear
+  if _valid_conv_is_slow(eqn):
+    return _valid_conv_as_cropped_same(eqn, x, weight)
+  args = [x, weight] if layer.input_position == 0 else [weight, x]
+  return bind(eqn, args)[0]
+
+
 class LayerCall:
   """A layer during the backward pass: what a rule needs to compute the layer's relevance.
 
@@ -109,11 +119,7 @@ class LayerCall:
 
   def linear(self, x: Array, weight: Array) -> Array:
     """The layer's dense / convolution op (no bias) with another weight."""
-    eqn = self.layer.linear
-    if _valid_conv_is_slow(eqn):
-      return _valid_conv_as_cropped_same(eqn, x, weight)
-    args = [x, weight] if self.layer.input_position == 0 else [weight, x]
-    return bind(eqn, args)[0]
+    return _linear(self.layer, x, weight)
 
   def _chain(self, z: Array) -> Array:
     return _run_chain(self.layer, z, self._chain_args)
@@ -203,8 +209,7 @@ def _layer_with_rule(layer: Layer, rule: Callable, probe: bool) -> Callable:
 
   def forward(x, weight, chain_args, probe_value):
     del probe_value
-    args = [x, weight] if layer.input_position == 0 else [weight, x]
-    return _run_chain(layer, bind(layer.linear, args)[0], chain_args)
+    return _run_chain(layer, _linear(layer, x, weight), chain_args)
 
   def fwd(x, weight, chain_args, probe_value):
     y = forward(x, weight, chain_args, probe_value)
