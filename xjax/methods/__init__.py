@@ -1,0 +1,1 @@
+"""The training-time methods of the papers, one module each (XNet: `xnet.py`)."""
