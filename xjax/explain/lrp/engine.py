@@ -228,6 +228,24 @@ def _layer_with_rule(layer: Layer, rule: Callable, probe: bool) -> Callable:
   return f
 
 
+def _with_backward(eqn, backward: Callable[[Array, Array, Array], Array]) -> Callable:
+  """The one-operand equation `eqn` with `backward(x, y, g) -> g_x` as its gradient."""
+
+  @jax.custom_vjp
+  def op(x):
+    return bind(eqn, [x])[0]
+
+  def fwd(x):
+    y = op(x)
+    return y, (x, y)
+
+  def bwd(residuals, g):
+    return (backward(*residuals, g),)
+
+  op.defvjp(fwd, bwd)
+  return op
+
+
 def _max_pool_as_average(eqn) -> Callable:
   """Max pooling whose relevance splits in proportion to the inputs, as for sum pooling."""
   params = eqn.params
@@ -241,21 +259,11 @@ def _max_pool_as_average(eqn) -> Callable:
     def window_sum(v):
       return jnp.sum(v, axis=tuple(params["axes"]))
 
-  @jax.custom_vjp
-  def pool(x):
-    return bind(eqn, [x])[0]
-
-  def fwd(x):
-    y = pool(x)
-    return y, (x, y)
-
-  def bwd(residuals, g):
-    x, y = residuals
+  def backward(x, y, g):
     s = (y * g) / stabilize(window_sum(x), 1e-6)
-    return (jax.linear_transpose(window_sum, x)(s)[0],)
+    return jax.linear_transpose(window_sum, x)(s)[0]
 
-  pool.defvjp(fwd, bwd)
-  return pool
+  return _with_backward(eqn, backward)
 
 
 def _tiles_windows(eqn) -> bool:
@@ -282,43 +290,33 @@ def _max_pool_to_winners(eqn) -> Callable:
         v = jnp.repeat(v, size, axis=axis)
     return jnp.pad(v, [(0, n - m) for n, m in zip(shape, v.shape)])  # rows no window covers
 
-  @jax.custom_vjp
-  def pool(x):
-    return bind(eqn, [x])[0]
-
-  def fwd(x):
-    y = pool(x)
-    return y, (x, y)
-
-  def bwd(residuals, g):
-    x, y = residuals
+  def backward(x, y, g):
     covered = upsample(jnp.ones_like(y, dtype=bool), x.shape)
     winners = (covered & (x == upsample(y, x.shape))).astype(x.dtype)
     count = jax.lax.reduce_window(winners, jnp.array(0, x.dtype), jax.lax.add, window, window,
                                   "VALID")
-    return (winners * upsample(g / jnp.maximum(count, 1), x.shape),)
+    return winners * upsample(g / jnp.maximum(count, 1), x.shape)
 
-  pool.defvjp(fwd, bwd)
-  return pool
+  return _with_backward(eqn, backward)
 
 
 def _pass_activation(eqn) -> Callable:
   """A nonlinear elementwise activation that passes relevance unchanged (R_in = R_out)."""
+  return _with_backward(eqn, lambda z, y, g: safe_divide(y * g, z))
 
-  @jax.custom_vjp
-  def act(z):
-    return bind(eqn, [z])[0]
 
-  def fwd(z):
-    y = act(z)
-    return y, (z, y)
-
-  def bwd(residuals, g):
-    z, y = residuals
-    return (safe_divide(y * g, z),)
-
-  act.defvjp(fwd, bwd)
-  return act
+def _relevance_op(eqn, program: Program, max_pool: str) -> Callable | None:
+  """The one-operand equation with its relevance backward pass, or None to keep its gradient."""
+  if not eqn.invars or not program.depends(eqn.invars[0]):
+    return None
+  name = eqn.primitive.name
+  if max_pool == "average" and name in ("reduce_window_max", "reduce_max"):
+    return _max_pool_as_average(eqn)
+  if max_pool == "winner" and _tiles_windows(eqn):
+    return _max_pool_to_winners(eqn)
+  if name in PASS_ACTIVATIONS:
+    return _pass_activation(eqn)
+  return None
 
 
 def evaluate(program: Program, param_leaves: Sequence[Any], x: Array, *,
@@ -358,12 +356,11 @@ def evaluate(program: Program, param_leaves: Sequence[Any], x: Array, *,
     if id(eqn) in chain_skip:
       continue
     layer = program.layer_at.get(id(eqn))
-    name = eqn.primitive.name
     if layer is not None:
       linear = layer.linear
       x_var = linear.invars[layer.input_position]
       weight = read(linear.invars[1 - layer.input_position])
-      chain_args = [read(v) for operands, chain_eqn in zip(_chain_operands(layer), layer.chain)
+      chain_args = [read(v) for operands in _chain_operands(layer)
                     for v in operands if v is not None and not isinstance(v, Lit)]
       if rules is None:
         args = [read(v) for v in linear.invars]
@@ -374,14 +371,8 @@ def evaluate(program: Program, param_leaves: Sequence[Any], x: Array, *,
         probe_value = twins[x_var] if use_probe else jnp.zeros((), read(x_var).dtype)
         outs = [fn(read(x_var), weight, chain_args, probe_value)]
       outvars = [layer.output]
-    elif (rules is not None and max_pool == "average" and name in ("reduce_window_max", "reduce_max")
-          and program.depends(eqn.invars[0])):
-      outs, outvars = [_max_pool_as_average(eqn)(read(eqn.invars[0]))], eqn.outvars
-    elif (rules is not None and max_pool == "winner" and _tiles_windows(eqn)
-          and program.depends(eqn.invars[0])):
-      outs, outvars = [_max_pool_to_winners(eqn)(read(eqn.invars[0]))], eqn.outvars
-    elif rules is not None and name in PASS_ACTIVATIONS and program.depends(eqn.invars[0]):
-      outs, outvars = [_pass_activation(eqn)(read(eqn.invars[0]))], eqn.outvars
+    elif rules is not None and (op := _relevance_op(eqn, program, max_pool)) is not None:
+      outs, outvars = [op(read(eqn.invars[0]))], eqn.outvars
     else:
       outs, outvars = bind(eqn, [read(v) for v in eqn.invars]), eqn.outvars
       first = eqn.invars[0] if eqn.invars else None
@@ -410,16 +401,18 @@ def propagate(program: Program, params: Any, x: Array, output_relevance: Array |
       return evaluate(program, leaves, x, rules=rules, probe=probe, max_pool=max_pool)
     y, pullback = jax.vjp(run, x, jnp.zeros_like(x))
   else:
-    shape = program.avals[at]
-    def run(x, tap):
-      return evaluate(program, leaves, x, rules=rules, max_pool=max_pool, taps={at: tap})
-    y, pullback = jax.vjp(run, x, jnp.zeros(shape.shape, shape.dtype))
+    shape, record = program.avals[at], {at: None}
+    def run(x, tap):  # the tapped value comes out of the same forward pass, as aux
+      out = evaluate(program, leaves, x, rules=rules, max_pool=max_pool, taps={at: tap},
+                     record=record)
+      return out, record[at]
+    y, pullback, value = jax.vjp(run, x, jnp.zeros(shape.shape, shape.dtype), has_aux=True)
   if seed is None:
     seed = safe_divide(output_relevance.astype(y.dtype), y)
   g_x, g_probe = pullback(seed.astype(y.dtype))
   if at is None:
     return x * g_x + g_probe
-  return value_and_gradient_at(program, leaves, x, None, at)[0] * g_probe
+  return value * g_probe
 
 
 def value_and_gradient_at(program: Program, leaves: Sequence[Any], x: Array,
