@@ -68,6 +68,24 @@ def reference(rule: str, x, w, b, r_out, low=None, high=None, connected=None):
   return r_in
 
 
+def assert_matches_reference(name, got, x, y, target, matrix, bias, rtol, connected=None):
+  """Each image's relevance against `reference`, with R_out = onehot(target) * y."""
+  for k, t in enumerate(np.asarray(target)):
+    r_out = np.zeros(y.shape[1])
+    r_out[t] = y[k, t]
+    want = reference(name, np.asarray(x[k], np.float64).reshape(-1),
+                     np.asarray(matrix, np.float64), np.asarray(bias, np.float64), r_out,
+                     low=-1.5, high=2.0, connected=connected)
+    np.testing.assert_allclose(np.asarray(got[k]).reshape(-1), want, rtol=rtol, atol=1e-5)
+
+
+def unrolled(linear, x):
+  """The matrix (inputs, outputs) of a linear map of one image, from the basis images."""
+  n = x[0].size
+  basis = np.eye(n, dtype=np.float32).reshape(n, *x.shape[1:])
+  return np.asarray(linear(basis)).reshape(n, -1)
+
+
 RULES = {
     "epsilon0": rules.epsilon(0.0),
     "zplus": rules.zplus(ignore_bias=True),
@@ -96,13 +114,7 @@ def test_rule_on_a_dense_input_layer_matches_the_formula(name):
   target = np.array([0, 3, 1])
   got = lrp(apply_fn, {"w": w, "b": b}, jnp.asarray(x), jnp.asarray(target),
             composites.uniform(RULES[name]))
-  y = x @ w + b
-  for k in range(3):
-    r_out = np.zeros(4)
-    r_out[target[k]] = y[k, target[k]]
-    want = reference(name, x[k].astype(np.float64), w.astype(np.float64), b.astype(np.float64),
-                     r_out, low=-1.5, high=2.0)
-    np.testing.assert_allclose(got[k], want, rtol=2e-4, atol=1e-5)
+  assert_matches_reference(name, got, x, x @ w + b, target, w, b, rtol=2e-4)
 
 
 @pytest.mark.parametrize("name", ["epsilon0", "zplus", "alpha2beta1", "gamma"])
@@ -114,15 +126,10 @@ def test_rule_on_a_hidden_layer_matches_the_formula(name):
     return jax.nn.relu(x) @ p["w"] + p["b"]
 
   assert not layers(apply_fn, {"w": w, "b": b}, jnp.asarray(x))[0].is_input
-  got = lrp(apply_fn, {"w": w, "b": b}, jnp.asarray(x), jnp.array([2, 2, 0]),
+  target = np.array([2, 2, 0])
+  got = lrp(apply_fn, {"w": w, "b": b}, jnp.asarray(x), jnp.asarray(target),
             composites.uniform(RULES[name]))
-  y = x @ w + b
-  for k, t in enumerate([2, 2, 0]):
-    r_out = np.zeros(4)
-    r_out[t] = y[k, t]
-    want = reference(name, x[k].astype(np.float64), w.astype(np.float64), b.astype(np.float64),
-                     r_out)
-    np.testing.assert_allclose(got[k], want, rtol=2e-4, atol=1e-5)
+  assert_matches_reference(name, got, x, x @ w + b, target, w, b, rtol=2e-4)
 
 
 def _conv(x, k):
@@ -141,21 +148,13 @@ def test_rule_on_a_conv_layer_matches_the_unrolled_dense_formula(name):
     return (_conv(x, p["k"]) + p["b"]).reshape(x.shape[0], -1)
 
   params = {"k": kernel, "b": bias}
-  n = x[0].size
-  basis = np.eye(n, dtype=np.float32).reshape(n, *x.shape[1:])
-  matrix = np.asarray(_conv(basis, kernel)).reshape(n, -1)  # (inputs, outputs)
-  connected = np.asarray(_conv(basis, np.ones_like(kernel))).reshape(n, -1)
+  matrix = unrolled(lambda v: _conv(v, kernel), x)
+  connected = unrolled(lambda v: _conv(v, np.ones_like(kernel)), x)  # the flat rule's weights
   bias_flat = np.asarray(apply_fn({"k": kernel * 0, "b": bias}, x[:1]))[0]
-  target = jnp.array([5, 11])
-  got = np.asarray(lrp(apply_fn, params, jnp.asarray(x), target, composites.uniform(RULES[name])))
-  y = np.asarray(apply_fn(params, x))
-  for k in range(2):
-    r_out = np.zeros(y.shape[1])
-    r_out[int(target[k])] = y[k, int(target[k])]
-    want = reference(name, x[k].reshape(-1).astype(np.float64), matrix.astype(np.float64),
-                     bias_flat.astype(np.float64), r_out, low=-1.5, high=2.0,
-                     connected=connected)
-    np.testing.assert_allclose(got[k].reshape(-1), want, rtol=5e-4, atol=1e-5)
+  target = np.array([5, 11])
+  got = lrp(apply_fn, params, jnp.asarray(x), jnp.asarray(target), composites.uniform(RULES[name]))
+  assert_matches_reference(name, got, x, np.asarray(apply_fn(params, x)), target, matrix,
+                           bias_flat, rtol=5e-4, connected=connected)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -451,15 +450,8 @@ def test_a_scale_that_varies_over_positions_is_applied_in_the_output_space(name)
   def apply_fn(p, x):
     return (_conv(x, p) * scale).reshape(x.shape[0], -1)
 
-  n = x[0].size
-  basis = np.eye(n, dtype=np.float32).reshape(n, *x.shape[1:])
-  matrix = np.asarray(_conv(basis, kernel)).reshape(n, -1) * scale.reshape(1, -1)
-  target = jnp.array([3, 7])
-  got = np.asarray(lrp(apply_fn, kernel, jnp.asarray(x), target, composites.uniform(RULES[name])))
+  matrix = unrolled(lambda v: _conv(v, kernel), x) * scale.reshape(1, -1)
+  target = np.array([3, 7])
+  got = lrp(apply_fn, kernel, jnp.asarray(x), jnp.asarray(target), composites.uniform(RULES[name]))
   y = np.asarray(apply_fn(kernel, x))
-  for k in range(2):
-    r_out = np.zeros(y.shape[1])
-    r_out[int(target[k])] = y[k, int(target[k])]
-    want = reference(name, x[k].reshape(-1).astype(np.float64), matrix.astype(np.float64),
-                     np.zeros(y.shape[1]), r_out, low=-1.5, high=2.0)
-    np.testing.assert_allclose(got[k].reshape(-1), want, rtol=5e-4, atol=1e-5)
+  assert_matches_reference(name, got, x, y, target, matrix, np.zeros(y.shape[1]), rtol=5e-4)
