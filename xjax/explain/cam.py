@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from xjax.errors import ConfigError
 from xjax.explain.lrp.engine import value_and_gradient_at
 from xjax.explain.lrp.program import Program, trace
-from xjax.explain.targets import check_inputs
+from xjax.explain.targets import check_inputs, output_seed
 
 Array = jax.Array
 
@@ -50,9 +50,9 @@ def maps_and_gradients(apply_fn: Callable, params: Any, x: Array, target: Array,
                        layer: int | str | None = None) -> tuple[Array, Array]:
   """The feature maps `A` (B, h, w, K) of a layer and the gradient of the explained output."""
   program = trace(apply_fn, params, x)
-  num_outputs = program.avals[program.output_var].shape[-1]
-  check_inputs(x, target, num_outputs)
-  seed = jax.nn.one_hot(target, num_outputs) if target.ndim == 1 else target
+  outputs = program.avals[program.output_var]
+  check_inputs(x, target, outputs.shape[-1])
+  seed = output_seed(outputs, target)
   var = layer_maps(program, layer)
   return value_and_gradient_at(program, jax.tree.leaves(params), x, seed, var)
 

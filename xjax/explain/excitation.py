@@ -21,7 +21,7 @@ from xjax.explain import rules
 from xjax.explain.cam import layer_maps, spread_over_input
 from xjax.explain.lrp.engine import check_rules, propagate
 from xjax.explain.lrp.program import trace
-from xjax.explain.targets import check_inputs
+from xjax.explain.targets import check_inputs, output_seed
 
 Array = jax.Array
 # Tiny: MWP divides probabilities, and conservation matters more than smoothing here.
@@ -44,8 +44,8 @@ def winning_probability(apply_fn: Callable, params: Any, x: Array, target: Array
     Probabilities with the shape of x, or of the layer's activation.
   """
   program = trace(apply_fn, params, x)
-  num_outputs = program.avals[program.output_var].shape[-1]
-  check_inputs(x, target, num_outputs)
+  outputs = program.avals[program.output_var]
+  check_inputs(x, target, outputs.shape[-1])
   top = program.layers[-1].info.index if program.layers else None
   plain = rules.ZPlus(_STABILIZER, ignore_bias=True)
   dual = rules.ContrastiveZPlus(_STABILIZER)
@@ -53,8 +53,7 @@ def winning_probability(apply_fn: Callable, params: Any, x: Array, target: Array
   def composite(info):
     return dual if contrastive and info.index == top else plain
 
-  probability = (jax.nn.one_hot(target, num_outputs, dtype=jnp.float32) if target.ndim == 1
-                 else jnp.asarray(target, jnp.float32))
+  probability = output_seed(outputs, target)  # probability 1 on the class, or the distribution
   at = None if layer is None else layer_maps(program, layer)
   return propagate(program, params, x, probability, check_rules(program, composite), at=at)
 

@@ -44,16 +44,13 @@ def check_inputs(x: Array, target: Array, num_outputs: int | None = None) -> Non
 
 
 def output_seed(outputs: Array, target: Array) -> Array:
-  """The cotangent of the outputs (B, C) for gradient methods: `onehot(target)` or `target`."""
+  """The cotangent of the outputs (B, C): `onehot(target)` or `target` itself.
+
+  `outputs` may be the outputs or just their shape and dtype (a `jax.ShapeDtypeStruct`/aval).
+  For relevance methods with class indices this is also the relevance seed, `R / f(x)`.
+  """
   check_inputs(outputs, target, outputs.shape[-1])
   if target.ndim == 1:
     return jax.nn.one_hot(target, outputs.shape[-1], dtype=outputs.dtype)
   return target.astype(outputs.dtype)
 
-
-def output_relevance(outputs: Array, target: Array) -> Array:
-  """The relevance at the outputs (B, C) for relevance methods: `onehot(target) * f(x)` or `target`."""
-  check_inputs(outputs, target, outputs.shape[-1])
-  if target.ndim == 1:
-    return jax.nn.one_hot(target, outputs.shape[-1], dtype=outputs.dtype) * outputs
-  return target.astype(outputs.dtype)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from xjax.explain.lrp.engine import check_rules, propagate
 from xjax.explain.lrp.program import LayerInfo, Program, trace
-from xjax.explain.targets import check_inputs
+from xjax.explain.targets import check_inputs, output_seed
 
 Array = jax.Array
 
@@ -54,8 +54,8 @@ def lrp(apply_fn: Callable[[Any, Array], Array], params: Any, x: Array, target: 
   check_inputs(x, target, outputs.shape[-1])
   rules = check_rules(program, composite or composites.epsilon_plus())
   if target.ndim == 1:
-    seed = jax.nn.one_hot(target, outputs.shape[-1], dtype=outputs.dtype)
-    return propagate(program, params, x, None, rules, max_pool=max_pool, seed=seed)
+    return propagate(program, params, x, None, rules, max_pool=max_pool,
+                     seed=output_seed(outputs, target))
   return propagate(program, params, x, jnp.asarray(target), rules, max_pool=max_pool)
 
 

@@ -245,7 +245,6 @@ class Program:
       self.layers.append(Layer(info, eqn, position, chain, out, scaled,
                                self._feature_axes(eqn, position, chain) if scaled else None))
     self.merged = merged
-    self.layer_of = {id(layer.linear): layer for layer in self.layers}
     # A layer is evaluated where its last merged equation was (its constants, e.g. a reshaped
     # bias, may be computed after the linear op); its other equations are skipped.
     self.layer_at = {id((layer.chain or [layer.linear])[-1]): layer for layer in self.layers}
