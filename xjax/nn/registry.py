@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -14,6 +14,7 @@ from xjax.errors import ConfigError
 from xjax.nn.cnn import MLP, CNNCifar10, CNNFashion, CNNMnist, SumPoolCNN
 from xjax.nn.resnet import ResNet18
 from xjax.nn.vgg import VGG
+from xjax.nn.xnet import XNet
 
 MODELS: dict[str, type] = {
     "cnn_cifar10": CNNCifar10,
@@ -23,6 +24,7 @@ MODELS: dict[str, type] = {
     "mlp": MLP,
     "resnet18": ResNet18,
     "vgg": VGG,
+    "xnet": XNet,
 }
 
 _FLAX_FIELDS = ("parent", "name")
@@ -34,14 +36,19 @@ def model_fields(cls: type) -> tuple[str, ...]:
 
 
 def _freeze(value: Any) -> Any:
-  """Lists (as configs give them) to tuples, so module fields stay hashable."""
+  """Lists and dicts (as configs give them) to tuples, so module fields stay hashable."""
+  if isinstance(value, Mapping):
+    return tuple((k, _freeze(v)) for k, v in sorted(value.items()))
   if isinstance(value, (list, tuple)):
     return tuple(_freeze(v) for v in value)
   return value
 
 
-def get_model(name: str, **kwargs: Any) -> nn.Module:
+def get_model(name: str, module_name: str | None = None, **kwargs: Any) -> nn.Module:
   """The model registered as `name`, built with `kwargs` as its fields.
+
+  `module_name` names the module when it is built inside another one (Flax's `name`), as
+  XNet's "backbone".
 
   Raises:
     ConfigError: for an unknown name, an unknown field, or a value the model rejects.
@@ -55,7 +62,7 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     raise ConfigError(f"Unknown field(s) {', '.join(map(repr, unknown))} for model {name!r} "
                       f"({cls.__name__}); valid fields: {', '.join(fields)}.")
   try:
-    return cls(**{k: _freeze(v) for k, v in kwargs.items()})
+    return cls(**{k: _freeze(v) for k, v in kwargs.items()}, name=module_name)
   except TypeError as e:
     raise ConfigError(f"Cannot build model {name!r} from {kwargs}: {e}") from e
 
