@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from xjax.data import pipeline, registry
+from xjax.data import pipeline, registry, tasks
 from xjax.errors import ConfigError, XjaxError
 from xjax.nn import registry as models
 from xjax.plot.curves import plot_training_curves
@@ -67,12 +67,38 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+class TrainHooks:
+  """Extension points of `train_and_evaluate` for training-time methods (no-ops by default).
+
+  A method that needs more than loss terms (XNet's matching and per-epoch drop losses) subclasses
+  this. Hooks keep what they must remember in `loop` (a JSON-able dict saved in every checkpoint),
+  so a resumed run continues with the same state.
+  """
+
+  def on_epoch_start(self, state: TrainState, epoch: int, loop: dict) -> None:
+    """Before the first step of `epoch` (0-based), also when a run resumes at an epoch boundary."""
+
+  def transform_batch(self, batch: dict[str, np.ndarray], loop: dict) -> dict[str, np.ndarray]:
+    """A training batch, on the host, before it is sharded (e.g. to add a field)."""
+    return batch
+
+  def on_epoch_end(self, state: TrainState, epoch: int, loop: dict) -> dict[str, Any]:
+    """After epoch `epoch` (1-based) is validated; the result joins its entry of the history."""
+    return {}
+
+  def results(self, loop: dict) -> dict[str, Any]:
+    """What the hooks add to the run's results.json (read from the restored `loop`)."""
+    return {}
+
+
 def load_sources(data: ml_collections.ConfigDict, splits=("train", "validation", "test")):
-  """The sources of `config.data` by split."""
+  """The sources of `config.data` by split, with the derived task of `data.task` if it has one."""
   options = dict(data.get("options", {}))
-  return {split: registry.get_source(data.name, split, data_dir=data.get("data_dir"),
-                                     validation_fraction=data.get("validation_fraction", 0.1),
-                                     **options) for split in splits}
+  task = dict(data.get("task") or {})
+  return {split: tasks.apply_task(registry.get_source(
+      data.name, split, data_dir=data.get("data_dir"),
+      validation_fraction=data.get("validation_fraction", 0.1), **options), **task)
+          for split in splits}
 
 
 def build_model(config: ml_collections.ConfigDict, info) -> Any:
@@ -101,8 +127,17 @@ def _mean_metrics(rows: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  """Trains, validates every epoch, tests the best parameters; returns results.json's content."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       hooks: TrainHooks | None = None) -> dict:
+  """Trains, validates every epoch, tests the best parameters; returns results.json's content.
+
+  `config.train.test_params` chooses the parameters tested: "best" (lowest validation loss,
+  the default) or "last" (those at the end of training). `hooks` extend the loop (`TrainHooks`).
+  """
+  hooks = hooks or TrainHooks()
+  test_params = config.train.get("test_params", "best")
+  if test_params not in ("best", "last"):
+    raise ConfigError(f"train.test_params must be 'best' or 'last', got {test_params!r}.")
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -162,7 +197,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   with _SigtermFlag() as sigterm:
     step = start_step
     while step < total_steps and not loop["stopped_early"]:
-      state, metrics = train_step(state, sharding.shard_batch(next(iterator), mesh))
+      if step % steps_per_epoch == 0:
+        hooks.on_epoch_start(state, step // steps_per_epoch, loop)
+      batch = hooks.transform_batch(next(iterator), loop)
+      state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
       step += 1
       step_metrics.append(metrics)
       bar.update(1)
@@ -190,7 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                        for k in ("loss", "accuracy")}
         loop["history"].append({"epoch": epoch, "step": step, "train_loss": train_means["loss"],
                                 "train_accuracy": train_means["accuracy"],
-                                "validation_loss": val["loss"], "validation_accuracy": val["accuracy"]})
+                                "validation_loss": val["loss"], "validation_accuracy": val["accuracy"],
+                                **hooks.on_epoch_end(state, epoch, loop)})
         best = loop["best_validation_loss"]
         if best is None or val["loss"] < best:
           loop.update(best_validation_loss=val["loss"], best_epoch=epoch, bad_epochs=0)
@@ -219,8 +258,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   ckpt.wait()
 
   # ---------------------------------------------------------------- final evaluation
-  best_state = ckpt.restore_best(state) or state
-  test = evaluate(eval_step, best_state.variables, sources["test"], config, mesh)
+  tested = (ckpt.restore_best(state) or state) if test_params == "best" else state
+  test = evaluate(eval_step, tested.variables, sources["test"], config, mesh)
   ckpt.close()
   history = loop["history"]
   results = {
@@ -230,8 +269,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                         if h["epoch"] == loop["best_epoch"]), None),
       "best_epoch": loop["best_epoch"], "epochs_completed": len(history),
       "stopped_early": loop["stopped_early"], "steps": int(jax.device_get(state.step)),
+      "test_params": test_params,
       "train_seconds": loop["train_seconds"], "num_devices": mesh.size,
       "num_params": models.count_params(state.params), "history": history,
+      **hooks.results(loop),
   }
   if is_main:
     report.write_json(workdir / "results.json", results)
