@@ -10,6 +10,7 @@ import pytest
 
 from xjax.errors import ConfigError
 from xjax.methods import xnet
+from xjax.nn.xnet import XNetHead
 from xjax.train.losses import ModelOutputs, build_loss_terms
 
 RNG = np.random.default_rng(0)
@@ -17,7 +18,7 @@ K, C, B, F = 4, 3, 16, 6
 
 
 def _head_params():
-  head = xnet.XNetHead(num_neurons=K, num_classes=C)
+  head = XNetHead(num_neurons=K, num_classes=C)
   return head, head.init(jax.random.key(0), jnp.zeros((1, F)))["params"]
 
 
@@ -91,8 +92,9 @@ def test_the_loss_term_is_minus_alpha_times_the_min_and_follows_the_matching():
   np.testing.assert_allclose(value, -xnet.objective(losses, counts, "min"), rtol=1e-6)
   # With category c matched to neuron perm[c], neuron perm[c] is dropped for category c's images.
   perm = jnp.array([2, 0, 3, 1])
+  matched = xnet.category_membership(np.asarray(attributes), [1, 2, 3, 4], np.asarray(perm))
   permuted = term({"head": params}, {"attributes": attributes, "label": labels,
-                                     "neuron_of_category": perm}, outputs)
+                                     "xnet_membership": matched}, outputs)
   by_hand = xnet.drop_losses(params["output"], hidden, labels,
                              membership[:, jnp.argsort(perm)])
   np.testing.assert_allclose(permuted, -xnet.objective(*by_hand, "min"), rtol=1e-6)

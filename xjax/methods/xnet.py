@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,22 +27,11 @@ import optax
 import scipy.optimize
 
 from xjax.errors import ConfigError
+
 from xjax.train.losses import ModelOutputs, register_loss_term
 
 Array = jax.Array
 OBJECTIVES = ("min", "sum", "mean")
-
-
-class XNetHead(nn.Module):
-  """The explainable layer (k ReLU neurons) and the output layer behind the X-layer."""
-
-  num_neurons: int
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, features: Array) -> tuple[Array, Array]:
-    hidden = nn.relu(nn.Dense(self.num_neurons, name="explainable")(features))
-    return nn.Dense(self.num_classes, name="output")(hidden), hidden
 
 
 def head_logits(output_params: Mapping[str, Array], hidden: Array,
@@ -114,27 +102,32 @@ def objective(losses: Array, counts: Array, kind: str = "min") -> Array:
   raise ConfigError(f"Unknown XNet objective {kind!r}; known: {', '.join(OBJECTIVES)}.")
 
 
-def category_membership(attributes: Array, categories: Iterable[int],
-                        neuron_of_category: Array | None = None) -> Array:
-  """(B, k) membership of the images in the categories, in neuron order.
+MEMBERSHIP_KEY = "xnet_membership"
+
+
+def category_membership(attributes: np.ndarray, categories: Iterable[int],
+                        neuron_of_category: np.ndarray | None = None) -> np.ndarray:
+  """(B, k) membership of the images in the categories, in neuron order (numpy or jax).
 
   `categories[c]` is the attribute column of category c; `neuron_of_category[c]` the neuron
-  matched to it (identity by default).
+  matched to it (identity by default), so column j is the category of neuron j.
   """
-  columns = jnp.asarray(attributes)[:, jnp.asarray(list(categories))] > 0
+  xp = jnp if isinstance(attributes, jax.Array) else np
+  columns = xp.asarray(attributes)[:, np.asarray(list(categories))] > 0
   if neuron_of_category is None:
     return columns
-  order = jnp.argsort(jnp.asarray(neuron_of_category))  # neuron j -> its category
-  return columns[:, order]
+  return columns[:, np.argsort(np.asarray(neuron_of_category))]  # neuron j -> its category
 
 
 def xnet_drop_loss(categories: Iterable[int], objective_kind: str = "min",
                    head: str = "head", hidden_key: str = "xnet_hidden") -> Callable:
   """The loss term `-objective(DL)`; weight it by alpha (`{"xnet_drop": {"weight": 0.05, ...}}`).
 
-  Reads the explainable layer's activations from `outputs.intermediates[hidden_key]`, the output
-  layer's parameters from `params[head]["output"]`, categories from `batch["attributes"]`
-  (columns `categories`) and, if present, the matching from `batch["neuron_of_category"]`.
+  Reads the explainable layer's activations from `outputs.intermediates[hidden_key]` and the
+  output layer's parameters from `params[head]["output"]`. The images of neuron j's category are
+  `batch["xnet_membership"][:, j]` when the batch has that field (the input pipeline puts it
+  there after a matching, `category_membership(attributes, categories, neuron_of_category)`),
+  otherwise `batch["attributes"][:, categories[j]]`.
   """
   categories = tuple(int(c) for c in categories)
   if objective_kind not in OBJECTIVES:
@@ -145,8 +138,9 @@ def xnet_drop_loss(categories: Iterable[int], objective_kind: str = "min",
     if len(categories) != hidden.shape[-1]:
       raise ConfigError(f"{len(categories)} categories for an explainable layer of "
                         f"{hidden.shape[-1]} neurons; XNet needs one category per neuron.")
-    membership = category_membership(batch["attributes"], categories,
-                                     batch.get("neuron_of_category"))
+    membership = batch.get(MEMBERSHIP_KEY)
+    if membership is None:
+      membership = category_membership(batch["attributes"], categories)
     losses, counts = drop_losses(params[head]["output"], hidden, batch["label"], membership)
     return -objective(losses, counts, objective_kind)
 
