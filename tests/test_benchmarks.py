@@ -1,6 +1,8 @@
-"""The train-step benchmark compares like with like: same loss and same update in both frameworks.
+"""The benchmarks compare like with like: same loss and same update in both implementations.
 
-Runs only the benchmark's correctness check (no timing), for the CIFAR10 CNN at batch 4.
+Runs only the benchmarks' correctness checks (no timing): the train-step benchmark (xjax against
+PyTorch) for the CIFAR10 CNN at batch 4, which needs torch, and the XNet benchmark (the library's
+vmapped drop loss against k full forward passes) on a tiny XNet, which does not.
 """
 
 from __future__ import annotations
@@ -8,13 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("torch", reason="torch is not installed (optional: pip install xjax[bench]); "
-                    "the train-step benchmark cannot be checked")
-
-from benchmarks.train_step import check_correctness, make_batch  # noqa: E402
-
 
 def test_train_step_check_cnn_cifar10():
+  pytest.importorskip("torch", reason="torch is not installed (optional: pip install xjax[bench]); "
+                      "the train-step benchmark cannot be checked")
+  from benchmarks.train_step import check_correctness, make_batch
   check = check_correctness("cnn_cifar10", make_batch(4, 32))
   # One step from the same weights on the same batch, dropout off: the same loss ...
   assert check["loss_rel_diff"] < 1e-4, check["loss_rel_diff"]
@@ -31,3 +31,25 @@ def test_train_step_check_cnn_cifar10():
   assert check["update_rel_diff"] < 1e-4, (check["update_rel_diff"], check["worst_update"])
   # The second step (after the SGD-with-momentum update) gives the same loss too.
   assert check["loss2_rel_diff"] < 1e-4, check["loss2_rel_diff"]
+
+
+def test_xnet_step_check_vmap_equals_naive_passes():
+  # The XNet benchmark's check on a tiny XNet (ResNet-18 of width 4, 8x8 images, batch 8, k = 2):
+  # one train step with the library's vmapped drop loss (one backbone pass) and one naive step
+  # (k more full forward passes, neuron j dropped in pass j), from the same state on the same
+  # batch. ResNet-18 has no dropout, so the passes are the same function of the same weights.
+  # (XLA's backend optimisation level 0 for both steps: 3x faster to compile, the same math.)
+  from benchmarks.xnet_step import TOLERANCE, UPDATE_TOLERANCE, check_xnet_step
+  check = check_xnet_step(2, batch_size=8, image_size=8, backbone_width=4,
+                          compiler_options={"xla_backend_optimization_level": 0})
+  # The drop loss is part of the step: some categories have images, and the term is not 0.
+  assert check["present"] > 0
+  assert abs(check["drop_xnet"]) > 1e-2, check["drop_xnet"]
+  # Same drop-loss term, same total loss ...
+  assert abs(check["drop_naive"] - check["drop_xnet"]) <= TOLERANCE * abs(check["drop_xnet"])
+  assert check["loss_rel_diff"] < TOLERANCE, (check["loss_xnet"], check["loss_naive"])
+  # ... and the same new parameters, and the same updates, which moved the weights by far more
+  # than the tolerance.
+  assert check["params_l2_rel_diff"] < TOLERANCE, check["params_l2_rel_diff"]
+  assert check["update_l2_rel_diff"] < UPDATE_TOLERANCE, check["update_l2_rel_diff"]
+  assert check["update_rel_size"] > 100 * UPDATE_TOLERANCE, check["update_rel_size"]
