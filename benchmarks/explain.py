@@ -542,10 +542,10 @@ def benchmark_model(name: str, batch: dict[str, np.ndarray], rounds: int, ig_ste
   ratios["xjax/captum saliency"] = median["saliency", "xjax"] / median["saliency", "torch"]
   ratios["xjax/captum ig"] = (median["integrated_gradients", "xjax"]
                               / median["integrated_gradients", "torch"])
-  print(f"  xjax LRP time / saliency time: " + ", ".join(
+  print("  xjax LRP time / saliency time: " + ", ".join(
       f"{c} {ratios[f'lrp_{c}/gradient']:.2f}" for c in LRP_COMPOSITES)
         + ("  (acceptance: <= 1.3)" if name == "cnn_cifar10" else ""))
-  print(f"  heatmap rel L2 xjax vs peer: " + ", ".join(
+  print("  heatmap rel L2 xjax vs peer: " + ", ".join(
       f"{m} {check['rel_l2'][m]:.1e}" for m in METHODS))
   return ratios
 

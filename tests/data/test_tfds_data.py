@@ -80,7 +80,7 @@ def test_unprepared_large_datasets_point_to_local_folders(tmp_path, no_network, 
     TfdsSource(name, "train", data_dir=tmp_path)
   assert files in str(err.value)
   if alternative:
-    assert f"Without TFDS, use xjax.data." in str(err.value) and alternative in str(err.value)
+    assert "Without TFDS, use xjax.data." in str(err.value) and alternative in str(err.value)
 
 
 def test_data_dir_defaults_to_env(tmp_path, monkeypatch, no_network):
