@@ -1,4 +1,4 @@
-"""XNet: vmapped drop losses against the naive loop, gradients of the X-layer and the min, matching."""
+"""XNet: vmapped drop losses against the naive loop, X-layer and min gradients, matching."""
 
 from __future__ import annotations
 

@@ -151,8 +151,8 @@ register_loss_term("xnet_drop", lambda categories, objective="min", **kw: xnet_d
     categories, objective, **kw))
 
 
-def drop_loss_matrix(output_params: Mapping[str, Array], batches: Iterable[tuple[Array, Array,
-                                                                                 Array]]) -> np.ndarray:
+def drop_loss_matrix(output_params: Mapping[str, Array],
+                     batches: Iterable[tuple[Array, Array, Array]]) -> np.ndarray:
   """M[c, i]: mean cross-entropy over the images of category c with neuron i dropped (Alg. 1).
 
   Args:
