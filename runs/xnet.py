@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from runs import cli
+from xjax.data import pipeline
 from xjax.errors import ConfigError
 from xjax.explain import heatmaps
 from xjax.explain.methods import get_method
@@ -113,7 +114,6 @@ def category_examples(outputs, n: int) -> np.ndarray:
 
 def explain_examples(config, model, runs: dict, source, indices: np.ndarray, method: str):
   """(K, n, H, W) channel-summed heatmaps of `method` for the predicted class, per run."""
-  from xjax.data import pipeline
   batch = source.read_batch(indices.reshape(-1))
   mean, std = pipeline.normalization_constants(source.info, config.data.normalization)
   x = pipeline.normalize(batch["image"], mean, std)
@@ -128,10 +128,12 @@ def explain_examples(config, model, runs: dict, source, indices: np.ndarray, met
 
 
 def write_figures(config, workdir: Path, model, runs: dict, source, names: list[str]) -> None:
+  """Fig. 1-6 of the paper for the baseline and XNet, Fig. 7 / 8 for the ablations run."""
   figures = workdir / "figures"
+  history_of = lambda run: np.asarray(run["drop_loss_history"])  # noqa: E731
   neurons = [f"neuron {j} ({names[c]})" for j, c in enumerate(
       np.argsort(runs["xnet"]["neuron_of_category"]))]
-  history = {name: np.asarray(runs[name]["drop_loss_history"]) for name in ("baseline", "xnet")}
+  history = {name: history_of(runs[name]) for name in ("baseline", "xnet")}
   plots.plot_drop_loss_curves(history, figures / "fig1_drop_losses.png", neuron_labels=neurons,
                               title=f"{config.name}: per-neuron drop loss (validation)")
   plots.plot_category_activation(
@@ -157,10 +159,6 @@ def write_figures(config, workdir: Path, model, runs: dict, source, names: list[
   matched = {name: history_of(runs[name]) for name in ("initial_match", "em_match") if name in runs}
   if matched:
     plots.plot_drop_loss_curves(matched, figures / "fig8_matching.png", title="matching (Alg. 1-2)")
-
-
-def history_of(run: dict) -> np.ndarray:
-  return np.asarray(run["drop_loss_history"])
 
 
 def results_markdown(config, runs: dict, checks: dict, names: list[str]) -> str:
