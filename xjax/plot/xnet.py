@@ -360,13 +360,14 @@ def _draw_top_images(images: np.ndarray, *, group_labels: Sequence[str],
   images, scores = _check_top_images(images, group_labels, scores)
   num_groups, per_group = images.shape[:2]
   side = math.ceil(math.sqrt(per_group))
+  rows = math.ceil(per_group / side)  # e.g. 9 -> 3 x 3, 5 -> 2 rows of 3.
   cell = 1.1
-  height = side * cell + 0.7 + (0.4 if title else 0.0)
-  fig = plt.figure(figsize=(num_groups * (side * cell + 0.3), height), layout="constrained")
-  blocks = fig.subfigures(1, num_groups, squeeze=False)[0]
+  height = rows * cell + 0.7 + (0.4 if title else 0.0)
+  fig = plt.figure(figsize=(num_groups * (side * cell + 0.4), height), layout="constrained")
+  blocks = fig.subfigures(1, num_groups, squeeze=False, wspace=0.04)[0]
   for g, block in enumerate(blocks):
     block.suptitle(group_labels[g], fontsize=10)
-    axes = block.subplots(side, side, squeeze=False)
+    axes = block.subplots(rows, side, squeeze=False)
     for m, ax in enumerate(axes.flat):
       ax.set_axis_off()
       if m >= per_group:
@@ -387,8 +388,9 @@ def plot_top_images(images: np.ndarray, path: str | Path, *, group_labels: Seque
 
   Args:
     images: (G, M, H, W, C): G groups (e.g. the neurons of the explainable layer) of M images
-      (e.g. the top 9 by drop loss), drawn row by row in a ceil(sqrt(M)) square block; uint8,
-      or floats (in [0, 1] shown as they are, otherwise min-max scaled per image). C is 1 or 3.
+      (e.g. the top 9 by drop loss), drawn row by row in a block ceil(sqrt(M)) images wide (a
+      3 x 3 square for M = 9); uint8, or floats (in [0, 1] shown as they are, otherwise min-max
+      scaled per image). C is 1 or 3.
     path: where to write the PNG (parent folders are created).
     group_labels: G texts written above the blocks.
     scores: (G, M) values (e.g. drop losses) written above each image with 2 decimals.
