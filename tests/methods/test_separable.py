@@ -1,0 +1,73 @@
+"""Block-wise L1 (Rieger 2018, Eq. 5-6) against hand-computed matrices, its gradient, the block
+rules, and the diffusion metric (Eq. 7) on hand-made heatmaps."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xjax.errors import ConfigError
+from xjax.methods import separable
+from xjax.train.losses import build_loss_terms
+
+W = jnp.array([[1.0, -2.0],
+               [3.0, 4.0],
+               [-5.0, 6.0],
+               [7.0, -8.0]])  # (n_in = 4, n_out = 2); blocks of the inputs: 0, 0, 1, 1
+
+
+def test_blocks_split_units_evenly_over_the_classes():
+  np.testing.assert_array_equal(separable.block_of(4, 2), [0, 0, 1, 1])
+  np.testing.assert_array_equal(separable.block_of(5, 2), [0, 0, 0, 1, 1])
+  np.testing.assert_array_equal(separable.block_of(10, 10), np.arange(10))  # output layer
+  np.testing.assert_array_equal(separable.block_of(512, 10)[[0, 51, 52, 511]], [0, 0, 1, 9])
+  np.testing.assert_array_equal(separable.off_block_mask(4, 2, 2),
+                                [[0, 1], [0, 1], [1, 0], [1, 0]])
+  with pytest.raises(ConfigError, match="class blocks"):
+    separable.block_of(3, 10)
+
+
+def test_the_penalty_sums_positive_off_block_weights_and_its_gradient_is_their_mask():
+  params = {"dense1": {"kernel": W, "bias": jnp.ones(2)},
+            "conv1": {"kernel": jnp.ones((3, 3, 1, 4))}}  # a conv kernel is not penalised
+  # Off-block entries: (0,1) = -2, (1,1) = 4, (2,0) = -5, (3,0) = 7 -> positive ones 4 + 7.
+  assert float(separable.block_l1(params, 2)) == pytest.approx(11.0)
+  grad = jax.grad(lambda p: separable.block_l1(p, 2))(params)
+  np.testing.assert_array_equal(grad["dense1"]["kernel"], [[0, 0], [0, 1], [0, 0], [1, 0]])
+  np.testing.assert_array_equal(grad["conv1"]["kernel"], 0.0)
+  np.testing.assert_array_equal(grad["dense1"]["bias"], 0.0)
+
+
+def test_the_loss_term_is_the_penalty_and_layers_can_be_chosen():
+  params = {"dense1": {"kernel": W}, "classifier": {"kernel": jnp.ones((2, 2))}}
+  weight, term = build_loss_terms({"block_l1": {"weight": 0.5, "num_classes": 2}})["block_l1"]
+  assert weight == 0.5
+  assert float(term(params, None, None)) == pytest.approx(11.0 + 2.0)  # + the two off-diagonal 1s
+  only = separable.block_l1_term(2, layers=["classifier"])
+  assert float(only(params, None, None)) == pytest.approx(2.0)
+  with pytest.raises(ConfigError, match="No dense layer"):
+    separable.block_l1(params, 2, layers=["dense9"])
+
+
+def test_diffusion_is_the_mean_frobenius_distance_of_the_two_heatmaps():
+  top1 = np.zeros((2, 3, 3))
+  top2 = np.zeros((2, 3, 3))
+  top2[0, 0, 0], top2[0, 2, 1] = 3.0, 4.0  # distance 5
+  top1[1] = 1.0  # distance sqrt(9) = 3 for the all-ones difference
+  assert float(separable.diffusion(top1, top2)) == pytest.approx((5.0 + 3.0) / 2)
+  assert float(separable.diffusion(top1, top1)) == 0.0
+  with pytest.raises(ConfigError, match="N, H, W"):
+    separable.diffusion(np.zeros((2, 3, 3, 1)), np.zeros((2, 3, 3, 1)))
+
+
+def test_the_dense_layers_of_a_table1_network_are_found():
+  from xjax.nn.registry import get_model, init_variables
+  params = init_variables(get_model("cnn_fashion"), jax.random.key(0), (28, 28, 1))["params"]
+  kernels = separable.dense_kernels(params)
+  assert {k: v.shape for k, v in kernels.items()} == {"dense1/kernel": (6272, 256),
+                                                      "classifier/kernel": (256, 10)}
+  by_hand = sum(float(jnp.sum(jax.nn.relu(k) * separable.off_block_mask(*k.shape, 10)))
+                for k in kernels.values())
+  assert float(separable.block_l1(params, 10)) == pytest.approx(by_hand, rel=1e-5)
