@@ -71,3 +71,29 @@ def test_the_dense_layers_of_a_table1_network_are_found():
   by_hand = sum(float(jnp.sum(jax.nn.relu(k) * separable.off_block_mask(*k.shape, 10)))
                 for k in kernels.values())
   assert float(separable.block_l1(params, 10)) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_top2_heatmaps_explain_the_two_largest_logits_and_conserve_them():
+  from xjax.explain import composites, heatmaps
+  from xjax.explain.lrp import lrp
+  rng = np.random.default_rng(3)
+  params = {"w1": jnp.asarray(rng.normal(size=(12, 8)), jnp.float32),
+            "w2": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)}
+
+  def apply_fn(p, x):
+    return jax.nn.relu(x.reshape(len(x), -1) @ p["w1"]) @ p["w2"]
+
+  x = jnp.asarray(rng.random((5, 2, 2, 3)), jnp.float32)
+  top1, top2, classes = separable.top2_heatmaps(apply_fn, params, x)
+  logits = np.asarray(apply_fn(params, x))
+  np.testing.assert_array_equal(classes, np.argsort(-logits, axis=1)[:, :2])
+  # The top-2 class with all other outputs set to 0, written as an explicit output relevance.
+  explicit = jax.nn.one_hot(classes[:, 1], 4) * logits
+  by_hand = heatmaps.channel_sum(lrp(apply_fn, params, x, explicit, composites.dtd(0.0, 1.0)))
+  np.testing.assert_allclose(top2, by_hand, rtol=1e-6)
+  assert top1.shape == top2.shape == (5, 2, 2)
+  positive = logits[np.arange(5), classes[:, 1]] > 0  # DTD conserves a positive logit
+  assert positive.sum() >= 2
+  np.testing.assert_allclose(np.asarray(top2).sum(axis=(1, 2))[positive],
+                             logits[np.arange(5), classes[:, 1]][positive], rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(top1).sum(axis=(1, 2)), logits.max(axis=1), rtol=1e-4)

@@ -5,6 +5,9 @@
   `lambda * sum_l sum_ij relu(W^l_ij) [blk(i) != blk(j)]`. The paper's "integer division with the
   number of classes" taken literally (i // C) gives n / C blocks, not C; [A] here unit i of a layer
   with n units is in block `floor(i * C / n)` (so the output layer's unit j is in block j).
+* **Heatmaps of the top-2 classes** (Sec. 2): DTD (z^B at the input with the data's bounds, z+
+  without bias elsewhere) of the top-1 and of the top-2 class, the latter with all other outputs
+  set to 0 (class indices seed the output relevance with `onehot(c) * f(x)`).
 * **Diffusion** (Eq. 7): `d = 1/N sum_n ||R_{n,c1} - R_{n,c2}||_F`, the mean Frobenius distance of
   the channel-summed heatmaps of the top-1 and top-2 classes.
 
@@ -20,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
+from xjax.explain import composites, heatmaps
+from xjax.explain.lrp import lrp
 from xjax.train.losses import ModelOutputs, register_loss_term
 
 Array = jax.Array
@@ -90,3 +95,20 @@ def diffusion(top1: Array, top2: Array) -> Array:
     raise ConfigError(f"diffusion needs two (N, H, W) heatmap stacks of the same shape; got "
                       f"{top1.shape} and {top2.shape} (sum over channels first).")
   return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(top1 - top2), axis=(1, 2))))
+
+
+def top2_heatmaps(apply_fn: Callable[[Any, Array], Array], params: Any, x: Array,
+                  low: Any = 0.0, high: Any = 1.0) -> tuple[Array, Array, Array]:
+  """DTD heatmaps (B, H, W) of the top-1 and top-2 classes, and those classes (B, 2).
+
+  Args:
+    apply_fn: `(params, x) -> logits`.
+    params: its parameters.
+    x: images (B, H, W, C).
+    low, high: the input box of the z^B rule, e.g. `xjax.data.pipeline.input_bounds(info, norm)`.
+  """
+  classes = jnp.argsort(-apply_fn(params, x), axis=-1)[:, :2]
+  composite = composites.dtd(low, high)
+  maps = [heatmaps.channel_sum(lrp(apply_fn, params, x, classes[:, i], composite))
+          for i in range(2)]
+  return maps[0], maps[1], classes
