@@ -82,9 +82,9 @@ def analyse(config, workdir: Path, model, source, columns: list[int], trained: d
                               batch_size=config.data.eval_batch_size,
                               normalization=config.data.normalization)
   output_params = variables["params"]["head"]["output"]
-  matrix = monitor.split_drop_loss_matrix(output_params, outputs)
   neuron_of_category = trained["xnet"]["neuron_of_category"]
   per_image = monitor.per_image_drop_losses(output_params, outputs)
+  matrix = monitor.category_means(per_image, outputs.membership)  # one pass of the k heads
   top = monitor.top_images(per_image, config.xnet.top_images)
   return {
       "test_accuracy": trained["test_accuracy"], "test_loss": trained["test_loss"],
@@ -117,12 +117,13 @@ def explain_examples(config, model, runs: dict, source, indices: np.ndarray, met
   batch = source.read_batch(indices.reshape(-1))
   mean, std = pipeline.normalization_constants(source.info, config.data.normalization)
   x = pipeline.normalize(batch["image"], mean, std)
-  explain = jax.jit(get_method(method), static_argnums=0)
+  apply_fn = logits_fn(model)
+  explain = jax.jit(lambda variables, x, target: get_method(method)(apply_fn, variables, x, target))
   out = {}
   for name in ("baseline", "xnet"):
     variables = runs[name]["_variables"]
-    target = np.argmax(logits_fn(model)(variables, x), axis=-1)
-    relevance = explain(logits_fn(model), variables, x, target)
+    target = np.argmax(apply_fn(variables, x), axis=-1)
+    relevance = explain(variables, x, target)
     out[name] = np.asarray(heatmaps.channel_sum(relevance)).reshape(*indices.shape, *x.shape[1:3])
   return batch["image"].reshape(*indices.shape, *batch["image"].shape[1:]), out
 

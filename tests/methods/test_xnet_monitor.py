@@ -49,6 +49,8 @@ def test_per_image_drop_losses_agree_with_the_drop_loss_matrix():
   expected = (outputs.membership.T.astype(float) @ per_image) / outputs.membership.sum(0)[:, None]
   np.testing.assert_allclose(monitor.split_drop_loss_matrix(output, outputs, chunk=16), expected,
                              rtol=1e-5)
+  np.testing.assert_allclose(monitor.category_means(per_image, outputs.membership), expected,
+                             rtol=1e-5)
 
 
 def test_the_xnet_model_puts_a_head_on_a_backbone_without_classifier():

@@ -114,6 +114,12 @@ def per_image_drop_losses(output_params: dict, outputs: SplitOutputs) -> np.ndar
   return np.asarray(losses).T
 
 
+def category_means(per_image: np.ndarray, membership: np.ndarray) -> np.ndarray:
+  """M[c, i] from per-image drop losses (N, k): their mean over category c's images (Alg. 1)."""
+  weights = np.asarray(membership, np.float64)
+  return (weights.T @ per_image) / np.maximum(weights.sum(axis=0), 1.0)[:, None]
+
+
 def top_images(scores: np.ndarray, m: int = 9) -> np.ndarray:
   """(k, m) row indices of the m largest scores of each column (Fig. 5 / 6), largest first."""
   return np.argsort(-scores, axis=0, kind="stable")[:m].T
