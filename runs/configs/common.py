@@ -20,7 +20,12 @@ def base_config() -> ml_collections.ConfigDict:
       schedule="constant", decay_every_epochs=2, decay_factor=0.1))
   c.losses = ml_collections.ConfigDict({"cross_entropy": {"weight": 1.0}})
   c.train = ml_collections.ConfigDict(dict(
-      epochs=10, log_every_steps=50, checkpoint_every_steps=500, early_stopping_patience=3))
+      epochs=10, log_every_steps=50, checkpoint_every_steps=500, early_stopping_patience=3,
+      # Fine-tuning: start from the best parameters of this workdir (a finished run).
+      init_from=ml_collections.FieldReference(None, field_type=str),
+      # Loss terms of the parameters only (e.g. "block_l1") added, weighted, to the validation
+      # loss that early stopping and the best checkpoint follow (as Keras's val_loss does).
+      validation_penalties=()))
   # The paper's numbers, shown beside ours in results.md (None where the paper has none).
   c.paper = ml_collections.ConfigDict({"test_accuracy": ml_collections.FieldReference(None, field_type=float)})
   return c

@@ -97,3 +97,21 @@ def test_top2_heatmaps_explain_the_two_largest_logits_and_conserve_them():
   np.testing.assert_allclose(np.asarray(top2).sum(axis=(1, 2))[positive],
                              logits[np.arange(5), classes[:, 1]][positive], rtol=1e-4)
   np.testing.assert_allclose(np.asarray(top1).sum(axis=(1, 2)), logits.max(axis=1), rtol=1e-4)
+
+
+def test_top2_heatmaps_of_many_images_equal_one_batch_whatever_the_padding():
+  rng = np.random.default_rng(4)
+  params = {"w1": jnp.asarray(rng.normal(size=(12, 8)), jnp.float32),
+            "w2": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)}
+
+  def apply_fn(p, x):
+    return jax.nn.relu(x.reshape(len(x), -1) @ p["w1"]) @ p["w2"]
+
+  x = rng.random((5, 2, 2, 3)).astype(np.float32)
+  whole = separable.top2_heatmaps(apply_fn, params, jnp.asarray(x))
+  batched = separable.top2_heatmaps_of(apply_fn, params, x, batch_size=2)  # 2 + 2 + (1 + 1 pad)
+  for a, b in zip(whole, batched):
+    assert b.shape[0] == 5
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ConfigError, match=r"\(N, H, W, C\)"):
+    separable.top2_heatmaps_of(apply_fn, params, x[0])

@@ -112,3 +112,28 @@ def top2_heatmaps(apply_fn: Callable[[Any, Array], Array], params: Any, x: Array
   maps = [heatmaps.channel_sum(lrp(apply_fn, params, x, classes[:, i], composite))
           for i in range(2)]
   return maps[0], maps[1], classes
+
+
+def top2_heatmaps_of(apply_fn: Callable[[Any, Array], Array], params: Any, images: np.ndarray,
+                     low: Any = 0.0, high: Any = 1.0, batch_size: int = 250
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`top2_heatmaps` of many normalised images, in batches of one compiled shape, as numpy.
+
+  The last batch is padded with copies of the first image (and the padding dropped), so the
+  function compiles once whatever the number of images.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4 or len(images) == 0:
+    raise ConfigError(f"top2_heatmaps_of needs images (N, H, W, C) with N >= 1; got shape "
+                      f"{images.shape}.")
+  explain = jax.jit(lambda p, x: top2_heatmaps(apply_fn, p, x, low, high))
+  size = min(batch_size, len(images))
+  out = []
+  for start in range(0, len(images), size):
+    chunk = images[start:start + size]
+    pad = size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(images[:1], pad, axis=0)])
+    out.append([np.asarray(a)[:size - pad] for a in explain(params, chunk)])
+  top1, top2, classes = (np.concatenate(parts) for parts in zip(*out))
+  return top1, top2, classes

@@ -24,6 +24,15 @@ RELEVANCE_CMAP = LinearSegmentedColormap.from_list(
     "relevance", ["#0000ff", "#ffffff", "#ff0000"], N=255)
 
 
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+  """Writes `fig` as a PNG at `path` (creating parent folders), closes it, returns the path."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
 def heatmap_rgb(h: np.ndarray) -> np.ndarray:
   """Heatmaps (H, W) or (N, H, W) as float RGB in [0, 1], (..., H, W, 3).
 
@@ -104,8 +113,4 @@ def plot_explanations(images: np.ndarray, heatmaps: Mapping[str, np.ndarray], pa
     if labels is not None:
       axes[row, 0].set_ylabel(labels[row], fontsize=8)
   fig.tight_layout()
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=dpi)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path, dpi)

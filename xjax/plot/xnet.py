@@ -30,18 +30,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from xjax.errors import ConfigError  # noqa: E402
-from xjax.plot.heatmaps import _displayable_image, heatmap_rgb  # noqa: E402
+from xjax.plot.heatmaps import _displayable_image, heatmap_rgb, save_figure  # noqa: E402
 
 DEFAULT_DPI = 110
-
-
-def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
-  """Writes `fig` as a PNG at `path` (creating parent folders), closes it, returns the path."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=dpi)
-  plt.close(fig)
-  return path
 
 
 def _neuron_labels(neuron_labels: Sequence[str] | None, k: int) -> list[str]:
@@ -117,7 +108,7 @@ def plot_drop_loss_curves(histories: Mapping[str, np.ndarray], path: str | Path,
     ConfigError: a history that is not 2-D, differing k, or the wrong number of labels.
   """
   fig = _draw_drop_loss_curves(histories, neuron_labels=neuron_labels, title=title)
-  return _save(fig, path, dpi)
+  return save_figure(fig, path, dpi)
 
 
 # Category activation (Fig. 2).
@@ -213,7 +204,7 @@ def plot_category_activation(matrices: Mapping[str, np.ndarray], path: str | Pat
   """
   fig = _draw_category_activation(matrices, category_names=category_names,
                                   neuron_labels=neuron_labels, title=title)
-  return _save(fig, path, dpi)
+  return save_figure(fig, path, dpi)
 
 
 # Heatmaps per category (Figs. 3, 4).
@@ -330,7 +321,7 @@ def plot_category_heatmaps(images: np.ndarray, heatmaps: Mapping[str, np.ndarray
   """
   fig = _draw_category_heatmaps(images, heatmaps, row_labels=row_labels, title=title,
                                 overlay=overlay)
-  return _save(fig, path, dpi)
+  return save_figure(fig, path, dpi)
 
 
 # Top images per neuron (Figs. 5, 6).
@@ -404,4 +395,4 @@ def plot_top_images(images: np.ndarray, path: str | Path, *, group_labels: Seque
     ConfigError: images not 5-D, scores not (G, M), or the wrong number of group labels.
   """
   fig = _draw_top_images(images, group_labels=group_labels, scores=scores, title=title)
-  return _save(fig, path, dpi)
+  return save_figure(fig, path, dpi)

@@ -1,0 +1,219 @@
+"""Separable explanations, `python -m runs.separable --config=runs/configs/separable.py:DATASET
+--workdir=W` (Rieger 2018, seed 001; Tables 2 and 3, Figs. 4-6).
+
+Pre-trains the baseline until its validation loss stalls for 3 epochs (`W/baseline/`), then
+fine-tunes a copy of its best parameters with the block-wise L1 penalty (Eq. 5-6) for each lambda
+of `separable.lambdas` (`W/lambda=0.1/`, ...), each run resumable (run the same command again).
+Then, for each run, on the first `separable.num_examples` test images: the DTD heatmaps of the top-1
+and top-2 classes (z^B at the input with the bounds of the data's normalisation, z+ elsewhere; the
+top-2 class explained with the other outputs set to 0) and the diffusion metric d (Eq. 7).
+
+  W/results.json   {"baseline": {...}, "lambda=0.1": {...}, ...}: test_accuracy, diffusion,
+                   off_block_positive_share (the share of the dense layers' positive weight that
+                   the penalty acts on), epochs, and on two-object `shapes` second_object_share
+                   (the share of the top-2 heatmap's positive relevance on the second object, over the
+                   second_object_share_images images whose top-2 heatmap has any) and
+                   top2_is_second_object; plus "checks"
+  W/results.md     Table 2 (d) and Table 3 (accuracy), the paper's numbers beside ours
+  W/figures/       fig4_heatmaps (the first test images) and fig5_heatmaps_ambiguous (those with
+                   the smallest top-1 / top-2 logit gap under the baseline): baseline vs the
+                   lambda = `figure_lambda` run, top-1 vs top-2 class; fig6_dense_weights (the
+                   dense kernels, positive red, negative blue, class blocks outlined)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from runs import cli
+from runs.configs.separable import PAPER
+from xjax.data import pipeline
+from xjax.errors import ConfigError
+from xjax.explain import heatmaps
+from xjax.methods import separable
+from xjax.nn.registry import logits_fn
+from xjax.plot.heatmaps import plot_explanations
+from xjax.plot.separable import plot_dense_weights
+from xjax.train import checkpoint, report
+from xjax.train.loop import build_model, check_config, load_sources, train_and_evaluate
+
+
+def run_name(lam: float | None) -> str:
+  """"baseline", or "lambda=0.1", "lambda=1", ... (the keys of results.json)."""
+  return "baseline" if lam is None else f"lambda={lam:g}"
+
+
+def runs_of(config) -> dict[str, float | None]:
+  """The runs to make, baseline first: run name -> lambda (None for the baseline)."""
+  lambdas = [float(v) for v in config.separable.lambdas]
+  if not lambdas or any(not np.isfinite(v) or v <= 0 for v in lambdas):
+    raise ConfigError(f"separable.lambdas must be one or more positive numbers; got {lambdas}.")
+  if config.separable.figure_lambda not in lambdas:
+    raise ConfigError(f"separable.figure_lambda = {config.separable.figure_lambda} is not one of "
+                      f"separable.lambdas {lambdas}.")
+  return {"baseline": None, **{run_name(v): v for v in lambdas}}
+
+
+def run_config(config, lam: float | None, num_classes: int, workdir: Path):
+  """One run's training config: cross-entropy, plus lambda * block_l1 from the baseline's best."""
+  c = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
+  c.name = f"{config.name}/{run_name(lam)}"
+  c.losses = {"cross_entropy": {"weight": 1.0}}
+  if lam is not None:
+    c.losses["block_l1"] = {"weight": lam, "num_classes": num_classes,
+                            "layers": config.separable.layers}
+    c.train.init_from = str(workdir / "baseline")
+    c.train.validation_penalties = ("block_l1",)
+  return c
+
+
+def off_block_positive_share(params, num_classes: int, layers=None) -> float:
+  """The off-block share of the positive weight of the dense layers (0 = fully block-diagonal)."""
+  kernels = separable.dense_kernels(params, layers).values()
+  positive = sum(float(np.sum(np.maximum(np.asarray(k), 0))) for k in kernels)
+  return float(separable.block_l1(params, num_classes, layers)) / max(positive, 1e-12)
+
+
+def analyse(config, run_dir: Path, model, source, trained: dict) -> dict:
+  """The run's numbers on the first N test images (module docstring) and its heatmaps."""
+  state = checkpoint.load_params(run_dir, "best")
+  variables = {"params": state["params"], **state.get("model_state", {})}
+  n = min(config.separable.num_examples, len(source))
+  batch = source.read_batch(np.arange(n))
+  mean, std = pipeline.normalization_constants(source.info, config.data.normalization)
+  low, high = pipeline.input_bounds(source.info, config.data.normalization)
+  x = pipeline.normalize(batch["image"], mean, std)
+  apply_fn = logits_fn(model)
+  top1, top2, classes = separable.top2_heatmaps_of(apply_fn, variables, x, low, high,
+                                                   config.separable.explain_batch_size)
+  logits = np.asarray(jax.jit(apply_fn)(variables, x[:config.separable.explain_batch_size]))
+  num_classes = source.info.num_classes
+  out = {
+      "test_accuracy": trained["test_accuracy"], "test_loss": trained["test_loss"],
+      "diffusion": float(separable.diffusion(top1, top2)), "num_examples": n,
+      "off_block_positive_share": off_block_positive_share(variables["params"], num_classes,
+                                                           config.separable.layers),
+      "epochs_completed": trained["epochs_completed"], "best_epoch": trained["best_epoch"],
+      "stopped_early": trained["stopped_early"], "train_seconds": trained["train_seconds"],
+      "_variables": variables, "_top1": top1, "_top2": top2, "_classes": classes,
+      "_logit_gap": np.abs(np.diff(np.sort(logits, axis=-1)[:, -2:], axis=-1))[:, 0],
+  }
+  if "second_mask" in batch:
+    # Over the images whose top-2 heatmap has positive relevance (a top-2 logit <= 0 has none).
+    has_positive = np.max(top2, axis=(1, 2)) > 0
+    shares = np.asarray(heatmaps.relevance_share(top2, batch["second_mask"]))
+    out["second_object_share"] = float(np.mean(shares[has_positive])) if has_positive.any() else 0.0
+    out["second_object_share_images"] = int(has_positive.sum())
+    out["top2_is_second_object"] = float(np.mean(classes[:, 1] == batch["second_label"]))
+  return out
+
+
+def checks_of(runs: dict, figure_run: str) -> dict:
+  """The acceptance numbers of the issue: d and accuracy of the figure run against the baseline."""
+  base, tuned = runs["baseline"], runs[figure_run]
+  checks = {f"diffusion_ratio_{figure_run}_over_baseline":
+            tuned["diffusion"] / max(base["diffusion"], 1e-12),
+            f"accuracy_gap_points_{figure_run}": 100 * (base["test_accuracy"] -
+                                                         tuned["test_accuracy"])}
+  if "second_object_share" in base:
+    shares = [run["second_object_share"] for run in runs.values()]  # baseline, then lambda up
+    checks["second_object_share_rises_with_lambda"] = bool(np.all(np.diff(shares) > 0))
+    checks[f"second_object_share_{figure_run}_minus_baseline"] = (
+        tuned["second_object_share"] - base["second_object_share"])
+  return checks
+
+
+def results_markdown(config, runs: dict, checks: dict) -> str:
+  paper = PAPER.get(config.data.name, {})
+  paper_d, paper_acc = paper.get("diffusion", {}), paper.get("test_accuracy", {})
+  source = f"Rieger 2018 ({config.data.name})" if paper else "none for this dataset"
+  shapes = "second_object_share" in runs["baseline"]
+  rows2 = [[name, paper_d.get(name), run["diffusion"], run["off_block_positive_share"],
+            *([run["second_object_share"], run["top2_is_second_object"]] if shapes else [])]
+           for name, run in runs.items()]
+  rows3 = [[name, paper_acc.get(name), run["test_accuracy"], run["epochs_completed"],
+            run["best_epoch"]] for name, run in runs.items()]
+  n = runs["baseline"]["num_examples"]
+  out = [f"# {config.name}: separable explanations (block-wise L1, DTD)", "",
+         f"Model {config.model.name}; DTD heatmaps (z^B at the input, z+ elsewhere) of the top-1 "
+         f"and top-2 classes of the first {n} test images; paper numbers: {source}.", "",
+         "## Table 2: diffusion d (Eq. 7; higher = more separable heatmaps)", "",
+         report.markdown_table(["run", "paper d", "xjax d", "off-block share of positive weight",
+                                *(["second-object share (top-2)", "top-2 = second object"]
+                                  if shapes else [])], rows2), "",
+         "## Table 3: test accuracy", "",
+         report.markdown_table(["run", "paper acc.", "xjax acc.", "epochs", "best epoch"], rows3),
+         "", "## Checks", "",
+         report.markdown_table(["check", "value"], [[k, v] for k, v in checks.items()]), ""]
+  return "\n".join(out) + "\n"
+
+
+def class_label(names, c: int) -> str:
+  return names[c] if names and c < len(names) else str(c)
+
+
+def write_figures(config, workdir: Path, runs: dict, source, figure_run: str) -> None:
+  """Fig. 4 / 5 (heatmap pairs) and Fig. 6 (dense weights) of the paper."""
+  figures = workdir / "figures"
+  base, tuned = runs["baseline"], runs[figure_run]
+  names = source.info.class_names
+  k = min(config.separable.figure_examples, base["num_examples"])
+  ambiguous = np.argsort(base["_logit_gap"], kind="stable")[:k]
+  for number, stem, rows in ((4, "heatmaps", np.arange(k)), (5, "heatmaps_ambiguous", ambiguous)):
+    images = source.read_batch(rows)["image"]
+    maps, labels = {}, []
+    for tag, run in (("baseline", base), (figure_run, tuned)):
+      for i, which in enumerate(("top-1", "top-2")):
+        maps[f"{tag}\n{which}"] = run[f"_top{i + 1}"][rows]
+    for r in rows:
+      labels.append(" | ".join(
+          f"{class_label(names, run['_classes'][r, 0])}, {class_label(names, run['_classes'][r, 1])}"
+          for run in (base, tuned)))
+    plot_explanations(images, maps, figures / f"fig{number}_{stem}.png", labels=labels)
+  num_classes = source.info.num_classes
+  plot_dense_weights({tag: separable.dense_kernels(run["_variables"]["params"],
+                                                   config.separable.layers)
+                      for tag, run in (("baseline", base), (figure_run, tuned))},
+                     figures / "fig6_dense_weights.png", num_classes=num_classes,
+                     title=f"{config.name}: dense kernels (positive red, negative blue)")
+
+
+def main(config, workdir) -> dict:
+  check_config(config)
+  workdir = Path(workdir)
+  plan = runs_of(config)
+  figure_run = run_name(config.separable.figure_lambda)
+  sources = load_sources(config.data)
+  info = sources["train"].info
+  runs = {}
+  for name, lam in plan.items():
+    c = run_config(config, lam, info.num_classes, workdir)
+    print(f"== {name}: " + ("pre-training" if lam is None else
+                            f"fine-tuning {workdir / 'baseline'} with lambda = {lam:g}"), flush=True)
+    trained = train_and_evaluate(c, workdir / name)
+    runs[name] = analyse(c, workdir / name, build_model(c, info), sources["test"], trained)
+
+  public = {name: {k: v for k, v in run.items() if not k.startswith("_")}
+            for name, run in runs.items()}
+  checks = checks_of(public, figure_run)
+  results = {"name": config.name, "model": config.model.name, **public, "checks": checks}
+  report.write_json(workdir / "results.json", results)
+  (workdir / "results.md").write_text(results_markdown(config, public, checks))
+  write_figures(config, workdir, runs, sources["test"], figure_run)
+  summary = {name: {k: round(run[k], 4) for k in ("test_accuracy", "diffusion",
+                                                  "second_object_share") if k in run}
+             for name, run in public.items()}
+  print(json.dumps({**summary, **{k: round(v, 4) if isinstance(v, float) else v
+                                  for k, v in checks.items()}, "workdir": str(workdir)}),
+        flush=True)
+  return results
+
+
+if __name__ == "__main__":
+  cli.run(main)
