@@ -6,13 +6,18 @@ fine-tunes a copy of its best parameters with the block-wise L1 penalty (Eq. 5-6
 of `separable.lambdas` (`W/lambda=0.1/`, ...), each run resumable (run the same command again).
 Then, for each run, on the first `separable.num_examples` test images: the DTD heatmaps of the top-1
 and top-2 classes (z^B at the input with the bounds of the data's normalisation, z+ elsewhere; the
-top-2 class explained with the other outputs set to 0) and the diffusion metric d (Eq. 7).
+top-2 class explained with the other outputs set to 0) and the diffusion metric d (Eq. 7), on
+heatmaps scaled to unit Frobenius norm ([A], `xjax.methods.separable.unit_heatmaps`; d in [0, 2]
+like the paper's Table 2) and, as `diffusion_raw`, on the raw heatmaps.
 
   W/results.json   {"baseline": {...}, "lambda=0.1": {...}, ...}: test_accuracy, diffusion,
+                   diffusion_raw, the mean top-1 / top-2 logits and their negative shares,
+                   the share of empty heatmaps (no positive path from the logit to the input),
                    off_block_positive_share (the share of the dense layers' positive weight that
                    the penalty acts on), epochs, and on two-object `shapes` second_object_share
-                   (the share of the top-2 heatmap's positive relevance on the second object, over the
-                   second_object_share_images images whose top-2 heatmap has any) and
+                   (the share of the top-2 heatmap's positive relevance on the second object, the
+                   heatmap times the sign of its logit, over the second_object_share_images
+                   images where it has any) and
                    top2_is_second_object; plus "checks"
   W/results.md     Table 2 (d) and Table 3 (accuracy), the paper's numbers beside ours
   W/figures/       fig4_heatmaps (the first test images) and fig5_heatmaps_ambiguous (those with
@@ -92,22 +97,43 @@ def analyse(config, run_dir: Path, model, source, trained: dict) -> dict:
   apply_fn = logits_fn(model)
   top1, top2, classes = separable.top2_heatmaps_of(apply_fn, variables, x, low, high,
                                                    config.separable.explain_batch_size)
-  logits = np.asarray(jax.jit(apply_fn)(variables, x[:config.separable.explain_batch_size]))
+  predict, size = jax.jit(apply_fn), config.separable.explain_batch_size
+  logits = np.concatenate([predict(variables, x[i:i + size]) for i in range(0, n, size)])
+  top_logits = np.take_along_axis(logits, classes, 1)  # (N, 2): the logits of c1 and c2
+  # z+ ignores biases and negative weights: a logit with no positive path to the input (e.g.
+  # when the units of its class block are all off) leaves an empty heatmap.
+  empty = np.stack([np.abs(h).sum((1, 2)) <= 1e-6 * np.abs(top_logits[:, i])
+                    for i, h in enumerate((top1, top2))], axis=1)
+  both = ~empty.any(axis=1)
   num_classes = source.info.num_classes
   out = {
       "test_accuracy": trained["test_accuracy"], "test_loss": trained["test_loss"],
-      "diffusion": float(separable.diffusion(top1, top2)), "num_examples": n,
+      "diffusion": float(separable.diffusion(separable.unit_heatmaps(top1),
+                                             separable.unit_heatmaps(top2))),
+      "diffusion_raw": float(separable.diffusion(top1, top2)), "num_examples": n,
+      # d (unit heatmaps) over the images where neither heatmap is empty (see below).
+      "diffusion_nonempty": float(separable.diffusion(separable.unit_heatmaps(top1[both]),
+                                                      separable.unit_heatmaps(top2[both])))
+                            if both.any() else None,
+      "nonempty_images": int(both.sum()),
+      # DTD explains a logit with its sign: a negative one gives a negative heatmap.
+      "mean_logits_top1_top2": top_logits.mean(0).tolist(),
+      "negative_logit_share_top1_top2": (top_logits < 0).mean(0).tolist(),
+      "empty_heatmap_share_top1_top2": empty.mean(0).tolist(),
       "off_block_positive_share": off_block_positive_share(variables["params"], num_classes,
                                                            config.separable.layers),
       "epochs_completed": trained["epochs_completed"], "best_epoch": trained["best_epoch"],
       "stopped_early": trained["stopped_early"], "train_seconds": trained["train_seconds"],
       "_variables": variables, "_top1": top1, "_top2": top2, "_classes": classes,
-      "_logit_gap": np.abs(np.diff(np.sort(logits, axis=-1)[:, -2:], axis=-1))[:, 0],
+      "_logits": top_logits,
   }
   if "second_mask" in batch:
-    # Over the images whose top-2 heatmap has positive relevance (a top-2 logit <= 0 has none).
-    has_positive = np.max(top2, axis=(1, 2)) > 0
-    shares = np.asarray(heatmaps.relevance_share(top2, batch["second_mask"]))
+    # DTD splits the logit over the pixels with (mostly) non-negative shares, so a negative logit
+    # gives a negative heatmap: the share is taken on the heatmap times the logit's sign, over the
+    # images where that has positive relevance.
+    evidence = top2 * np.sign(top_logits[:, 1])[:, None, None]
+    has_positive = np.max(evidence, axis=(1, 2)) > 0
+    shares = np.asarray(heatmaps.relevance_share(evidence, batch["second_mask"]))
     out["second_object_share"] = float(np.mean(shares[has_positive])) if has_positive.any() else 0.0
     out["second_object_share_images"] = int(has_positive.sum())
     out["top2_is_second_object"] = float(np.mean(classes[:, 1] == batch["second_label"]))
@@ -119,6 +145,8 @@ def checks_of(runs: dict, figure_run: str) -> dict:
   base, tuned = runs["baseline"], runs[figure_run]
   checks = {f"diffusion_ratio_{figure_run}_over_baseline":
             tuned["diffusion"] / max(base["diffusion"], 1e-12),
+            f"diffusion_raw_ratio_{figure_run}_over_baseline":
+            tuned["diffusion_raw"] / max(base["diffusion_raw"], 1e-12),
             f"accuracy_gap_points_{figure_run}": 100 * (base["test_accuracy"] -
                                                          tuned["test_accuracy"])}
   if "second_object_share" in base:
@@ -134,7 +162,11 @@ def results_markdown(config, runs: dict, checks: dict) -> str:
   paper_d, paper_acc = paper.get("diffusion", {}), paper.get("test_accuracy", {})
   source = f"Rieger 2018 ({config.data.name})" if paper else "none for this dataset"
   shapes = "second_object_share" in runs["baseline"]
-  rows2 = [[name, paper_d.get(name), run["diffusion"], run["off_block_positive_share"],
+  rows2 = [[name, paper_d.get(name), run["diffusion"], run["diffusion_raw"],
+            run["diffusion_nonempty"],
+            " / ".join(f"{v:.2f}" for v in run["mean_logits_top1_top2"]),
+            " / ".join(f"{v:.2f}" for v in run["empty_heatmap_share_top1_top2"]),
+            run["off_block_positive_share"],
             *([run["second_object_share"], run["top2_is_second_object"]] if shapes else [])]
            for name, run in runs.items()]
   rows3 = [[name, paper_acc.get(name), run["test_accuracy"], run["epochs_completed"],
@@ -144,7 +176,12 @@ def results_markdown(config, runs: dict, checks: dict) -> str:
          f"Model {config.model.name}; DTD heatmaps (z^B at the input, z+ elsewhere) of the top-1 "
          f"and top-2 classes of the first {n} test images; paper numbers: {source}.", "",
          "## Table 2: diffusion d (Eq. 7; higher = more separable heatmaps)", "",
-         report.markdown_table(["run", "paper d", "xjax d", "off-block share of positive weight",
+         "d on unit-norm heatmaps (the paper's range, [0, 2]); raw d on the heatmaps as they "
+         "are (scaled by the logits); 'no empty map': d over the images where both heatmaps have "
+         "relevance.", "",
+         report.markdown_table(["run", "paper d", "xjax d", "xjax raw d", "xjax d, no empty map",
+                                "mean logit top-1 / top-2", "empty heatmaps top-1 / top-2",
+                                "off-block share of positive weight",
                                 *(["second-object share (top-2)", "top-2 = second object"]
                                   if shapes else [])], rows2), "",
          "## Table 3: test accuracy", "",
@@ -164,7 +201,8 @@ def write_figures(config, workdir: Path, runs: dict, source, figure_run: str) ->
   base, tuned = runs["baseline"], runs[figure_run]
   names = source.info.class_names
   k = min(config.separable.figure_examples, base["num_examples"])
-  ambiguous = np.argsort(base["_logit_gap"], kind="stable")[:k]
+  gap = base["_logits"][:, 0] - base["_logits"][:, 1]
+  ambiguous = np.argsort(gap, kind="stable")[:k]
   for number, stem, rows in ((4, "heatmaps", np.arange(k)), (5, "heatmaps_ambiguous", ambiguous)):
     images = source.read_batch(rows)["image"]
     maps, labels = {}, []
@@ -172,8 +210,9 @@ def write_figures(config, workdir: Path, runs: dict, source, figure_run: str) ->
       for i, which in enumerate(("top-1", "top-2")):
         maps[f"{tag}\n{which}"] = run[f"_top{i + 1}"][rows]
     for r in rows:
-      labels.append(" | ".join(
-          f"{class_label(names, run['_classes'][r, 0])}, {class_label(names, run['_classes'][r, 1])}"
+      labels.append("\n".join(", ".join(
+          f"{class_label(names, c)} ({logit:+.1f})" for c, logit in zip(run["_classes"][r],
+                                                                        run["_logits"][r]))
           for run in (base, tuned)))
     plot_explanations(images, maps, figures / f"fig{number}_{stem}.png", labels=labels)
   num_classes = source.info.num_classes

@@ -85,11 +85,24 @@ def test_diffusion_and_second_object_share_equal_an_independent_computation(fini
     relevance = np.eye(4)[order[:, rank]] * logits  # onehot(c) * f(x): the other outputs 0
     r = lrp(apply_fn, variables, x, relevance, composites.dtd(0.0, 1.0))
     maps.append(np.asarray(r).sum(axis=-1))
-  d = np.mean([np.linalg.norm(a - b) for a, b in zip(*maps)])
+  d_raw = np.mean([np.linalg.norm(a - b) for a, b in zip(*maps)])
+  unit = [m / np.maximum(np.linalg.norm(m, axis=(1, 2), keepdims=True), 1e-30) for m in maps]
+  d = np.mean(np.linalg.norm(unit[0] - unit[1], axis=(1, 2)))
   run = results["lambda=1"]
+  np.testing.assert_allclose(run["diffusion_raw"], d_raw, rtol=1e-4)
   np.testing.assert_allclose(run["diffusion"], d, rtol=1e-4)
-  positive = np.maximum(maps[1], 0)
-  counted = positive.sum((1, 2)) > 0  # a top-2 logit <= 0 gives no positive relevance
+  assert 0 < run["diffusion"] <= 2
+  top_logits = np.take_along_axis(logits, order[:, :2], 1)
+  empty = np.stack([np.abs(m).sum((1, 2)) <= 1e-6 * np.abs(top_logits[:, i])
+                    for i, m in enumerate(maps)], 1)
+  np.testing.assert_allclose(run["empty_heatmap_share_top1_top2"], empty.mean(0))
+  both = ~empty.any(1)
+  assert run["nonempty_images"] == both.sum()
+  np.testing.assert_allclose(run["diffusion_nonempty"], np.mean(
+      np.linalg.norm(unit[0][both] - unit[1][both], axis=(1, 2))), rtol=1e-4)
+  top2_logit = logits[np.arange(40), order[:, 1]]
+  positive = np.maximum(maps[1] * np.sign(top2_logit)[:, None, None], 0)  # sign of the logit
+  counted = positive.sum((1, 2)) > 0
   share = (positive * batch["second_mask"]).sum((1, 2))[counted] / positive.sum((1, 2))[counted]
   assert run["second_object_share_images"] == counted.sum() > 0
   np.testing.assert_allclose(run["second_object_share"], share.mean(), rtol=1e-4)

@@ -115,3 +115,19 @@ def test_top2_heatmaps_of_many_images_equal_one_batch_whatever_the_padding():
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
   with pytest.raises(ConfigError, match=r"\(N, H, W, C\)"):
     separable.top2_heatmaps_of(apply_fn, params, x[0])
+
+
+def test_unit_heatmaps_have_norm_one_and_bound_diffusion_by_two():
+  h = jnp.asarray([[[3.0, 0.0], [0.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]])  # norms 5 and 0
+  unit = separable.unit_heatmaps(h)
+  np.testing.assert_allclose(unit[0], [[0.6, 0.0], [0.0, 0.8]], rtol=1e-6)
+  np.testing.assert_array_equal(unit[1], 0.0)  # all-zero stays zero, no NaN
+  # Opposite heatmaps: 2; orthogonal: sqrt(2); the same heatmap at another scale: 0.
+  a = jnp.asarray([[[1.0, 0.0]]])
+  b = jnp.asarray([[[0.0, 2.0]]])
+  np.testing.assert_allclose(separable.diffusion(separable.unit_heatmaps(a),
+                                                 separable.unit_heatmaps(-3 * a)), 2.0, rtol=1e-6)
+  np.testing.assert_allclose(separable.diffusion(separable.unit_heatmaps(a),
+                                                 separable.unit_heatmaps(b)), np.sqrt(2), rtol=1e-6)
+  np.testing.assert_allclose(separable.diffusion(separable.unit_heatmaps(a),
+                                                 separable.unit_heatmaps(7 * a)), 0.0, atol=1e-7)
