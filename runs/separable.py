@@ -72,17 +72,21 @@ def run_config(config, lam: float | None, num_classes: int, workdir: Path):
   c.losses = {"cross_entropy": {"weight": 1.0}}
   if lam is not None:
     c.losses["block_l1"] = {"weight": lam, "num_classes": num_classes,
-                            "layers": config.separable.layers}
+                            "layers": config.separable.layers,
+                            "channel_blocks": tuple(config.separable.channel_blocks)}
     c.train.init_from = str(workdir / "baseline")
     c.train.validation_penalties = ("block_l1",)
+    if config.separable.finetune_learning_rate is not None:
+      c.optimizer.learning_rate = config.separable.finetune_learning_rate
   return c
 
 
-def off_block_positive_share(params, num_classes: int, layers=None) -> float:
+def off_block_positive_share(params, num_classes: int, layers=None, channel_blocks=()) -> float:
   """The off-block share of the positive weight of the dense layers (0 = fully block-diagonal)."""
   kernels = separable.dense_kernels(params, layers).values()
   positive = sum(float(np.sum(np.maximum(np.asarray(k), 0))) for k in kernels)
-  return float(separable.block_l1(params, num_classes, layers)) / max(positive, 1e-12)
+  penalty = separable.block_l1(params, num_classes, layers, dict(channel_blocks))
+  return float(penalty) / max(positive, 1e-12)
 
 
 def analyse(config, run_dir: Path, model, source, trained: dict) -> dict:
@@ -120,8 +124,9 @@ def analyse(config, run_dir: Path, model, source, trained: dict) -> dict:
       "mean_logits_top1_top2": top_logits.mean(0).tolist(),
       "negative_logit_share_top1_top2": (top_logits < 0).mean(0).tolist(),
       "empty_heatmap_share_top1_top2": empty.mean(0).tolist(),
-      "off_block_positive_share": off_block_positive_share(variables["params"], num_classes,
-                                                           config.separable.layers),
+      "off_block_positive_share": off_block_positive_share(
+          variables["params"], num_classes, config.separable.layers,
+          config.separable.channel_blocks),
       "epochs_completed": trained["epochs_completed"], "best_epoch": trained["best_epoch"],
       "stopped_early": trained["stopped_early"], "train_seconds": trained["train_seconds"],
       "_variables": variables, "_top1": top1, "_top2": top2, "_classes": classes,
@@ -195,6 +200,14 @@ def class_label(names, c: int) -> str:
   return names[c] if names and c < len(names) else str(c)
 
 
+def channel_input_blocks(config, run: dict, num_classes: int) -> dict[str, np.ndarray]:
+  """The input blocks of the layers in `separable.channel_blocks`, by kernel path (Fig. 6)."""
+  channels = dict(config.separable.channel_blocks)
+  return {path: separable.input_blocks(kernel.shape[0], num_classes, channels[path.split("/")[-2]])
+          for path, kernel in separable.dense_kernels(run["_variables"]["params"]).items()
+          if path.split("/")[-2] in channels}
+
+
 def write_figures(config, workdir: Path, runs: dict, source, figure_run: str) -> None:
   """Fig. 4 / 5 (heatmap pairs) and Fig. 6 (dense weights) of the paper."""
   figures = workdir / "figures"
@@ -216,10 +229,16 @@ def write_figures(config, workdir: Path, runs: dict, source, figure_run: str) ->
           for run in (base, tuned)))
     plot_explanations(images, maps, figures / f"fig{number}_{stem}.png", labels=labels)
   num_classes = source.info.num_classes
-  plot_dense_weights({tag: separable.dense_kernels(run["_variables"]["params"],
-                                                   config.separable.layers)
+
+  def input_side_first(kernels: dict) -> dict:  # the output layer (C units) last
+    return {k: kernels[k] for k in sorted(kernels, key=lambda k: (kernels[k].shape[1] ==
+                                                                  num_classes, k))}
+
+  plot_dense_weights({tag: input_side_first(separable.dense_kernels(run["_variables"]["params"],
+                                                                    config.separable.layers))
                       for tag, run in (("baseline", base), (figure_run, tuned))},
                      figures / "fig6_dense_weights.png", num_classes=num_classes,
+                     input_blocks=channel_input_blocks(config, base, num_classes),
                      title=f"{config.name}: dense kernels (positive red, negative blue)")
 
 

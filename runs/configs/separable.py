@@ -53,8 +53,13 @@ def get_config(variant: str = "shapes"):
   c.separable = ml_collections.ConfigDict(dict(
       lambdas=(0.1, 0.5, 1.0, 5.0),
       layers=ml_collections.FieldReference(None, field_type=tuple),  # None: every dense layer
+      # ((layer, channels), ...): block that layer's inputs by the channel of the flattened map
+      # they come from, not by their flat index (which gives each class a band of image rows).
+      channel_blocks=(),
       num_examples=1000,  # N of Eq. 7: the first N test images
       explain_batch_size=250,
+      # The fine-tuning runs' learning rate; None: the pre-training's ([A], not in the paper).
+      finetune_learning_rate=ml_collections.FieldReference(None, field_type=float),
       figure_lambda=1.0,  # the fine-tuned run shown beside the baseline in Fig. 4 / 5
       figure_examples=6))
   if dataset == "cifar10":

@@ -144,3 +144,17 @@ def test_bad_settings_are_clear_errors(tmp_path):
   c.data.data_dir = str(tmp_path / "no_tfds")
   with pytest.raises(DataNotFoundError, match="runs.prepare mnist"):
     run_separable.main(c, tmp_path)
+
+
+def test_fine_tuning_config_carries_the_penalty_options(tmp_path):
+  c = get_config("fashion_mnist")
+  c.separable.channel_blocks = (("dense1", 32),)
+  c.separable.finetune_learning_rate = 1e-4
+  tuned = run_separable.run_config(c, 0.5, 10, tmp_path)
+  assert dict(tuned.losses.block_l1) == {"weight": 0.5, "num_classes": 10, "layers": None,
+                                         "channel_blocks": (("dense1", 32),)}
+  assert tuned.optimizer.learning_rate == 1e-4 and tuned.train.init_from == str(
+      tmp_path / "baseline")
+  base = run_separable.run_config(c, None, 10, tmp_path)
+  assert set(base.losses) == {"cross_entropy"} and base.optimizer.learning_rate == 1e-3
+  assert base.train.init_from is None and tuple(base.train.validation_penalties) == ()

@@ -131,3 +131,24 @@ def test_unit_heatmaps_have_norm_one_and_bound_diffusion_by_two():
                                                  separable.unit_heatmaps(b)), np.sqrt(2), rtol=1e-6)
   np.testing.assert_allclose(separable.diffusion(separable.unit_heatmaps(a),
                                                  separable.unit_heatmaps(7 * a)), 0.0, atol=1e-7)
+
+
+def test_channel_blocks_give_each_input_the_block_of_its_channel():
+  # A flattened (H, W, k) = (1, 3, 4) map, C = 2: channels 0-1 -> block 0, channels 2-3 -> 1,
+  # at every position (unit i = position * 4 + channel).
+  np.testing.assert_array_equal(separable.input_blocks(12, 2, input_channels=4),
+                                [0, 0, 1, 1] * 3)
+  np.testing.assert_array_equal(separable.input_blocks(12, 2), [0] * 6 + [1] * 6)  # flat index
+  mask = separable.off_block_mask(12, 2, 2, input_channels=4)
+  np.testing.assert_array_equal(mask[:, 0], [0, 0, 1, 1] * 3)
+  np.testing.assert_array_equal(mask[:, 1], [1, 1, 0, 0] * 3)
+  params = {"dense1": {"kernel": jnp.ones((12, 2))}, "classifier": {"kernel": jnp.ones((2, 2))}}
+  # dense1: 12 of 24 weights off-block either way; the classifier: 2 of 4.
+  assert float(separable.block_l1(params, 2, channel_blocks={"dense1": 4})) == pytest.approx(14.0)
+  term = separable.block_l1_term(2, channel_blocks=(("dense1", 4),))
+  grad = jax.grad(lambda p: term(p, None, None))(params)
+  np.testing.assert_array_equal(grad["dense1"]["kernel"], mask)
+  with pytest.raises(ConfigError, match="not a multiple"):
+    separable.input_blocks(10, 2, input_channels=4)
+  with pytest.raises(ConfigError, match="dense9"):
+    separable.block_l1(params, 2, channel_blocks={"dense9": 4})

@@ -18,7 +18,7 @@ Kernels are Flax's `(n_in, n_out)`; only 2-D leaves named "kernel" (dense layers
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -40,10 +40,27 @@ def block_of(num_units: int, num_classes: int) -> np.ndarray:
   return (np.arange(num_units) * num_classes) // num_units
 
 
-def off_block_mask(n_in: int, n_out: int, num_classes: int) -> np.ndarray:
-  """(n_in, n_out): 1 where input unit i and output unit j are in different class blocks."""
-  return (block_of(n_in, num_classes)[:, None] != block_of(n_out, num_classes)[None, :]
-          ).astype(np.float32)
+def off_block_mask(n_in: int, n_out: int, num_classes: int, input_channels: int = 0
+                   ) -> np.ndarray:
+  """(n_in, n_out): 1 where input unit i and output unit j are in different class blocks.
+
+  `input_channels = k > 0` reads the inputs as a flattened (H, W, k) feature map (Flax's
+  channels-last flatten, unit i = position * k + channel) and gives unit i the block of its
+  channel, `block_of(k, C)[i % k]`: every class block then sees the whole image through its own
+  channels, instead of the band of image rows that the blocks of the flat index cover.
+  """
+  rows = input_blocks(n_in, num_classes, input_channels)
+  return (rows[:, None] != block_of(n_out, num_classes)[None, :]).astype(np.float32)
+
+
+def input_blocks(n_in: int, num_classes: int, input_channels: int = 0) -> np.ndarray:
+  """The class block of each input of a dense layer (see `off_block_mask`)."""
+  if not input_channels:
+    return block_of(n_in, num_classes)
+  if n_in % input_channels:
+    raise ConfigError(f"A dense layer with {n_in} inputs cannot read a flattened map of "
+                      f"{input_channels} channels ({n_in} is not a multiple).")
+  return block_of(input_channels, num_classes)[np.arange(n_in) % input_channels]
 
 
 def dense_kernels(params: Any, layers: Iterable[str] | None = None) -> dict[str, Array]:
@@ -63,22 +80,35 @@ def dense_kernels(params: Any, layers: Iterable[str] | None = None) -> dict[str,
   return found
 
 
-def block_l1(params: Any, num_classes: int, layers: Iterable[str] | None = None) -> Array:
-  """Eq. 5-6 without lambda: the sum of the positive off-block weights of the dense layers."""
+def block_l1(params: Any, num_classes: int, layers: Iterable[str] | None = None,
+             channel_blocks: Mapping[str, int] | None = None) -> Array:
+  """Eq. 5-6 without lambda: the sum of the positive off-block weights of the dense layers.
+
+  `channel_blocks` maps a layer name to the channels of the feature map it flattens, whose inputs
+  are then blocked by channel (`off_block_mask`); other layers block by the flat index.
+  """
+  channel_blocks = dict(channel_blocks or {})
+  kernels = dense_kernels(params, layers)
+  unknown = set(channel_blocks) - {path.split("/")[-2] for path in kernels}
+  if unknown:
+    raise ConfigError(f"channel_blocks names {sorted(unknown)}, not penalised dense layers.")
   total = jnp.zeros((), jnp.float32)
-  for kernel in dense_kernels(params, layers).values():
-    mask = off_block_mask(*kernel.shape, num_classes)
+  for path, kernel in kernels.items():
+    mask = off_block_mask(*kernel.shape, num_classes, channel_blocks.get(path.split("/")[-2], 0))
     total = total + jnp.sum(jax.nn.relu(kernel) * mask)
   return total
 
 
-def block_l1_term(num_classes: int, layers: Iterable[str] | None = None) -> Callable:
+def block_l1_term(num_classes: int, layers: Iterable[str] | None = None,
+                  channel_blocks: Iterable[tuple[str, int]] | Mapping[str, int] | None = None
+                  ) -> Callable:
   """The loss term `block_l1` (`{"block_l1": {"weight": lambda, "num_classes": C}}`)."""
   layers = None if layers is None else tuple(layers)
+  channel_blocks = dict(channel_blocks or {})
 
   def term(params: Any, batch, outputs: ModelOutputs) -> Array:
     del batch, outputs
-    return block_l1(params, num_classes, layers)
+    return block_l1(params, num_classes, layers, channel_blocks)
 
   return term
 

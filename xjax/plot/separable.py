@@ -21,20 +21,28 @@ from xjax.methods.separable import block_of  # noqa: E402
 from xjax.plot.heatmaps import RELEVANCE_CMAP, save_figure  # noqa: E402
 
 
-def _block_edges(num_units: int, num_classes: int) -> np.ndarray:
-  """The unit positions (between units, at k - 0.5) where a new class block starts."""
-  return np.flatnonzero(np.diff(block_of(num_units, num_classes))) + 0.5
+def _block_edges(num_units: int, num_classes: int, blocks: np.ndarray | None = None
+                 ) -> np.ndarray:
+  """The unit positions (between units, at k - 0.5) where a new class block starts.
+
+  `blocks` gives each unit's block when they are not `block_of`'s (then in sorted order).
+  """
+  blocks = block_of(num_units, num_classes) if blocks is None else np.sort(blocks)
+  return np.flatnonzero(np.diff(blocks)) + 0.5
 
 
 def plot_dense_weights(kernels: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, *,
-                       num_classes: int, title: str = "", cell_size: float = 3.0,
-                       dpi: int = 100) -> Path:
+                       num_classes: int, input_blocks: Mapping[str, np.ndarray] | None = None,
+                       title: str = "", cell_size: float = 3.0, dpi: int = 100) -> Path:
   """Saves a PNG grid of dense kernels: one row per run, one column per layer.
 
   Args:
     kernels: run name -> (layer path -> kernel (n_in, n_out)); every run has the same layers.
     path: where to write the PNG (parent folders are created).
     num_classes: C, the number of class blocks outlined.
+    input_blocks: layer path -> the class block of each of its inputs, for layers whose blocks
+      are not `block_of`'s (`xjax.methods.separable.input_blocks`); their inputs are drawn
+      sorted by block.
     title: the figure's title.
   """
   runs = list(kernels)
@@ -52,16 +60,20 @@ def plot_dense_weights(kernels: Mapping[str, Mapping[str, np.ndarray]], path: st
   for row, run in enumerate(runs):
     for col, layer in enumerate(layers):
       w = np.asarray(kernels[run][layer], np.float64).T  # (n_out, n_in)
+      blocks = (input_blocks or {}).get(layer)
+      if blocks is not None:
+        w = w[:, np.argsort(blocks, kind="stable")]
       vmax = float(np.max(np.abs(w))) or 1.0
       ax = axes[row, col]
       ax.imshow(w, cmap=RELEVANCE_CMAP, vmin=-vmax, vmax=vmax, aspect="auto",
                 interpolation="nearest")
-      for edge in _block_edges(w.shape[1], num_classes):
+      for edge in _block_edges(w.shape[1], num_classes, blocks):
         ax.axvline(edge, color="k", linewidth=0.4, alpha=0.6)
       for edge in _block_edges(w.shape[0], num_classes):
         ax.axhline(edge, color="k", linewidth=0.4, alpha=0.6)
       ax.set_title(f"{run}: {layer} (|w| <= {vmax:.2g})", fontsize=9)
-      ax.set_xlabel(f"input unit (of {w.shape[1]})", fontsize=8)
+      ax.set_xlabel(f"input unit (of {w.shape[1]}{', by block' if blocks is not None else ''})",
+                    fontsize=8)
       ax.set_ylabel(f"output unit (of {w.shape[0]})", fontsize=8)
       ax.tick_params(labelsize=7)
   if title:
