@@ -75,7 +75,8 @@ def run_config(config, lam: float | None, num_classes: int, workdir: Path):
                             "layers": config.separable.layers,
                             "channel_blocks": tuple(config.separable.channel_blocks)}
     c.train.init_from = str(workdir / "baseline")
-    c.train.validation_penalties = ("block_l1",)
+    if config.separable.stop_on_penalised_loss:
+      c.train.validation_penalties = ("block_l1",)
     if config.separable.finetune_learning_rate is not None:
       c.optimizer.learning_rate = config.separable.finetune_learning_rate
   return c

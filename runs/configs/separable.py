@@ -4,7 +4,8 @@ The protocol of Sec. 5.1: the Table-1 network of each dataset, with dropout, is 
 its validation loss has not improved for 3 epochs (the baseline); it is then fine-tuned from the
 baseline's best parameters with the block-wise L1 penalty (Eq. 5-6) for each lambda in
 `separable.lambdas`, under the same stopping rule. The fine-tuning runs stop on the validation
-loss *with* the penalty (Keras's `val_loss` includes regularisation losses). [A] Adam 1e-3, batch
+loss *with* the penalty (Keras's `val_loss` includes regularisation losses), or on the
+cross-entropy alone with `separable.stop_on_penalised_loss = False`. [A] Adam 1e-3, batch
 128 (spec/METHODS.md Sec. 2).
 
 Variants (`--config=runs/configs/separable.py:VARIANT`):
@@ -58,6 +59,9 @@ def get_config(variant: str = "shapes"):
       channel_blocks=(),
       num_examples=1000,  # N of Eq. 7: the first N test images
       explain_batch_size=250,
+      # Fine-tuning stops on the validation loss with the penalty (True, as Keras's val_loss), or
+      # on the validation cross-entropy alone (False).
+      stop_on_penalised_loss=True,
       # The fine-tuning runs' learning rate; None: the pre-training's ([A], not in the paper).
       finetune_learning_rate=ml_collections.FieldReference(None, field_type=float),
       figure_lambda=1.0,  # the fine-tuned run shown beside the baseline in Fig. 4 / 5

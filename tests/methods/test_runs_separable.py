@@ -158,3 +158,6 @@ def test_fine_tuning_config_carries_the_penalty_options(tmp_path):
   base = run_separable.run_config(c, None, 10, tmp_path)
   assert set(base.losses) == {"cross_entropy"} and base.optimizer.learning_rate == 1e-3
   assert base.train.init_from is None and tuple(base.train.validation_penalties) == ()
+  assert tuple(tuned.train.validation_penalties) == ("block_l1",)
+  c.separable.stop_on_penalised_loss = False  # stop on the validation cross-entropy alone
+  assert tuple(run_separable.run_config(c, 0.5, 10, tmp_path).train.validation_penalties) == ()
