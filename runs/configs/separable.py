@@ -33,7 +33,7 @@ PAPER = {
                       "test_accuracy": {"baseline": .91, "lambda=0.1": .91, "lambda=0.5": .91,
                                         "lambda=1": .91, "lambda=5": .91}},
     "mnist": {"diffusion": {"baseline": .28, "lambda=0.1": 1.06, "lambda=0.5": .98,
-              "lambda=1": .97, "lambda=5": 1.02},
+                            "lambda=1": .97, "lambda=5": 1.02},
               "test_accuracy": {"baseline": .99, "lambda=0.1": .99, "lambda=0.5": .99,
                                 "lambda=1": .99, "lambda=5": .99}},
 }

@@ -110,9 +110,15 @@ def test_diffusion_and_second_object_share_equal_an_independent_computation(fini
                              np.mean(order[:, 1] == batch["second_label"]))
 
 
-def test_a_second_call_resumes_the_finished_runs_with_the_same_numbers(finished):
+def test_a_second_call_resumes_the_finished_runs_with_the_same_numbers(finished, capsys):
   config, workdir, results = finished
+  steps = {name: json.loads((workdir / name / "results.json").read_text())["steps"]
+           for name in ("baseline", "lambda=1")}
   again = run_separable.main(config, workdir)
+  out = capsys.readouterr().out
+  assert out.count("Resuming from step") == 2 and "Starting from the best" not in out
+  assert {name: json.loads((workdir / name / "results.json").read_text())["steps"]
+          for name in steps} == steps  # no step trained again
   for name in ("baseline", "lambda=1"):
     assert again[name]["diffusion"] == pytest.approx(results[name]["diffusion"], rel=1e-6)
     assert again[name]["epochs_completed"] == results[name]["epochs_completed"]
@@ -137,6 +143,9 @@ def test_bad_settings_are_clear_errors(tmp_path):
   with pytest.raises(ConfigError, match="figure_lambda"):
     run_separable.main(c, tmp_path)
   c = get_config("shapes")
+  c.separable.lambdas = (5.0, 0.1, 1.0, 1.0)  # sorted and deduplicated, as in Table 2
+  c.separable.figure_lambda = 1.0
+  assert list(run_separable.runs_of(c)) == ["baseline", "lambda=0.1", "lambda=1", "lambda=5"]
   c.separable.lambdas = (0.1, -1.0)
   with pytest.raises(ConfigError, match="positive"):
     run_separable.main(c, tmp_path)
@@ -158,6 +167,13 @@ def test_fine_tuning_config_carries_the_penalty_options(tmp_path):
   base = run_separable.run_config(c, None, 10, tmp_path)
   assert set(base.losses) == {"cross_entropy"} and base.optimizer.learning_rate == 1e-3
   assert base.train.init_from is None and tuple(base.train.validation_penalties) == ()
+  # Fig. 6 draws dense1's inputs sorted by the block of their channel.
+  run = {"_variables": {"params": {"dense1": {"kernel": np.zeros((6272, 256))},
+                                   "classifier": {"kernel": np.zeros((256, 10))}}}}
+  blocks = run_separable.channel_input_blocks(c, run, 10)
+  assert list(blocks) == ["dense1/kernel"]
+  np.testing.assert_array_equal(blocks["dense1/kernel"][:64], np.tile(
+      (np.arange(32) * 10) // 32, 2))
   assert tuple(tuned.train.validation_penalties) == ("block_l1",)
   c.separable.stop_on_penalised_loss = False  # stop on the validation cross-entropy alone
   assert tuple(run_separable.run_config(c, 0.5, 10, tmp_path).train.validation_penalties) == ()

@@ -115,6 +115,8 @@ def test_top2_heatmaps_of_many_images_equal_one_batch_whatever_the_padding():
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
   with pytest.raises(ConfigError, match=r"\(N, H, W, C\)"):
     separable.top2_heatmaps_of(apply_fn, params, x[0])
+  with pytest.raises(ConfigError, match="batch_size"):
+    separable.top2_heatmaps_of(apply_fn, params, x, batch_size=0)
 
 
 def test_unit_heatmaps_have_norm_one_and_bound_diffusion_by_two():

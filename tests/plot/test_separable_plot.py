@@ -24,9 +24,12 @@ def test_plot_dense_weights_writes_a_png_and_checks_its_input(tmp_path):
   path = plot_dense_weights(kernels, tmp_path / "f" / "fig6.png", num_classes=4, title="t",
                             input_blocks={"dense1/kernel": np.arange(12) % 4})
   assert path.stat().st_size > 5000
-  with pytest.raises(ConfigError, match="not"):
+  with pytest.raises(ConfigError, match="has the dense layers"):
     plot_dense_weights({"a": kernels["a"], "b": {"dense1/kernel": kernels["b"]["dense1/kernel"]}},
                        tmp_path / "g.png", num_classes=4)
+  with pytest.raises(ConfigError, match="3 entries"):
+    plot_dense_weights(kernels, tmp_path / "i.png", num_classes=4,
+                       input_blocks={"dense1/kernel": np.arange(3)})
   with pytest.raises(ConfigError, match="2-D"):
     plot_dense_weights({"a": {"conv/kernel": np.zeros((3, 3, 1, 2))}}, tmp_path / "h.png",
                        num_classes=2)

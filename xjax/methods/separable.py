@@ -168,6 +168,8 @@ def top2_heatmaps_of(apply_fn: Callable[[Any, Array], Array], params: Any, image
   function compiles once whatever the number of images.
   """
   images = np.asarray(images)
+  if batch_size < 1:
+    raise ConfigError(f"top2_heatmaps_of needs batch_size >= 1; got {batch_size}.")
   if images.ndim != 4 or len(images) == 0:
     raise ConfigError(f"top2_heatmaps_of needs images (N, H, W, C) with N >= 1; got shape "
                       f"{images.shape}.")

@@ -44,6 +44,11 @@ def plot_dense_weights(kernels: Mapping[str, Mapping[str, np.ndarray]], path: st
       are not `block_of`'s (`xjax.methods.separable.input_blocks`); their inputs are drawn
       sorted by block.
     title: the figure's title.
+    cell_size: the height of one panel in inches (its width is 1.4 times that).
+    dpi: dots per inch of the PNG.
+
+  Returns:
+    The path of the PNG.
   """
   runs = list(kernels)
   if not runs:
@@ -62,6 +67,9 @@ def plot_dense_weights(kernels: Mapping[str, Mapping[str, np.ndarray]], path: st
       w = np.asarray(kernels[run][layer], np.float64).T  # (n_out, n_in)
       blocks = (input_blocks or {}).get(layer)
       if blocks is not None:
+        if len(blocks) != w.shape[1]:
+          raise ConfigError(f"input_blocks[{layer!r}] has {len(blocks)} entries for a layer "
+                            f"with {w.shape[1]} inputs.")
         w = w[:, np.argsort(blocks, kind="stable")]
       vmax = float(np.max(np.abs(w))) or 1.0
       ax = axes[row, col]

@@ -126,24 +126,47 @@ def validation_penalty(terms: dict, names, params) -> float:
 
   Added to the validation loss that early stopping and the best checkpoint follow, as Keras's
   `val_loss` includes the regularisation losses (the stopping rule of Rieger 2018 Sec. 5.1).
+
+  Args:
+    terms: the config's loss terms, `build_loss_terms(config.losses)`.
+    names: `train.validation_penalties`.
+    params: the parameters to evaluate them at.
+
+  Raises:
+    ConfigError: a name is not a loss term, or its term needs a batch (it is not a penalty).
   """
   unknown = sorted(set(names) - set(terms))
   if unknown:
     raise ConfigError(f"train.validation_penalties {unknown} are not loss terms of this config; "
                       f"its terms: {', '.join(terms)}.")
-  return float(sum(weight * term(params, None, None)
-                   for name, (weight, term) in terms.items() if name in names))
+  total = 0.0
+  for name in names:
+    weight, term = terms[name]
+    try:
+      total += weight * float(term(params, None, None))
+    except (TypeError, KeyError, AttributeError) as e:
+      raise ConfigError(f"train.validation_penalties: {name!r} is not a penalty of the "
+                        f"parameters alone (it needs a batch: {e!r}).") from e
+  return total
 
 
 def initial_params(state: TrainState, init_from: str | Path) -> TrainState:
   """`state` with the parameters and model state of another run's best checkpoint (fine-tuning).
 
-  The optimizer state, step and RNG stay those of the new run.
+  The optimizer state, step and RNG stay those of the new run: a fresh optimizer (zero moments for
+  Adam and SGD with momentum), as when a Keras model is compiled again for fine-tuning.
+
+  Raises:
+    XjaxError: `init_from` has no best checkpoint (the run it names was not trained).
+    CheckpointMismatchError: its parameters do not fit this config's model.
   """
+  best = Path(init_from).absolute() / "checkpoints" / "best"
+  if not any(p.name.isdigit() for p in best.glob("*")):
+    raise XjaxError(f"train.init_from: no best checkpoint under {best}; train that run first.")
   saved = checkpoint.load_params(init_from, "best")
   wanted = {"params": state.params, "model_state": state.model_state}
   have = {"params": saved["params"], "model_state": saved.get("model_state", {})}
-  checkpoint.check_fits(wanted, have, Path(init_from) / "checkpoints")
+  checkpoint.check_fits(wanted, have, best)
   return state.replace(params=jax.tree.map(lambda w, v: np.asarray(v, w.dtype), state.params,
                                            have["params"]),
                        model_state=jax.tree.map(lambda w, v: np.asarray(v, w.dtype),
