@@ -32,7 +32,6 @@ import copy
 import json
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -100,26 +99,23 @@ def analyse(config, run_dir: Path, model, source, trained: dict) -> dict:
   low, high = pipeline.input_bounds(source.info, config.data.normalization)
   x = pipeline.normalize(batch["image"], mean, std)
   apply_fn = logits_fn(model)
-  top1, top2, classes = separable.top2_heatmaps_of(apply_fn, variables, x, low, high,
-                                                   config.separable.explain_batch_size)
-  predict, size = jax.jit(apply_fn), config.separable.explain_batch_size
-  logits = np.concatenate([predict(variables, x[i:i + size]) for i in range(0, n, size)])
+  top1, top2, classes, logits = separable.top2_heatmaps_of(
+      apply_fn, variables, x, low, high, config.separable.explain_batch_size)
   top_logits = np.take_along_axis(logits, classes, 1)  # (N, 2): the logits of c1 and c2
   # z+ ignores biases and negative weights: a logit with no positive path to the input (e.g.
   # when the units of its class block are all off) leaves an empty heatmap.
   empty = np.stack([np.abs(h).sum((1, 2)) <= 1e-6 * np.abs(top_logits[:, i])
                     for i, h in enumerate((top1, top2))], axis=1)
   both = ~empty.any(axis=1)
+  unit1, unit2 = separable.unit_heatmaps(top1), separable.unit_heatmaps(top2)
   num_classes = source.info.num_classes
   out = {
       "test_accuracy": trained["test_accuracy"], "test_loss": trained["test_loss"],
-      "diffusion": float(separable.diffusion(separable.unit_heatmaps(top1),
-                                             separable.unit_heatmaps(top2))),
+      "diffusion": float(separable.diffusion(unit1, unit2)),
       "diffusion_raw": float(separable.diffusion(top1, top2)), "num_examples": n,
       # d (unit heatmaps) over the images where neither heatmap is empty (see below).
-      "diffusion_nonempty": float(separable.diffusion(separable.unit_heatmaps(top1[both]),
-                                                      separable.unit_heatmaps(top2[both])))
-                            if both.any() else None,
+      "diffusion_nonempty": (float(separable.diffusion(unit1[both], unit2[both]))
+                             if both.any() else None),
       "nonempty_images": int(both.sum()),
       # DTD explains a logit with its sign: a negative one gives a negative heatmap.
       "mean_logits_top1_top2": top_logits.mean(0).tolist(),
@@ -207,9 +203,10 @@ def class_label(names, c: int) -> str:
 def channel_input_blocks(config, run: dict, num_classes: int) -> dict[str, np.ndarray]:
   """The input blocks of the layers in `separable.channel_blocks`, by kernel path (Fig. 6)."""
   channels = dict(config.separable.channel_blocks)
-  return {path: separable.input_blocks(kernel.shape[0], num_classes, channels[path.split("/")[-2]])
+  return {path: separable.input_blocks(kernel.shape[0], num_classes,
+                                      channels[separable.layer_of(path)])
           for path, kernel in separable.dense_kernels(run["_variables"]["params"]).items()
-          if path.split("/")[-2] in channels}
+          if separable.layer_of(path) in channels}
 
 
 def write_figures(config, workdir: Path, runs: dict, source, figure_run: str) -> None:

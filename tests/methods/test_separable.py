@@ -73,16 +73,22 @@ def test_the_dense_layers_of_a_table1_network_are_found():
   assert float(separable.block_l1(params, 10)) == pytest.approx(by_hand, rel=1e-5)
 
 
-def test_top2_heatmaps_explain_the_two_largest_logits_and_conserve_them():
-  from xjax.explain import composites, heatmaps
-  from xjax.explain.lrp import lrp
-  rng = np.random.default_rng(3)
+def tiny_relu_net(rng):
+  """`(apply_fn, params)` of Dense(12 -> 8)-ReLU-Dense(8 -> 4) on (B, 2, 2, 3) images."""
   params = {"w1": jnp.asarray(rng.normal(size=(12, 8)), jnp.float32),
             "w2": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)}
 
   def apply_fn(p, x):
     return jax.nn.relu(x.reshape(len(x), -1) @ p["w1"]) @ p["w2"]
 
+  return apply_fn, params
+
+
+def test_top2_heatmaps_explain_the_two_largest_logits_and_conserve_them():
+  from xjax.explain import composites, heatmaps
+  from xjax.explain.lrp import lrp
+  rng = np.random.default_rng(3)
+  apply_fn, params = tiny_relu_net(rng)
   x = jnp.asarray(rng.random((5, 2, 2, 3)), jnp.float32)
   top1, top2, classes = separable.top2_heatmaps(apply_fn, params, x)
   logits = np.asarray(apply_fn(params, x))
@@ -101,18 +107,14 @@ def test_top2_heatmaps_explain_the_two_largest_logits_and_conserve_them():
 
 def test_top2_heatmaps_of_many_images_equal_one_batch_whatever_the_padding():
   rng = np.random.default_rng(4)
-  params = {"w1": jnp.asarray(rng.normal(size=(12, 8)), jnp.float32),
-            "w2": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)}
-
-  def apply_fn(p, x):
-    return jax.nn.relu(x.reshape(len(x), -1) @ p["w1"]) @ p["w2"]
-
+  apply_fn, params = tiny_relu_net(rng)
   x = rng.random((5, 2, 2, 3)).astype(np.float32)
   whole = separable.top2_heatmaps(apply_fn, params, jnp.asarray(x))
   batched = separable.top2_heatmaps_of(apply_fn, params, x, batch_size=2)  # 2 + 2 + (1 + 1 pad)
   for a, b in zip(whole, batched):
     assert b.shape[0] == 5
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(batched[3], apply_fn(params, x), rtol=1e-5)  # and the logits
   with pytest.raises(ConfigError, match=r"\(N, H, W, C\)"):
     separable.top2_heatmaps_of(apply_fn, params, x[0])
   with pytest.raises(ConfigError, match="batch_size"):

@@ -63,6 +63,11 @@ def input_blocks(n_in: int, num_classes: int, input_channels: int = 0) -> np.nda
   return block_of(input_channels, num_classes)[np.arange(n_in) % input_channels]
 
 
+def layer_of(path: str) -> str:
+  """The layer name of a kernel path: "dense1/kernel" -> "dense1"."""
+  return path.split("/")[-2]
+
+
 def dense_kernels(params: Any, layers: Iterable[str] | None = None) -> dict[str, Array]:
   """The 2-D "kernel" leaves of `params` by path ("dense1/kernel"), optionally only `layers`."""
   found = {}
@@ -72,8 +77,8 @@ def dense_kernels(params: Any, layers: Iterable[str] | None = None) -> dict[str,
       found["/".join(map(str, names))] = leaf
   if layers is not None:
     wanted = set(layers)
-    found = {k: v for k, v in found.items() if k.split("/")[-2] in wanted}
-    missing = wanted - {k.split("/")[-2] for k in found}
+    found = {k: v for k, v in found.items() if layer_of(k) in wanted}
+    missing = wanted - {layer_of(k) for k in found}
     if missing:
       raise ConfigError(f"No dense layer named {sorted(missing)}; dense layers: "
                         f"{', '.join(k.split('/')[-2] for k in dense_kernels(params))}.")
@@ -89,12 +94,12 @@ def block_l1(params: Any, num_classes: int, layers: Iterable[str] | None = None,
   """
   channel_blocks = dict(channel_blocks or {})
   kernels = dense_kernels(params, layers)
-  unknown = set(channel_blocks) - {path.split("/")[-2] for path in kernels}
+  unknown = set(channel_blocks) - {layer_of(path) for path in kernels}
   if unknown:
     raise ConfigError(f"channel_blocks names {sorted(unknown)}, not penalised dense layers.")
   total = jnp.zeros((), jnp.float32)
   for path, kernel in kernels.items():
-    mask = off_block_mask(*kernel.shape, num_classes, channel_blocks.get(path.split("/")[-2], 0))
+    mask = off_block_mask(*kernel.shape, num_classes, channel_blocks.get(layer_of(path), 0))
     total = total + jnp.sum(jax.nn.relu(kernel) * mask)
   return total
 
@@ -161,11 +166,12 @@ def top2_heatmaps(apply_fn: Callable[[Any, Array], Array], params: Any, x: Array
 
 def top2_heatmaps_of(apply_fn: Callable[[Any, Array], Array], params: Any, images: np.ndarray,
                      low: Any = 0.0, high: Any = 1.0, batch_size: int = 250
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """`top2_heatmaps` of many normalised images, in batches of one compiled shape, as numpy.
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """`top2_heatmaps` of many normalised images, and their logits (N, classes), as numpy.
 
-  The last batch is padded with copies of the first image (and the padding dropped), so the
-  function compiles once whatever the number of images.
+  Runs in batches of one compiled shape: the last batch is padded with copies of the first image
+  (and the padding dropped), so the function compiles once whatever the number of images. The
+  logits come from the forward pass the heatmaps already make (XLA computes it once).
   """
   images = np.asarray(images)
   if batch_size < 1:
@@ -173,7 +179,7 @@ def top2_heatmaps_of(apply_fn: Callable[[Any, Array], Array], params: Any, image
   if images.ndim != 4 or len(images) == 0:
     raise ConfigError(f"top2_heatmaps_of needs images (N, H, W, C) with N >= 1; got shape "
                       f"{images.shape}.")
-  explain = jax.jit(lambda p, x: top2_heatmaps(apply_fn, p, x, low, high))
+  explain = jax.jit(lambda p, x: (*top2_heatmaps(apply_fn, p, x, low, high), apply_fn(p, x)))
   size = min(batch_size, len(images))
   out = []
   for start in range(0, len(images), size):
@@ -182,5 +188,5 @@ def top2_heatmaps_of(apply_fn: Callable[[Any, Array], Array], params: Any, image
     if pad:
       chunk = np.concatenate([chunk, np.repeat(images[:1], pad, axis=0)])
     out.append([np.asarray(a)[:size - pad] for a in explain(params, chunk)])
-  top1, top2, classes = (np.concatenate(parts) for parts in zip(*out))
-  return top1, top2, classes
+  top1, top2, classes, logits = (np.concatenate(parts) for parts in zip(*out))
+  return top1, top2, classes, logits
