@@ -87,13 +87,13 @@ def unrolled(linear, x):
 
 
 RULES = {
-    "epsilon0": rules.epsilon(0.0),
-    "zplus": rules.zplus(ignore_bias=True),
-    "alpha2beta1": rules.alpha_beta(2.0, 1.0),
-    "zbox": rules.zbox(-1.5, 2.0),
-    "wsquare": rules.wsquare(),
-    "flat": rules.flat(),
-    "gamma": rules.gamma(0.25),
+    "epsilon0": rules.Epsilon(0.0),
+    "zplus": rules.ZPlus(ignore_bias=True),
+    "alpha2beta1": rules.AlphaBeta(2.0, 1.0),
+    "zbox": rules.ZBox(-1.5, 2.0),
+    "wsquare": rules.WSquare(),
+    "flat": rules.Flat(),
+    "gamma": rules.Gamma(0.25),
 }
 
 
@@ -194,7 +194,8 @@ class ResidualNet(nn.Module):
 def _random_bn_stats(variables, key):
   """Random BN statistics and affine parameters, so canonization is really exercised."""
   keys = iter(jax.random.split(key, 100))
-  stats = jax.tree.map(lambda a: 0.5 * jax.random.normal(next(keys), a.shape), variables["batch_stats"])
+  stats = jax.tree.map(lambda a: 0.5 * jax.random.normal(next(keys), a.shape),
+                       variables["batch_stats"])
   stats = jax.tree_util.tree_map_with_path(
       lambda p, a: jnp.abs(a) + 0.5 if "var" in jax.tree_util.keystr(p) else a, stats)
   params = jax.tree_util.tree_map_with_path(
@@ -260,17 +261,18 @@ def test_z_plus_conserves_with_nonzero_biases_when_the_bias_is_ignored(cnn):
   apply_fn, variables, x = cnn
   target, logit = _explained(apply_fn, variables, x)
   relevance = lrp(apply_fn, variables, x, target,
-                  composites.by_kind(first=rules.zbox(0.0, 1.0),
-                                     default=rules.zplus(ignore_bias=True)))
+                  composites.first_of(composites.first_layer(rules.ZBox(0.0, 1.0)),
+                                      composites.uniform(rules.ZPlus(ignore_bias=True))))
   np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logit, rtol=1e-4)
 
 
 def test_lrp_0_equals_gradient_times_input(cnn):
   apply_fn, variables, x = cnn  # biases non-zero: LRP-0 lets them absorb relevance, as x * grad
   target, _ = _explained(apply_fn, variables, x)
-  relevance = lrp(apply_fn, variables, x, target, composites.uniform(rules.epsilon(0.0)))
+  relevance = lrp(apply_fn, variables, x, target, composites.uniform(rules.Epsilon(0.0)))
   gradient = jax.grad(lambda x: apply_fn(variables, x)[jnp.arange(3), target].sum())(x)
-  np.testing.assert_allclose(relevance, x * gradient, atol=1e-6 * float(jnp.abs(x * gradient).max()) + 1e-7)
+  np.testing.assert_allclose(relevance, x * gradient,
+                             atol=1e-6 * float(jnp.abs(x * gradient).max()) + 1e-7)
 
 
 def test_batchnorm_is_merged_exactly_like_a_folded_convolution():
@@ -296,8 +298,8 @@ def test_batchnorm_is_merged_exactly_like_a_folded_convolution():
 
   params = {"k": kernel, "head": head}
   target = jnp.array([0, 2])
-  for composite in (composites.uniform(rules.zplus()), composites.epsilon_gamma_box(-3.0, 3.0),
-                    composites.uniform(rules.alpha_beta())):
+  for composite in (composites.uniform(rules.ZPlus()), composites.epsilon_gamma_box(-3.0, 3.0),
+                    composites.uniform(rules.AlphaBeta())):
     a = lrp(with_bn, params, x, target, composite)
     b = lrp(folded, params, x, target, composite)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
@@ -332,7 +334,7 @@ def test_z_plus_equals_the_marginal_winning_probability_up_to_the_logit():
                                                  jnp.asarray(target)), mwp, rtol=1e-4, atol=1e-7)
   logit = (hidden @ w2)[np.arange(2), target]
   relevance = lrp(apply_fn, params, jnp.asarray(x), jnp.asarray(target),
-                  composites.uniform(rules.zplus(stabilizer=1e-12, ignore_bias=True)))
+                  composites.uniform(rules.ZPlus(stabilizer=1e-12, ignore_bias=True)))
   np.testing.assert_allclose(relevance / logit[:, None], mwp, rtol=1e-4, atol=1e-7)
 
 
@@ -399,12 +401,12 @@ def test_max_pool_as_average_splits_in_proportion():
     return pooled.reshape(1, 1) @ p
 
   target = jnp.array([0])
-  winner = lrp(apply_fn, w, x, target, composites.uniform(rules.epsilon(0.0)))
+  winner = lrp(apply_fn, w, x, target, composites.uniform(rules.Epsilon(0.0)))
   np.testing.assert_allclose(winner.reshape(-1), [0, 0, 0, 8.0], atol=1e-5)
   ties = jnp.array([[[[3.0], [3.0]], [[0.0], [1.0]]]])  # two maxima share (lrp_toolbox)
-  split = lrp(apply_fn, w, ties, target, composites.uniform(rules.epsilon(0.0)))
+  split = lrp(apply_fn, w, ties, target, composites.uniform(rules.Epsilon(0.0)))
   np.testing.assert_allclose(split.reshape(-1), [3.0, 3.0, 0, 0], atol=1e-5)
-  average = lrp(apply_fn, w, x, target, composites.uniform(rules.epsilon(0.0)), max_pool="average")
+  average = lrp(apply_fn, w, x, target, composites.uniform(rules.Epsilon(0.0)), max_pool="average")
   np.testing.assert_allclose(average.reshape(-1), np.array([1, 3, 0, 4]) / 8 * 8.0, rtol=1e-5)
 
 
@@ -421,7 +423,7 @@ def test_unsupported_operations_raise_a_clear_error(fn, op):
 
 def test_bad_composites_and_rules_raise_config_errors():
   with pytest.raises(ConfigError, match="alpha - beta = 1"):
-    rules.alpha_beta(3.0, 1.0)
+    rules.AlphaBeta(3.0, 1.0)
   with pytest.raises(ConfigError, match="known composites"):
     composites.get_composite("dtd_plus")
   with pytest.raises(ConfigError, match="expected a rule"):
@@ -430,13 +432,21 @@ def test_bad_composites_and_rules_raise_config_errors():
     lrp(lambda p, x: x @ p, jnp.ones((3, 2)), jnp.ones((2, 3)), jnp.array([0]))
 
 
-def test_by_kind_chooses_by_position_kind_and_name(cnn):
+def test_composites_choose_by_position_kind_and_name(cnn):
   apply_fn, variables, x = cnn
-  first, conv, dense, named = rules.flat(), rules.zplus(), rules.epsilon(0.1), rules.epsilon(0.5)
-  composite = composites.by_kind(first=first, conv=conv, dense=dense,
-                                 names={"classifier": named})
-  chosen = [composite(info) for info in layers(apply_fn, variables, x)]
-  assert chosen == [first, conv, dense, named]
+  first, conv, dense, named = rules.Flat(), rules.ZPlus(), rules.Epsilon(0.1), rules.Epsilon(0.5)
+  composite = composites.first_of(composites.by_name({"classifier": named}),
+                                  composites.first_layer(first),
+                                  composites.by_kind(conv=conv, dense=dense))
+  infos = layers(apply_fn, variables, x)
+  assert [composite(info) for info in infos] == [first, conv, dense, named]
+  # Each piece alone chooses only its layers; first_of takes the first choice.
+  assert [composites.by_name({"classifier": named})(i) for i in infos] == [None] * 3 + [named]
+  assert [composites.first_layer(first)(i) for i in infos] == [first, None, None, None]
+  assert [composites.by_kind(conv=conv)(i) for i in infos] == [conv, conv, None, None]
+  assert [composites.first_of()(i) for i in infos] == [None] * 4
+  with pytest.raises(ConfigError, match="returned None for layer 2"):  # no rule for a layer
+    lrp(apply_fn, variables, x, jnp.array([0, 1, 2]), composites.by_kind(conv=conv))
 
 
 @pytest.mark.parametrize("name", ["zplus", "alpha2beta1", "zbox"])

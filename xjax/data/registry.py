@@ -1,11 +1,12 @@
 """Datasets by name: `get_source("mnist", "validation")` whatever the backend behind it.
 
-| name | backend | where the data is |
-|---|---|---|
-| `shapes` | built-in synthetic (`xjax.data.shapes`) | generated from the seed, nothing to download |
-| `mnist`, `fashion_mnist`, `cifar10`, `celeb_a`, `caltech_birds2011` | TFDS, array_record | `data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets` (`python -m runs.prepare NAME`) |
-| `celeb_a_local` | original CelebA folder layout | `root`, else `$XJAX_DATA_DIR/celeb_a/` |
-| `caltech_birds2011_local` | original CUB-200-2011 folder layout | `root`, else `$XJAX_DATA_DIR/caltech_birds2011/CUB_200_2011/` |
+* `shapes`: built-in synthetic (`xjax.data.shapes`), generated from the seed, nothing to
+  download.
+* `mnist`, `fashion_mnist`, `cifar10`, `celeb_a`, `caltech_birds2011`: TFDS (array_record), in
+  `data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets` (`python -m runs.prepare NAME`).
+* `celeb_a_local`: the original CelebA folder layout, in `root`, else `$XJAX_DATA_DIR/celeb_a/`.
+* `caltech_birds2011_local`: the original CUB-200-2011 folder layout, in `root`, else
+  `$XJAX_DATA_DIR/caltech_birds2011/CUB_200_2011/`.
 
 Every dataset has the splits `train`, `validation` and `test`. Where the dataset itself has no
 validation split, a fixed `validation_fraction` of its train split is held out: the same images
@@ -14,20 +15,35 @@ whatever the run's seed, so runs with different seeds are validated on the same 
 
 from __future__ import annotations
 
-import inspect
+import functools
 import os
 from pathlib import Path
 
 import numpy as np
 
+from xjax.data.celeba_folder import CelebAFolder
+from xjax.data.cub_folder import CubFolder
+from xjax.data.shapes import ShapesSource
 from xjax.data.source import DatasetInfo, Source
+from xjax.data.tfds_data import TfdsSource
 from xjax.errors import ConfigError, DataNotFoundError
+from xjax.registry import Registry
 
 SPLITS = ("train", "validation", "test")
-_TFDS = ("mnist", "fashion_mnist", "cifar10", "celeb_a", "caltech_birds2011")
-_TFDS_WITH_VALIDATION = ("celeb_a",)
-DATASETS = ("shapes", *_TFDS, "celeb_a_local", "caltech_birds2011_local")
-_LOCAL_SUBDIRS = {"celeb_a_local": "celeb_a", "caltech_birds2011_local": "caltech_birds2011/CUB_200_2011"}
+
+# name -> the source's constructor, called as `make(split, **options)`, or `make(root, split,
+# **options)` for the local folders (metadata `subdir`: the folder under $XJAX_DATA_DIR).
+# Metadata `holdout`: the dataset has no validation split, one is held out of train; `tfds`: the
+# constructor takes `data_dir`.
+DATASETS = Registry("dataset")
+DATASETS.register("shapes", ShapesSource)
+for _name in ("mnist", "fashion_mnist", "cifar10", "celeb_a", "caltech_birds2011"):
+  DATASETS.register(_name, functools.partial(TfdsSource, _name), tfds=True,
+                    holdout=_name != "celeb_a")
+del _name
+DATASETS.register("celeb_a_local", CelebAFolder, subdir="celeb_a")
+DATASETS.register("caltech_birds2011_local", CubFolder, subdir="caltech_birds2011/CUB_200_2011",
+                  holdout=True)
 _HOLDOUT_SEED = 20180517  # fixed: the held-out validation images never depend on the run's seed
 
 
@@ -60,13 +76,14 @@ def local_root(name: str, root: str | os.PathLike | None) -> Path:
   """The folder of a `*_local` dataset: `root` if given, else under `$XJAX_DATA_DIR`."""
   if root is not None:
     return Path(root)
+  subdir = DATASETS.metadata(name)["subdir"]
   base = os.environ.get("XJAX_DATA_DIR")
   if not base:
     raise DataNotFoundError(
         f"Dataset {name!r} reads a local folder: set XJAX_DATA_DIR so that "
-        f"$XJAX_DATA_DIR/{_LOCAL_SUBDIRS[name]}/ holds it, or give its folder as the option "
+        f"$XJAX_DATA_DIR/{subdir}/ holds it, or give its folder as the option "
         f"`root` (in a config: data.options.root).")
-  return Path(base) / _LOCAL_SUBDIRS[name]
+  return Path(base) / subdir
 
 
 def get_source(name: str, split: str, *, data_dir: str | None = None,
@@ -81,42 +98,20 @@ def get_source(name: str, split: str, *, data_dir: str | None = None,
     **options: passed to the source: e.g. `image_size`, `num_examples`, `seed`, `root`.
 
   Returns:
-    A `Source`. Unknown names raise `ConfigError`; data that is not there `DataNotFoundError`.
+    A `Source`.
+
+  Raises:
+    ConfigError: an unknown dataset, split or option (listing the valid ones).
+    DataNotFoundError: the data is not there.
   """
-  if name not in DATASETS:
-    raise ConfigError(f"Unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.")
+  make = DATASETS[name]
   if split not in SPLITS:
     raise ConfigError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-  if name == "shapes":
-    from xjax.data.shapes import ShapesSource
-    return _checked(name, ShapesSource, split, **options)
-  if name == "celeb_a_local":
-    from xjax.data.celeba_folder import CelebAFolder
-    return _checked(name, CelebAFolder, local_root(name, options.pop("root", None)), split, **options)
-  if name == "caltech_birds2011_local":
-    from xjax.data.cub_folder import CubFolder
-    root = local_root(name, options.pop("root", None))
-    return _with_validation(lambda s: _checked(name, CubFolder, root, s, **options), split,
-                            validation_fraction)
-  from xjax.data.tfds_data import TfdsSource
-  if name in _TFDS_WITH_VALIDATION:
-    return _checked(name, TfdsSource, name, split, data_dir=data_dir, **options)
-  return _with_validation(lambda s: _checked(name, TfdsSource, name, s, data_dir=data_dir, **options),
-                          split, validation_fraction)
-
-
-def _checked(name: str, cls, *args, **options) -> Source:
-  """`cls(*args, **options)`, with options it does not take reported as a `ConfigError`."""
-  try:
-    inspect.signature(cls).bind(*args, **options)
-  except TypeError as e:
-    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "split", "name", "root")]
-    raise ConfigError(f"Dataset {name!r} does not take the options {sorted(options)} ({e}); "
-                      f"it takes: {', '.join(accepted)}.") from None
-  return cls(*args, **options)
-
-
-def _with_validation(make, split: str, fraction: float) -> Source:
-  if split == "test":
-    return make("test")
-  return holdout_split(make("train"), split, fraction)
+  about = DATASETS.metadata(name)
+  args = (local_root(name, options.pop("root", None)),) if "subdir" in about else ()
+  if about.get("tfds"):
+    options["data_dir"] = data_dir
+  DATASETS.check(name, options, positional=len(args) + 1)  # + 1: the split
+  if not about.get("holdout") or split == "test":
+    return make(*args, split, **options)
+  return holdout_split(make(*args, "train", **options), split, validation_fraction)

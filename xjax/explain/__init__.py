@@ -14,8 +14,14 @@ with the shape of x and works under `jax.jit` and `jax.vmap` over targets. See
 from xjax.explain import composites, rules
 from xjax.explain.cam import cam, gradcam
 from xjax.explain.excitation import excitation_backprop
-from xjax.explain.gradients import (gradient, gradient_x_input, integrated_gradients, saliency,
-                                    sensitivity, smoothgrad)
+from xjax.explain.gradients import (
+  gradient,
+  gradient_x_input,
+  integrated_gradients,
+  saliency,
+  sensitivity,
+  smoothgrad,
+)
 from xjax.explain.lrp import layers, lrp
 
 __all__ = ["cam", "composites", "excitation_backprop", "gradcam", "gradient", "gradient_x_input",

@@ -1,12 +1,24 @@
 """Composites: which LRP rule each layer of a network gets.
 
-A composite is a function `LayerInfo -> rule` (see `xjax.explain.lrp.program.LayerInfo`: the
-layer's index, kind "conv" / "dense", module name, whether it reads the input, ...). `by_kind`
-builds the usual ones; the presets are the combinations of the papers and of zennit (Anders et
-al. 2021), whose composites of the same names they reproduce:
+A composite is a function `LayerInfo -> rule or None` (see `xjax.explain.lrp.program.LayerInfo`:
+the layer's index, kind "conv" / "dense", module name, whether it reads the input, ...); None
+means "not mine". Small pieces choose the rule of some layers, and `first_of` chains them, the
+first piece with a rule for a layer winning (as `optax.chain` chains transformations):
 
-* `dtd(low, high)`: deep Taylor decomposition as in Rieger 2018 (seed 001, Sec. 2) and Montavon
-  2017: z^B on the first layer, z+ (bias ignored) on every other layer;
+    first_of(by_name({"classifier": rules.Epsilon(0.0)}),  # a module name or its path's end
+             first_layer(rules.ZBox(low, high)),           # the layers that read the input
+             by_kind(conv=rules.ZPlus(), dense=rules.Epsilon()),
+             uniform(rules.Epsilon()))                     # every layer: the fallback
+
+LRP needs a rule for every layer: a layer no piece chooses is a `ConfigError` naming it, so a
+composite that does not cover every kind of layer ends with `uniform(...)`. The presets are the
+combinations of the papers and of zennit (Anders et al. 2021), whose composites of the same
+names they reproduce, and are registered in `COMPOSITES` by name:
+
+* `dtd(low, high)`: deep Taylor decomposition as in Rieger 2018 ("Separable explanations of
+  neural network decisions", Sec. 2) and Montavon et al. 2017 ("Explaining nonlinear
+  classification decisions with deep Taylor decomposition"): z^B on the first layer, z+ (bias
+  ignored) on every other layer;
 * `epsilon_plus`: z+ on convolutions, epsilon on dense layers;
 * `epsilon_plus_flat`: the same with the flat rule on the first layer;
 * `epsilon_alpha2_beta1`: alpha2-beta1 on convolutions, epsilon on dense layers;
@@ -17,97 +29,141 @@ al. 2021), whose composites of the same names they reproduce:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from xjax.errors import ConfigError
 from xjax.explain import rules
 from xjax.explain.lrp.program import LayerInfo
+from xjax.registry import Registry, non_negative
 
 Rule = Callable
-Composite = Callable[[LayerInfo], Rule]
+Composite = Callable[[LayerInfo], "Rule | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ByName:
+  """The rule of named layers; see `by_name`."""
+  names: tuple[tuple[str, Rule], ...]
+
+  def __call__(self, info: LayerInfo) -> Rule | None:
+    for name, rule in self.names:
+      if info.name == name or info.name.endswith("/" + name):
+        return rule
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstLayer:
+  """The rule of the layers that read the input; see `first_layer`."""
+  rule: Rule
+
+  def __call__(self, info: LayerInfo) -> Rule | None:
+    return self.rule if info.is_input else None
 
 
 @dataclasses.dataclass(frozen=True)
 class ByKind:
-  """The rule of a layer by position and kind; see `by_kind`."""
-  first: Rule | None = None
+  """The rule of a layer by its kind; see `by_kind`."""
   conv: Rule | None = None
   dense: Rule | None = None
-  default: Rule = rules.Epsilon()
-  names: tuple[tuple[str, Rule], ...] = ()
 
-  def __call__(self, info: LayerInfo) -> Rule:
-    for name, rule in self.names:
-      if info.name == name or info.name.endswith("/" + name):
+  def __call__(self, info: LayerInfo) -> Rule | None:
+    return {"conv": self.conv, "dense": self.dense}.get(info.kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstOf:
+  """The first rule the composites choose; see `first_of`."""
+  composites: tuple[Composite, ...]
+
+  def __call__(self, info: LayerInfo) -> Rule | None:
+    for composite in self.composites:
+      rule = composite(info)
+      if rule is not None:
         return rule
-    if info.is_input and self.first is not None:
-      return self.first
-    rule = self.conv if info.kind == "conv" else self.dense
-    return self.default if rule is None else rule
+    return None
 
 
-def by_kind(*, first: Rule | None = None, conv: Rule | None = None, dense: Rule | None = None,
-            default: Rule = rules.Epsilon(), names: Mapping[str, Rule] | None = None) -> ByKind:
-  """A composite choosing rules by layer kind.
-
-  Args:
-    first: the rule of the layers that read the input (e.g. `rules.zbox(low, high)`).
-    conv: the rule of the other convolution layers.
-    dense: the rule of the other dense layers.
-    default: the rule where `conv` / `dense` is None.
-    names: rules for named layers (a module name or the end of its path, e.g. "classifier"),
-      which take precedence over everything else.
-  """
-  return ByKind(first, conv, dense, default, tuple((names or {}).items()))
+def by_name(mapping: Mapping[str, Rule]) -> ByName:
+  """Rules for named layers: a module name or the end of its path (e.g. "classifier",
+  "layer4_1/conv2") -> rule; other layers get None."""
+  return ByName(tuple(mapping.items()))
 
 
-def dtd(low: Any = 0.0, high: Any = 1.0) -> ByKind:
+def first_layer(rule: Rule) -> FirstLayer:
+  """`rule` for the layers that read the input (e.g. `rules.ZBox(low, high)`), None elsewhere."""
+  return FirstLayer(rule)
+
+
+def by_kind(*, conv: Rule | None = None, dense: Rule | None = None) -> ByKind:
+  """`conv` for convolution layers, `dense` for dense layers (None: not chosen)."""
+  return ByKind(conv, dense)
+
+
+def uniform(rule: Rule) -> ByKind:
+  """The same rule on every layer (e.g. `uniform(rules.Epsilon(0.0))`: LRP-0)."""
+  return ByKind(rule, rule)
+
+
+def first_of(*composites: Composite) -> FirstOf:
+  """For each layer, the rule of the first of `composites` that chooses one (None if none does)."""
+  return FirstOf(composites)
+
+
+COMPOSITES = Registry("composite")
+_EPSILON = {"epsilon": non_negative}
+
+
+@COMPOSITES.register("dtd")
+def dtd(low: Any = 0.0, high: Any = 1.0) -> FirstOf:
   """Deep Taylor decomposition: z^B (box [low, high]) first, z+ without bias elsewhere."""
-  plus = rules.ZPlus(ignore_bias=True)
-  return by_kind(first=rules.ZBox(low, high), conv=plus, dense=plus)
+  return first_of(first_layer(rules.ZBox(low, high)), uniform(rules.ZPlus(ignore_bias=True)))
 
 
+@COMPOSITES.register("epsilon_plus", checks=_EPSILON)
 def epsilon_plus(epsilon: float = 1e-6) -> ByKind:
   """z+ on convolutions, epsilon on dense layers (zennit's EpsilonPlus)."""
   return by_kind(conv=rules.ZPlus(), dense=rules.Epsilon(epsilon))
 
 
-def epsilon_plus_flat(epsilon: float = 1e-6) -> ByKind:
+@COMPOSITES.register("epsilon_plus_flat", checks=_EPSILON)
+def epsilon_plus_flat(epsilon: float = 1e-6) -> FirstOf:
   """Flat first layer, z+ on convolutions, epsilon on dense layers (zennit's EpsilonPlusFlat)."""
-  return by_kind(first=rules.Flat(), conv=rules.ZPlus(), dense=rules.Epsilon(epsilon))
+  return first_of(first_layer(rules.Flat()), epsilon_plus(epsilon))
 
 
+@COMPOSITES.register("epsilon_alpha2_beta1", checks=_EPSILON)
 def epsilon_alpha2_beta1(epsilon: float = 1e-6) -> ByKind:
   """alpha2-beta1 on convolutions, epsilon on dense layers (zennit's EpsilonAlpha2Beta1)."""
   return by_kind(conv=rules.AlphaBeta(2.0, 1.0), dense=rules.Epsilon(epsilon))
 
 
+@COMPOSITES.register("epsilon_gamma_box", checks={**_EPSILON, "gamma": non_negative})
 def epsilon_gamma_box(low: Any = 0.0, high: Any = 1.0, gamma: float = 0.25,
-                      epsilon: float = 1e-6) -> ByKind:
+                      epsilon: float = 1e-6) -> FirstOf:
   """z^B first, gamma on convolutions, epsilon on dense layers (zennit's EpsilonGammaBox)."""
-  return by_kind(first=rules.ZBox(low, high), conv=rules.Gamma(gamma),
-                 dense=rules.Epsilon(epsilon))
+  return first_of(first_layer(rules.ZBox(low, high)),
+                  by_kind(conv=rules.Gamma(gamma), dense=rules.Epsilon(epsilon)))
 
 
-def uniform(rule: Rule) -> ByKind:
-  """The same rule on every layer (e.g. `uniform(rules.epsilon(0.0))`: LRP-0)."""
-  return by_kind(default=rule)
+# The presets that take the input box [low, high] (a z^B layer).
+NEEDS_BOUNDS = tuple(name for name in COMPOSITES if "low" in COMPOSITES.options(name))
 
 
-# Presets by name; those taking the input box get `low` and `high`.
-COMPOSITES: dict[str, Callable[..., ByKind]] = {
-    "dtd": dtd,
-    "epsilon_plus": epsilon_plus,
-    "epsilon_plus_flat": epsilon_plus_flat,
-    "epsilon_alpha2_beta1": epsilon_alpha2_beta1,
-    "epsilon_gamma_box": epsilon_gamma_box,
-}
-NEEDS_BOUNDS = ("dtd", "epsilon_gamma_box")
+def get_composite(name: str, low: Any = 0.0, high: Any = 1.0) -> Composite:
+  """The preset `name` of `COMPOSITES`.
 
+  Args:
+    name: e.g. "dtd", "epsilon_plus".
+    low, high: the input box (scalars or per-channel), for the presets with a z^B layer
+      (`NEEDS_BOUNDS`); the others ignore it.
 
-def get_composite(name: str, low: Any = 0.0, high: Any = 1.0) -> ByKind:
-  """The preset `name`; `low` / `high` (the input box) go to the presets with a z^B layer."""
-  if name not in COMPOSITES:
-    raise ConfigError(f"Unknown composite {name!r}; known composites: "
-                      f"{', '.join(sorted(COMPOSITES))}.")
-  return COMPOSITES[name](low, high) if name in NEEDS_BOUNDS else COMPOSITES[name]()
+  Returns:
+    The composite.
+
+  Raises:
+    ConfigError: an unknown name (the message lists the known ones).
+  """
+  if name in NEEDS_BOUNDS:
+    return COMPOSITES.get(name, low=low, high=high)
+  return COMPOSITES.get(name)

@@ -23,51 +23,134 @@ its options bound, so a caller can `jax.jit(lambda p, x, t: method(apply_fn, p, 
 `xjax.data.pipeline.input_bounds(info, normalization)`. SmoothGrad draws its noise from `key`,
 by default the fixed `jax.random.key(0)`, so the same spec gives the same heatmaps run after run.
 
-`cam`, `gradcam` and the excitation methods are imported when asked for, so the registry works
-(and lists them) before or without those modules.
+`METHODS` registers a factory per name, `make(option, bounds, key) -> method`, with the metadata
+`description` (shown in error messages and `--help`), `option` (what `NAME:OPTION` names, for the
+methods that take one) and `conservative` (the relevance sums to the explained output). The
+modules behind the methods are imported when a method is asked for, so the registry works (and
+lists them) before or without those modules.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+import importlib
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
 from xjax.errors import ConfigError
+from xjax.registry import Registry
 
 Method = Callable[[Callable, Any, jax.Array, jax.Array], jax.Array]
 
-# name -> what it is (shown in error messages and `--help`).
-METHODS: dict[str, str] = {
-    "saliency": "absolute input gradient (Simonyan et al. 2014)",
-    "gradient": "signed input gradient",
-    "sensitivity": "squared input gradient (sensitivity analysis)",
-    "gradient_x_input": "input times gradient",
-    "smoothgrad": "SmoothGrad, 50 noisy samples (Smilkov et al. 2017); smoothgrad:BASE",
-    "integrated_gradients": "Integrated Gradients from a zero baseline (Sundararajan et al. 2017)",
-    "lrp": "layer-wise relevance propagation; lrp:COMPOSITE, default epsilon_plus",
-    "cam": "class activation map (Zhou et al. 2016)",
-    "gradcam": "Grad-CAM (Selvaraju et al. 2017)",
-    "excitation_backprop": "excitation backprop (Zhang et al. 2016)",
-    "contrastive_excitation_backprop": "contrastive excitation backprop (Zhang et al. 2016)",
-}
+METHODS = Registry("explanation method")
 DEFAULT_COMPOSITE = "epsilon_plus"
-# The methods that take `:OPTION`, and what the option is.
-_OPTION_NAMES = {"lrp": "composite", "smoothgrad": "SmoothGrad base"}
+
+
+def _gradients():
+  return importlib.import_module("xjax.explain.gradients")
+
+
+def _gradient_method(name: str) -> Callable[..., Method]:
+  """The factory of the gradient method `name` of `xjax.explain.gradients` (no options)."""
+
+  def make(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
+    del option, bounds, key
+    return getattr(_gradients(), name)
+
+  return make
+
+
+METHODS.register("saliency", _gradient_method("saliency"),
+                 description="absolute input gradient (Simonyan et al. 2014)")
+METHODS.register("gradient", _gradient_method("gradient"), description="signed input gradient")
+METHODS.register("sensitivity", _gradient_method("sensitivity"),
+                 description="squared input gradient (sensitivity analysis)")
+METHODS.register("gradient_x_input", _gradient_method("gradient_x_input"),
+                 description="input times gradient")
+
+
+@METHODS.register("smoothgrad", option="SmoothGrad base",
+                  description="SmoothGrad, 50 noisy samples (Smilkov et al. 2017); smoothgrad:BASE")
+def _smoothgrad(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
+  gradients = _gradients()
+  base = option or "gradient"
+  if base not in gradients.SMOOTHGRAD_BASES:
+    raise ConfigError(f"Unknown SmoothGrad base {base!r} in 'smoothgrad:{base}'; known: "
+                      f"{', '.join(gradients.SMOOTHGRAD_BASES)}.")
+  return functools.partial(gradients.smoothgrad, key=jax.random.key(0) if key is None else key,
+                           base=base)
+
+
+METHODS.register(
+    "integrated_gradients", _gradient_method("integrated_gradients"),
+    description="Integrated Gradients from a zero baseline (Sundararajan et al. 2017)")
+
+
+@METHODS.register("lrp", option="composite", conservative=True,
+                  description="layer-wise relevance propagation; lrp:COMPOSITE, default "
+                  "epsilon_plus")
+def _lrp(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
+  del key
+  from xjax.explain import composites
+  from xjax.explain.lrp import lrp
+  return functools.partial(lrp, composite=composites.get_composite(option or DEFAULT_COMPOSITE,
+                                                                   *bounds))
+
+
+def _cam_method(name: str) -> Callable[..., Method]:
+  def make(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
+    del option, bounds, key
+    return getattr(_lazy_import("xjax.explain.cam", name), name)
+
+  return make
+
+
+METHODS.register("cam", _cam_method("cam"), description="class activation map (Zhou et al. 2016)")
+METHODS.register("gradcam", _cam_method("gradcam"),
+                 description="Grad-CAM (Selvaraju et al. 2017)")
+
+
+def _excitation_method(name: str, contrastive: bool) -> Callable[..., Method]:
+  def make(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
+    del option, bounds, key
+    excitation = _lazy_import("xjax.explain.excitation", name)
+    return functools.partial(excitation.excitation_backprop, contrastive=contrastive)
+
+  return make
+
+
+METHODS.register("excitation_backprop", _excitation_method("excitation_backprop", False),
+                 description="excitation backprop (Zhang et al. 2016)")
+METHODS.register("contrastive_excitation_backprop",
+                 _excitation_method("contrastive_excitation_backprop", True),
+                 description="contrastive excitation backprop (Zhang et al. 2016)")
+
+
+def _option_names() -> dict[str, str]:
+  """The methods that take `:OPTION`, and what the option is."""
+  return {name: METHODS.metadata(name)["option"] for name in METHODS
+          if "option" in METHODS.metadata(name)}
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-  """`"lrp:dtd"` -> `("lrp", "dtd")`, `"saliency"` -> `("saliency", None)`; checks the names."""
+  """`"lrp:dtd"` -> `("lrp", "dtd")`, `"saliency"` -> `("saliency", None)`; checks the names.
+
+  Raises:
+    ConfigError: an unknown method (listing the known ones), an option given to a method that
+      takes none, or an empty option.
+  """
   name, sep, option = str(spec).strip().partition(":")
+  options = _option_names()
   if name not in METHODS:
-    raise ConfigError(f"Unknown explanation method {spec!r}; known methods: "
+    raise ConfigError(f"Unknown explanation method {spec!r}; known explanation methods: "
                       f"{', '.join(METHODS)} (lrp:COMPOSITE, smoothgrad:BASE).")
-  if sep and name not in _OPTION_NAMES:
+  if sep and name not in options:
     raise ConfigError(f"Method {name!r} takes no option; got {spec!r}. Options exist for: "
-                      f"{', '.join(f'{k}:<{v}>' for k, v in _OPTION_NAMES.items())}.")
+                      f"{', '.join(f'{k}:<{v}>' for k, v in options.items())}.")
   if sep and not option:
-    raise ConfigError(f"Empty {_OPTION_NAMES[name]} in {spec!r}; write {name} or {name}:NAME.")
+    raise ConfigError(f"Empty {options[name]} in {spec!r}; write {name} or {name}:NAME.")
   return name, (option if sep else None)
 
 
@@ -81,7 +164,7 @@ def canonical_spec(spec: str) -> str:
 
 def is_conservative(spec: str) -> bool:
   """Whether the method means its relevance to sum to the explained output (LRP, DTD)."""
-  return parse_spec(spec)[0] == "lrp"
+  return bool(METHODS.metadata(parse_spec(spec)[0]).get("conservative", False))
 
 
 def get_method(spec: str, *, bounds: tuple[Any, Any] = (0.0, 1.0),
@@ -101,35 +184,11 @@ def get_method(spec: str, *, bounds: tuple[Any, Any] = (0.0, 1.0),
     ConfigError: an unknown method, composite or SmoothGrad base (listing the known ones), or an
       option given to a method that takes none.
   """
-  from xjax.explain import gradients
-
   name, option = parse_spec(spec)
-  if name in ("saliency", "gradient", "sensitivity", "gradient_x_input"):
-    return getattr(gradients, name)
-  if name == "smoothgrad":
-    base = option or "gradient"
-    if base not in gradients.SMOOTHGRAD_BASES:
-      raise ConfigError(f"Unknown SmoothGrad base {base!r} in {spec!r}; known: "
-                        f"{', '.join(gradients.SMOOTHGRAD_BASES)}.")
-    return functools.partial(gradients.smoothgrad, key=jax.random.key(0) if key is None else key,
-                             base=base)
-  if name == "integrated_gradients":
-    return gradients.integrated_gradients
-  if name == "lrp":
-    from xjax.explain import composites
-    from xjax.explain.lrp import lrp
-    composite = composites.get_composite(option or DEFAULT_COMPOSITE, *bounds)
-    return functools.partial(lrp, composite=composite)
-  if name in ("cam", "gradcam"):
-    cam = _lazy_import("xjax.explain.cam", name)
-    return getattr(cam, name)
-  excitation = _lazy_import("xjax.explain.excitation", name)
-  return functools.partial(excitation.excitation_backprop,
-                           contrastive=name == "contrastive_excitation_backprop")
+  return METHODS.get(name, option=option, bounds=bounds, key=key)
 
 
 def _lazy_import(module: str, name: str):
-  import importlib
   try:
     return importlib.import_module(module)
   except ModuleNotFoundError as e:

@@ -3,7 +3,8 @@
 A rule is a callable `rule(layer, x, relevance_out) -> relevance_in`, where `layer` is an
 `xjax.explain.lrp.engine.LayerCall` (effective weights `A * W`, bias `B`, output `y`), `x` the
 layer's input and `relevance_out` the relevance of its outputs. Rules are small frozen
-dataclasses, hashable, so composites and `jax.jit` can close over them.
+dataclasses, hashable, so composites and `jax.jit` can close over them; a rule is built by its
+class, e.g. `ZBox(low, high)`, `Epsilon(0.0)` (LRP-0), `ZPlus(ignore_bias=True)`.
 
 The formulas follow Montavon et al., "Methods for interpreting and understanding deep neural
 networks" (DSP 2018), Table / Eqs. in Sec. 5.1, and Montavon et al. 2017 (deep Taylor
@@ -89,7 +90,7 @@ class AlphaBeta:
 
   def __post_init__(self):
     if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-9:
-      raise ConfigError(f"alpha_beta needs alpha, beta >= 0 and alpha - beta = 1 (relevance "
+      raise ConfigError(f"AlphaBeta needs alpha, beta >= 0 and alpha - beta = 1 (relevance "
                         f"conservation); got alpha={self.alpha}, beta={self.beta}.")
 
   def __call__(self, layer: LayerCall, x: Array, relevance: Array) -> Array:
@@ -158,7 +159,7 @@ class ZBox:
     object.__setattr__(self, "low", _hashable(self.low))
     object.__setattr__(self, "high", _hashable(self.high))
     if np.any(np.asarray(self.low) > np.asarray(self.high)):
-      raise ConfigError(f"zbox needs low <= high; got low={self.low}, high={self.high}.")
+      raise ConfigError(f"ZBox needs low <= high; got low={self.low}, high={self.high}.")
 
   def __call__(self, layer: LayerCall, x: Array, relevance: Array) -> Array:
     low = jnp.broadcast_to(jnp.asarray(self.low, x.dtype), x.shape)
@@ -187,7 +188,7 @@ class WSquare:
 
 @dataclasses.dataclass(frozen=True)
 class Flat:
-  """The flat rule (Lapuschkin et al. 2019): relevance spreads uniformly over each receptive field."""
+  """The flat rule (Lapuschkin et al. 2019): relevance spreads evenly over each receptive field."""
   stabilizer: float = 1e-6
 
   def __call__(self, layer: LayerCall, x: Array, relevance: Array) -> Array:
@@ -201,7 +202,8 @@ class ContrastiveZPlus:
 
   Zhang et al., "Top-down neural attention by excitation backprop" (ECCV 2016), Sec. 3.3: the
   marginal winning probability of the target (z+ without bias) minus that of its "dual" unit,
-  whose weights are negated (METHODS.md, Sec. 4). For nonnegative inputs only (after a ReLU).
+  whose weights are negated (Caffe-ExcitationBP's `Demo.ipynb`). For nonnegative inputs only
+  (after a ReLU).
   """
   stabilizer: float = 1e-6
 
@@ -211,33 +213,3 @@ class ContrastiveZPlus:
     s_neg = relevance / stabilize(-layer.forward(x, "neg"), self.stabilizer)  # (-W)+ = -(W-)
     return x * (layer.backward(s_pos, "pos") + layer.backward(s_neg, "neg"))
 
-
-# The lower-case factories of the issue and the docs: `rules.zbox(low, high)` and so on.
-def epsilon(epsilon: float = 1e-6, ignore_bias: bool = False) -> Epsilon:  # noqa: D103
-  return Epsilon(epsilon, ignore_bias)
-
-
-def zplus(stabilizer: float = 1e-6, ignore_bias: bool = False) -> ZPlus:  # noqa: D103
-  return ZPlus(stabilizer, ignore_bias)
-
-
-def alpha_beta(alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6,
-               ignore_bias: bool = False) -> AlphaBeta:  # noqa: D103
-  return AlphaBeta(alpha, beta, stabilizer, ignore_bias)
-
-
-def gamma(gamma: float = 0.25, stabilizer: float = 1e-6,
-          ignore_bias: bool = False) -> Gamma:  # noqa: D103
-  return Gamma(gamma, stabilizer, ignore_bias)
-
-
-def zbox(low: Any = 0.0, high: Any = 1.0, stabilizer: float = 1e-6) -> ZBox:  # noqa: D103
-  return ZBox(low, high, stabilizer)
-
-
-def wsquare(stabilizer: float = 1e-6, ignore_bias: bool = False) -> WSquare:  # noqa: D103
-  return WSquare(stabilizer, ignore_bias)
-
-
-def flat(stabilizer: float = 1e-6) -> Flat:  # noqa: D103
-  return Flat(stabilizer)

@@ -4,12 +4,26 @@ The contract: `model.apply(variables, x, train=False, rngs={"dropout": key})` on
 images returns `(logits, intermediates)`; `intermediates["features"]` is the input of the final
 classification layer and, for conv nets, `intermediates["conv_maps"]` the last convolutional
 activation before pooling/flatten. `num_classes=None` drops the classifier (`logits` = features).
+Each model class names what it returns in `INTERMEDIATES`.
+
+This package registers the models in `MODELS` (`xjax.nn.registry`, which imports no model):
+importing any module of `xjax.nn` imports this one first, so the registry is always complete.
 """
 
 from xjax.nn.cnn import MLP, CNNCifar10, CNNFashion, CNNMnist, SumPoolCNN, sum_pool
 from xjax.nn.registry import MODELS, count_params, get_model, init_variables, logits_fn
 from xjax.nn.resnet import BasicBlock, ResNet18
 from xjax.nn.vgg import VGG, VGG_CONFIGS
+from xjax.nn.xnet import XNet
+
+MODELS.register("cnn_cifar10", CNNCifar10)
+MODELS.register("cnn_fashion", CNNFashion)
+MODELS.register("cnn_mnist", CNNMnist)
+MODELS.register("sumpool_cnn", SumPoolCNN)
+MODELS.register("mlp", MLP)
+MODELS.register("resnet18", ResNet18)
+MODELS.register("vgg", VGG)
+MODELS.register("xnet", XNet)
 
 __all__ = [
     "MLP",
@@ -22,6 +36,7 @@ __all__ = [
     "CNNMnist",
     "ResNet18",
     "SumPoolCNN",
+    "XNet",
     "count_params",
     "get_model",
     "init_variables",

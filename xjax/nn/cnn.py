@@ -78,6 +78,8 @@ class CNNCifar10(nn.Module):
   dropout_rate: float = 0.25  # after each pooling block
   dense_dropout_rate: float = 0.5  # before the classifier
 
+  INTERMEDIATES = ("conv_maps", "features")
+
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
     x = jnp.asarray(x, jnp.float32)
@@ -99,7 +101,7 @@ class CNNFashion(nn.Module):
   """The Fashion-MNIST network of Rieger 2018, Table 1: C32(3x3)-AvgP-D256-D10.
 
   Rieger, "Separable explanations of neural network decisions" (2018), Table 1 gives the layers
-  and says dropout was used; the rest is our choice ([A] in spec/METHODS.md), following the Keras
+  and says dropout was used; the rest is our choice ([A], docs/assumptions.md), following the Keras
   CIFAR10 example of the same table: 'SAME' padding, ReLU, 2x2 average pooling,
   Dropout(`dropout_rate`=.25) after the pooling block and Dropout(`dense_dropout_rate`=.5) before
   the classifier:
@@ -109,6 +111,8 @@ class CNNFashion(nn.Module):
   num_classes: int | None = 10
   dropout_rate: float = 0.25
   dense_dropout_rate: float = 0.5
+
+  INTERMEDIATES = ("conv_maps", "features")
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
@@ -125,7 +129,7 @@ class CNNMnist(nn.Module):
   """The MNIST network of Rieger 2018, Table 1: C32(3x3)-AvgP-C64(2x2)-AvgP-D512-D10.
 
   Rieger, "Separable explanations of neural network decisions" (2018), Table 1 gives the layers
-  and says dropout was used; the rest is our choice ([A] in spec/METHODS.md): 'SAME' padding for
+  and says dropout was used; the rest is our choice ([A], docs/assumptions.md): 'SAME' padding for
   both convolutions (the 2x2 one pads one row/column at the bottom/right, as `lax` 'SAME' does),
   ReLU, 2x2 average pooling, Dropout(`dropout_rate`=.25) after each pooling block and
   Dropout(`dense_dropout_rate`=.5) before the classifier:
@@ -136,6 +140,8 @@ class CNNMnist(nn.Module):
   num_classes: int | None = 10
   dropout_rate: float = 0.25
   dense_dropout_rate: float = 0.5
+
+  INTERMEDIATES = ("conv_maps", "features")
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
@@ -174,6 +180,8 @@ class SumPoolCNN(nn.Module):
   num_classes: int | None = 10
   pool_scale: float = 1.0
 
+  INTERMEDIATES = ("conv_maps", "features")
+
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
     del train  # no dropout or batch norm
@@ -205,6 +213,8 @@ class MLP(nn.Module):
   hidden: tuple[int, ...] = (256, 256)
   num_classes: int | None = 10
   dropout_rate: float = 0.0
+
+  INTERMEDIATES = ("features",)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:

@@ -1,9 +1,15 @@
-"""Models by name, and the few helpers every caller of a model needs."""
+"""Models by name, and the few helpers every caller of a model needs.
+
+`MODELS` is the registry of model classes; the model modules are registered by `xjax.nn` (its
+`__init__`), so this module imports no model and a model may build others by name (XNet's
+backbone) without an import cycle.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -11,21 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.nn.cnn import MLP, CNNCifar10, CNNFashion, CNNMnist, SumPoolCNN
-from xjax.nn.resnet import ResNet18
-from xjax.nn.vgg import VGG
-from xjax.nn.xnet import XNet
+from xjax.registry import Registry
 
-MODELS: dict[str, type] = {
-    "cnn_cifar10": CNNCifar10,
-    "cnn_fashion": CNNFashion,
-    "cnn_mnist": CNNMnist,
-    "sumpool_cnn": SumPoolCNN,
-    "mlp": MLP,
-    "resnet18": ResNet18,
-    "vgg": VGG,
-    "xnet": XNet,
-}
+# name -> Flax module class; every class declares `INTERMEDIATES`, the names of the
+# intermediate activations its `__call__` returns beside the logits.
+MODELS = Registry("model")
 
 _FLAX_FIELDS = ("parent", "name")
 
@@ -47,14 +43,18 @@ def _freeze(value: Any) -> Any:
 def get_model(name: str, module_name: str | None = None, **kwargs: Any) -> nn.Module:
   """The model registered as `name`, built with `kwargs` as its fields.
 
-  `module_name` names the module when it is built inside another one (Flax's `name`), as
-  XNet's "backbone".
+  Args:
+    name: a name of `MODELS`, e.g. "resnet18".
+    module_name: the module's name when it is built inside another one (Flax's `name`), as
+      XNet's "backbone"; None at the top level.
+    **kwargs: the model's dataclass fields; lists and dicts become (nested) tuples.
+
+  Returns:
+    The unbound Flax module.
 
   Raises:
     ConfigError: for an unknown name, an unknown field, or a value the model rejects.
   """
-  if name not in MODELS:
-    raise ConfigError(f"Unknown model {name!r}; known models: {', '.join(sorted(MODELS))}.")
   cls = MODELS[name]
   fields = model_fields(cls)
   unknown = sorted(set(kwargs) - set(fields))

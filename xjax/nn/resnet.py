@@ -75,6 +75,8 @@ class ResNet18(nn.Module):
   stem: str = "imagenet"
   width: int = 64
 
+  INTERMEDIATES = ("block1", "block2", "block3", "block4", "conv_maps", "features")
+
   def __post_init__(self) -> None:
     if self.stem not in STEMS:
       raise ConfigError(f"Unknown ResNet18 stem {self.stem!r}; expected one of {STEMS}.")

@@ -55,6 +55,8 @@ class VGG(nn.Module):
   dense: tuple[int, ...] = (512, 512)
   dropout_rate: float = 0.5
 
+  INTERMEDIATES = ("conv_maps", "features")
+
   def __post_init__(self) -> None:
     resolve_config(self.config)
     super().__post_init__()

@@ -1,9 +1,9 @@
 """The XNet network: a backbone, an explainable layer of k ReLU neurons and the output layer.
 
-David & Liu, "XNet" (seed 000, Sec. 3; METHODS.md Sec. 1): ResNet-18 + global average pooling
-gives features g; h = ReLU(g W_h + b_h) is the explainable layer (k = 3 in the paper); the logits
-are `(h D) W_o + b_o`, where the X-layer D is the identity in ordinary use and drops one neuron
-for the drop loss (`xjax.methods.xnet`).
+David & Liu, "XNet: Towards training explainable neural networks" (2019), Sec. 3: ResNet-18 +
+global average pooling gives features g; h = ReLU(g W_h + b_h) is the explainable layer (k = 3
+in the paper); the logits are `(h D) W_o + b_o`, where the X-layer D is the identity in ordinary
+use and drops one neuron for the drop loss (`xjax.methods.xnet`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 
 from xjax.errors import ConfigError
+from xjax.nn.registry import get_model
 
 Array = jax.Array
 
@@ -56,7 +57,8 @@ class XNet(nn.Module):
   plus "xnet_hidden", the explainable layer's activations h (B, k) that the drop loss reads.
 
   Attributes:
-    backbone: a name of `xjax.nn.MODELS`, e.g. "resnet18" (the paper) or "cnn_cifar10".
+    backbone: a name of `xjax.nn.MODELS`, e.g. "resnet18" (the paper) or "cnn_cifar10"; its
+      intermediates come first, so `INTERMEDIATES` names only the ones every XNet returns.
     backbone_options: the backbone's fields, as a dict or (name, value) pairs, e.g.
       {"stem": "cifar", "width": 16}; `num_classes` is always None (no classifier).
     num_neurons: k, the explainable layer's width (one neuron per category).
@@ -70,11 +72,12 @@ class XNet(nn.Module):
   num_classes: int = 2
   head_norm: str = "none"
 
+  INTERMEDIATES = ("features", "xnet_hidden")
+
   @nn.compact
   def __call__(self, x: Array, train: bool = False,
                keep: Array | None = None) -> tuple[Array, dict[str, Array]]:
     """`keep` (k,): the X-layer's diagonal, e.g. 1 - e_j to drop neuron j (None: keep all)."""
-    from xjax.nn.registry import get_model  # the registry lists this module's XNet
     options = dict(self.backbone_options)
     backbone = get_model(self.backbone, "backbone", **{**options, "num_classes": None})
     features, intermediates = backbone(x, train=train)

@@ -1,0 +1,251 @@
+"""Properties every registered name must have, checked over each registry by name.
+
+In the spirit of optax's tests over its aliases: a new loss term, model, explanation method,
+dataset or optimizer is tested here as soon as it is registered (a loss term or model also needs
+a small example below, and the test that finds none says so). Everything is tiny (8x8 or 16x16
+images, batches of 2 to 4) so that the whole file runs in well under two minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import xjax.plugins  # noqa: F401 (registers the methods' loss terms and the experiments)
+from tests.conftest import shared_data
+from xjax.data.registry import DATASETS, get_source
+from xjax.errors import ConfigError
+from xjax.explain import composites
+from xjax.explain.methods import METHODS, get_method, is_conservative
+from xjax.nn import MODELS, get_model
+from xjax.train.losses import LOSS_TERMS, ModelOutputs, is_penalty
+from xjax.train.optim import OPTIMIZERS, make_optimizer
+
+# ---------------------------------------------------------------------------------------------
+# Loss terms: a finite scalar with a finite gradient, compiled once per input shape.
+
+CLASSES, BATCH = 3, 4
+LOSS_TERM_OPTIONS = {  # the options each term needs on the inputs of `loss_inputs`
+    "cross_entropy": {},
+    "l2": {},
+    "block_l1": {"num_classes": CLASSES},
+    "xnet_drop": {"categories": (0, 1, 2)},
+}
+
+
+def loss_inputs(seed: int):
+  """(params, logits, intermediates, batch) of a tiny network: a dense layer and an XNet head."""
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  params = {"dense1": {"kernel": normal(6, CLASSES), "bias": normal(CLASSES)},
+            "head": {"output": {"kernel": normal(3, CLASSES), "bias": normal(CLASSES)}}}
+  intermediates = {"features": normal(BATCH, 6), "xnet_hidden": jax.nn.relu(normal(BATCH, 3))}
+  batch = {"label": jnp.asarray(rng.integers(0, CLASSES, BATCH), jnp.int32),
+           "attributes": jnp.asarray(np.eye(3, dtype=np.int8)[np.arange(BATCH) % 3])}
+  return params, normal(BATCH, CLASSES), intermediates, batch
+
+
+@pytest.mark.parametrize("name", LOSS_TERMS.names())
+def test_loss_term_is_a_finite_scalar_with_a_finite_gradient_compiled_once(name):
+  if name not in LOSS_TERM_OPTIONS:
+    pytest.fail(f"loss term {name!r} has no example: add its options to LOSS_TERM_OPTIONS")
+  term = LOSS_TERMS.get(name, **LOSS_TERM_OPTIONS[name])
+  traces = []
+
+  @jax.jit
+  def value_and_grad(params, logits, intermediates, batch):
+    traces.append(1)  # a Python side effect: runs once per trace
+    loss = lambda p, z, h: term(p, batch, ModelOutputs(z, h))
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(params, logits, intermediates)
+
+  for seed in (0, 1):  # new values of the same shapes: no second trace
+    value, grads = value_and_grad(*loss_inputs(seed))
+    assert value.shape == () and np.isfinite(float(value))
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize("name", LOSS_TERMS.names())
+def test_a_penalty_is_a_function_of_the_parameters_alone(name):
+  if not is_penalty(name):
+    return
+  term = LOSS_TERMS.get(name, **LOSS_TERM_OPTIONS.get(name, {}))
+  params, logits, intermediates, batch = loss_inputs(0)
+  alone = term(params, None, None)
+  np.testing.assert_allclose(alone, term(params, batch, ModelOutputs(logits, intermediates)))
+
+
+def test_penalties_are_declared():
+  assert is_penalty("l2") and is_penalty("block_l1")
+  assert not is_penalty("cross_entropy") and not is_penalty("xnet_drop")
+  with pytest.raises(ConfigError, match="Unknown loss term 'focal'.*cross_entropy"):
+    is_penalty("focal")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: `(logits, intermediates)` under jit, with the intermediates the class declares.
+
+MODEL_EXAMPLES = {  # name -> (fields of a small instance, image shape)
+    "cnn_cifar10": ({}, (16, 16, 3)),
+    "cnn_fashion": ({}, (16, 16, 1)),
+    "cnn_mnist": ({}, (16, 16, 1)),
+    "sumpool_cnn": ({}, (32, 32, 1)),  # its only size
+    "mlp": ({"hidden": (8,)}, (8, 8, 1)),
+    "resnet18": ({"stem": "cifar", "width": 2}, (8, 8, 3)),
+    "vgg": ({"config": (4, "M", 8), "dense": (8,)}, (8, 8, 3)),
+    "xnet": ({"backbone": "mlp", "backbone_options": {"hidden": (8,)}, "num_neurons": 3},
+             (8, 8, 3)),
+}
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_model_applies_under_jit_with_its_declared_intermediates(name):
+  if name not in MODEL_EXAMPLES:
+    pytest.fail(f"model {name!r} has no example: add it to MODEL_EXAMPLES")
+  fields, image_shape = MODEL_EXAMPLES[name]
+  model = get_model(name, num_classes=CLASSES, **fields)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(size=(2, *image_shape)), jnp.float32)
+  # Random variables of the right shapes without `model.init` (its random initialisers take
+  # longer to compile than the model); batch-norm variances positive.
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jnp.asarray(1.0 + rng.uniform(size=leaf.shape) if "var" in str(path[-1])
+                                     else 0.3 * rng.normal(size=leaf.shape), leaf.dtype), shapes)
+  logits, intermediates = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  assert logits.shape == (2, CLASSES) and np.all(np.isfinite(logits))
+  declared = type(model).INTERMEDIATES
+  assert "features" in declared and set(declared) <= set(intermediates)
+  assert intermediates["features"].shape[0] == 2
+  if "conv_maps" in declared:
+    assert intermediates["conv_maps"].ndim == 4 and intermediates["conv_maps"].shape[0] == 2
+  if name != "xnet":  # XNet adds its backbone's intermediates to its own
+    assert set(intermediates) == set(declared)
+
+
+# ---------------------------------------------------------------------------------------------
+# Explanation methods, on a tiny bias-free ReLU network (so that LRP conserves relevance).
+
+RNG = np.random.default_rng(0)
+X = jnp.asarray(RNG.uniform(size=(2, 8, 8, 3)), jnp.float32)
+TARGETS = jnp.array([[0, 2], [1, 1]])  # (explanations, batch): vmapped over the first axis
+PARAMS = {"w1": jnp.asarray(RNG.normal(size=(3, 3, 3, 4)) / 3, jnp.float32),
+          "w2": jnp.asarray(RNG.normal(size=(3, 3, 4, 5)) / 6, jnp.float32),
+          "w3": jnp.asarray(RNG.normal(size=(5, 3)), jnp.float32)}
+SPECS = [*METHODS, *(f"lrp:{name}" for name in composites.COMPOSITES)]
+
+
+def tiny_cnn(p, x):
+  """conv-relu-conv-relu-global average pool-dense, without biases, in plain lax."""
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  h = jax.nn.relu(conv(jax.nn.relu(conv(x, p["w1"])), p["w2"]))
+  return jnp.mean(h, axis=(1, 2)) @ p["w3"]
+
+
+@functools.cache
+def explained(spec: str) -> dict[str, np.ndarray]:
+  """The method on X, on zeros and vmapped over TARGETS: one compiled function per spec."""
+  method = get_method(spec, bounds=(0.0, 1.0))
+
+  @jax.jit
+  def run(params, x, targets):
+    one = lambda x, t: method(tiny_cnn, params, x, t)
+    return {"single": one(x, targets[0]), "zeros": one(jnp.zeros_like(x), targets[0]),
+            "vmapped": jax.vmap(lambda t: one(x, t))(targets)}
+
+  return {k: np.asarray(v) for k, v in run(PARAMS, X, TARGETS).items()}
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_method_returns_the_shape_of_x_and_is_finite(spec):
+  out = explained(spec)
+  assert out["single"].shape == X.shape and np.all(np.isfinite(out["single"]))
+  assert np.any(out["single"] != 0)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_method_is_finite_on_an_all_zero_input(spec):
+  zeros = explained(spec)["zeros"]
+  assert zeros.shape == X.shape and np.all(np.isfinite(zeros))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_method_works_under_vmap_over_targets(spec):
+  out = explained(spec)
+  assert out["vmapped"].shape == (len(TARGETS), *X.shape)
+  np.testing.assert_allclose(out["vmapped"][0], out["single"], rtol=1e-4,
+                             atol=1e-5 * np.abs(out["single"]).max())
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if is_conservative(s)])
+def test_conservative_method_sums_to_the_target_logit(spec):
+  relevance = explained(spec)["vmapped"]
+  logits = np.asarray(tiny_cnn(PARAMS, X))
+  for targets, r in zip(np.asarray(TARGETS), relevance):
+    np.testing.assert_allclose(r.sum(axis=(1, 2, 3)), logits[np.arange(len(X)), targets],
+                               rtol=1e-3, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets: the source contract, wherever the data is present.
+
+TFDS_DIR = os.environ.get("XJAX_TFDS_DIR")
+
+
+def dataset_options(name: str) -> dict:
+  """Small options of `name`, or skip when its data is not on this machine."""
+  if name == "shapes":
+    return {"image_size": 16, "num_examples": 8}
+  if name == "celeb_a_local":
+    return {"root": shared_data("celeb_a"), "cache": False}
+  if name == "caltech_birds2011_local":  # the shared subset is downscaled: boxes at 1/4
+    return {"root": shared_data("caltech_birds2011/CUB_200_2011"), "image_size": (16, 16),
+            "annotation_scale": 0.25, "cache": False}
+  if DATASETS.metadata(name).get("tfds"):
+    from xjax.data import tfds_data
+    if not TFDS_DIR or not tfds_data.is_prepared(name, TFDS_DIR):
+      pytest.skip(f"TFDS dataset {name!r} is not prepared in XJAX_TFDS_DIR={TFDS_DIR} (python -m "
+                  f"runs.prepare {name} --manual_dir DIR --data_dir $XJAX_TFDS_DIR)")
+    return {"data_dir": TFDS_DIR, "in_memory": False, "image_size": (16, 16)}
+  pytest.fail(f"dataset {name!r} has no example: add it to dataset_options")
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_dataset_meets_the_source_contract(name):
+  source = get_source(name, "validation", **dataset_options(name))
+  info = source.info
+  assert len(source) > 0 and len(info.image_shape) == 3 and info.num_classes >= 1
+  indices = np.array([0, len(source) - 1])
+  batch = source.read_batch(indices)
+  assert batch["image"].dtype == np.uint8 and batch["image"].shape == (2, *info.image_shape)
+  assert np.issubdtype(batch["label"].dtype, np.integer) and batch["label"].shape == (2,)
+  assert np.all((0 <= batch["label"]) & (batch["label"] < info.num_classes))
+  np.testing.assert_array_equal(batch["index"], indices)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizers: a negative learning rate is a config error; a valid one updates finitely.
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_optimizer_rejects_a_negative_learning_rate(name):
+  with pytest.raises(ConfigError, match=f"Bad value -1.0 for option 'learning_rate' of optimizer "
+                     f"'{name}'"):
+    make_optimizer(name, learning_rate=-1.0, steps_per_epoch=1)
+  with pytest.raises(ConfigError, match="learning_rate"):
+    OPTIMIZERS.get(name, learning_rate=float("nan"), steps_per_epoch=1)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_optimizer_takes_a_finite_step(name):
+  tx = make_optimizer(name, learning_rate=0.1, steps_per_epoch=1, schedule="step")
+  params = jnp.array([1.0, -2.0])
+  updates, _ = tx.update(params, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  assert np.all(np.isfinite(new)) and np.all(np.abs(new) < np.abs(params))
