@@ -76,7 +76,8 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -93,13 +94,13 @@ from xjax.nn.registry import count_params, get_model, init_variables, logits_fn
 
 zennit = import_zennit()
 import captum  # noqa: E402  (after zennit: the stand-in torchvision is gone again by then)
-import captum.attr  # noqa: E402
-from zennit import canonizers as zcanon  # noqa: E402
-from zennit import composites as zcomp  # noqa: E402
-from zennit import rules as zrules  # noqa: E402
-from zennit import types as ztypes  # noqa: E402
-from zennit.attribution import Gradient as ZennitGradient  # noqa: E402
-from zennit.layer import Sum as ZennitSum  # noqa: E402
+import captum.attr  # noqa: E402 (after import_zennit, as above)
+from zennit import canonizers as zcanon  # noqa: E402 (after import_zennit, as above)
+from zennit import composites as zcomp  # noqa: E402 (after import_zennit, as above)
+from zennit import rules as zrules  # noqa: E402 (after import_zennit, as above)
+from zennit import types as ztypes  # noqa: E402 (after import_zennit, as above)
+from zennit.attribution import Gradient as ZennitGradient  # noqa: E402 (after import_zennit, as above)
+from zennit.layer import Sum as ZennitSum  # noqa: E402 (after import_zennit, as above)
 
 MODEL_KWARGS: dict[str, dict[str, Any]] = {
     "cnn_cifar10": {"num_classes": 10},
@@ -506,8 +507,9 @@ def benchmark_model(name: str, batch: dict[str, np.ndarray], rounds: int, ig_ste
     # Warm-up (untimed) and the calls per round: ~round_s seconds in the slower framework.
     calls = {}
     for method in METHODS:
-      slowest = max(_timed(lambda: setup.run_xjax(method), 1),
-                    _timed(lambda: setup.run_torch(method), 1))
+      # The lambdas run inside _timed, in this iteration: late binding of `method` is harmless.
+      slowest = max(_timed(lambda: setup.run_xjax(method), 1),  # noqa: B023 (called at once)
+                    _timed(lambda: setup.run_torch(method), 1))  # noqa: B023 (called at once)
       calls[method] = max(1, math.ceil(round_s / slowest))
     print(f"{name}: setup, check, compile and warm-up took {time.perf_counter() - t0:.1f} s; "
           f"timing {rounds} rounds of batch {size}, calls per round: "
@@ -517,8 +519,9 @@ def benchmark_model(name: str, batch: dict[str, np.ndarray], rounds: int, ig_ste
     for _ in range(rounds):
       for method in METHODS:
         n = calls[method]
-        rates[method, "xjax"].append(size * n / _timed(lambda: setup.run_xjax(method), n))
-        rates[method, "torch"].append(size * n / _timed(lambda: setup.run_torch(method), n))
+        # As above: each lambda is called inside _timed, before `method` changes.
+        rates[method, "xjax"].append(size * n / _timed(lambda: setup.run_xjax(method), n))  # noqa: B023 (called at once)
+        rates[method, "torch"].append(size * n / _timed(lambda: setup.run_torch(method), n))  # noqa: B023 (called at once)
   finally:
     setup.close()
 

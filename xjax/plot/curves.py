@@ -1,20 +1,21 @@
-"""Training curves: loss and accuracy per epoch, train beside validation."""
+"""Training curves: loss and accuracy per epoch, train beside validation.
+
+Drawn on a bare `matplotlib.figure.Figure` (no pyplot, no backend chosen): see `xjax.plot.heatmaps`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def plot_training_curves(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
   """Saves a two-panel PNG (loss, accuracy vs epoch) from a run's per-epoch history."""
   epochs = [h["epoch"] for h in history]
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+  fig = Figure(figsize=(9, 3.5))
+  axes = fig.subplots(1, 2)
   for ax, key in zip(axes, ("loss", "accuracy")):
     for split, style in (("train", "-o"), ("validation", "--s")):
       values = [h.get(f"{split}_{key}") for h in history]
@@ -29,5 +30,4 @@ def plot_training_curves(history: Sequence[dict], path: str | Path, title: str =
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path

@@ -3,33 +3,35 @@
 The colour convention of the LRP literature (e.g. Montavon, Samek, Mueller, DSP 2018, Fig. 4:
 "red corresponds to relevance and blue to counter-relevance"), with symmetric limits per image so
 that 0 is always white whatever the sign balance of the heatmap.
+
+Every figure of `xjax.plot` is a bare `matplotlib.figure.Figure`, never a pyplot one: `savefig`
+renders it with the Agg canvas of the file format, so saving works headless (no display, no
+backend to choose) and importing xjax.plot leaves the pyplot backend of a notebook or script
+alone. Such a figure is not registered with pyplot: nothing to close, it is freed like any
+object.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
-import matplotlib
 import numpy as np
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
-
-from xjax.errors import ConfigError  # noqa: E402
+from xjax.errors import ConfigError
 
 # An odd number of entries puts one entry exactly at 0.5, so a relevance of 0 is pure white.
 RELEVANCE_CMAP = LinearSegmentedColormap.from_list(
     "relevance", ["#0000ff", "#ffffff", "#ff0000"], N=255)
 
 
-def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
-  """Writes `fig` as a PNG at `path` (creating parent folders), closes it, returns the path."""
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
+  """Writes `fig` as a PNG at `path` (creating parent folders) and returns the path."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=dpi)
-  plt.close(fig)
   return path
 
 
@@ -98,8 +100,8 @@ def plot_explanations(images: np.ndarray, heatmaps: Mapping[str, np.ndarray], pa
     raise ConfigError(f"labels needs {num_rows} entries (one per image); got {len(labels)}.")
   colours = [heatmap_rgb(h) for h in heatmaps.values()]
 
-  fig, axes = plt.subplots(num_rows, num_cols, figsize=(num_cols * cell_size, num_rows * cell_size),
-                           squeeze=False)
+  fig = Figure(figsize=(num_cols * cell_size, num_rows * cell_size))
+  axes = fig.subplots(num_rows, num_cols, squeeze=False)
   for row in range(num_rows):
     image, cmap = _displayable_image(images[row])
     cells = [(image, cmap)] + [(rgb[row], None) for rgb in colours]

@@ -1,4 +1,4 @@
-"""Fig. 6 of Rieger 2018 (seed 001): the dense kernels, positive weights red, negative blue.
+"""Fig. 6 of Rieger 2018 ("Separable explanations"): dense kernels, positive red, negative blue.
 
 Each kernel `(n_in, n_out)` is drawn transposed (one row per output unit), with its own symmetric
 colour limits, and the class blocks of `xjax.methods.separable.block_of` outlined: under the
@@ -7,18 +7,15 @@ block-wise L1 penalty the positive (red) weights gather in the diagonal blocks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from xjax.errors import ConfigError  # noqa: E402
-from xjax.methods.separable import block_of  # noqa: E402
-from xjax.plot.heatmaps import RELEVANCE_CMAP, save_figure  # noqa: E402
+from xjax.errors import ConfigError
+from xjax.methods.separable import block_of
+from xjax.plot.heatmaps import RELEVANCE_CMAP, save_figure
 
 
 def _block_edges(num_units: int, num_classes: int, blocks: np.ndarray | None = None
@@ -60,8 +57,8 @@ def plot_dense_weights(kernels: Mapping[str, Mapping[str, np.ndarray]], path: st
     for layer, kernel in kernels[run].items():
       if np.ndim(kernel) != 2:
         raise ConfigError(f"{run}/{layer}: a dense kernel must be 2-D; got {np.shape(kernel)}.")
-  fig, axes = plt.subplots(len(runs), len(layers), squeeze=False,
-                           figsize=(len(layers) * cell_size * 1.4, len(runs) * cell_size))
+  fig = Figure(figsize=(len(layers) * cell_size * 1.4, len(runs) * cell_size))
+  axes = fig.subplots(len(runs), len(layers), squeeze=False)
   for row, run in enumerate(runs):
     for col, layer in enumerate(layers):
       w = np.asarray(kernels[run][layer], np.float64).T  # (n_out, n_in)

@@ -12,25 +12,22 @@ dropping neuron j hurts the classification of images of category j (the drop los
   neuron (Figs. 5, 6).
 
 Each `plot_*` function validates its input (raising `ConfigError`), saves a PNG (creating parent
-folders), closes the figure and returns the path; the `_draw_*` helpers return the open figure.
+folders) and returns the path; the `_draw_*` helpers return the figure, a bare
+`matplotlib.figure.Figure` (see `xjax.plot.heatmaps`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from xjax.errors import ConfigError  # noqa: E402
-from xjax.plot.heatmaps import _displayable_image, heatmap_rgb, save_figure  # noqa: E402
+from xjax.errors import ConfigError
+from xjax.plot.heatmaps import _displayable_image, heatmap_rgb, save_figure
 
 DEFAULT_DPI = 110
 
@@ -70,8 +67,8 @@ def _draw_drop_loss_curves(histories: Mapping[str, np.ndarray], *,
   arrays = _check_histories(histories)
   k = next(iter(arrays.values())).shape[1]
   labels = _neuron_labels(neuron_labels, k)
-  fig, axes = plt.subplots(1, len(arrays), figsize=(4.5 * len(arrays), 3.6), sharey=True,
-                           squeeze=False)
+  fig = Figure(figsize=(4.5 * len(arrays), 3.6))
+  axes = fig.subplots(1, len(arrays), sharey=True, squeeze=False)
   for ax, (name, h) in zip(axes[0], arrays.items()):
     epochs = np.arange(h.shape[0])
     for j in range(k):
@@ -164,8 +161,8 @@ def _draw_category_activation(matrices: Mapping[str, np.ndarray], *,
   vmax = vmax if vmax > 0 else 1.0
   cell = 0.9
   width = len(arrays) * (k * cell + 1.8) + 1.0
-  fig, axes = plt.subplots(1, len(arrays), figsize=(width, num_categories * cell + 1.6),
-                           squeeze=False, layout="constrained")
+  fig = Figure(figsize=(width, num_categories * cell + 1.6), layout="constrained")
+  axes = fig.subplots(1, len(arrays), squeeze=False)
   for ax, (name, m) in zip(axes[0], arrays.items()):
     image = ax.imshow(m, cmap="Reds", vmin=0.0, vmax=vmax)
     _annotate_cells(ax, m, vmax)
@@ -263,9 +260,8 @@ def _draw_category_heatmaps(images: np.ndarray, heatmaps: Mapping[str, np.ndarra
   num_rows, num_examples = images.shape[:2]
   group = 1 + len(arrays)
   cell = 1.6
-  fig, axes = plt.subplots(num_rows, num_examples * group,
-                           figsize=(num_examples * group * cell + 0.6, num_rows * cell + 0.6),
-                           squeeze=False)
+  fig = Figure(figsize=(num_examples * group * cell + 0.6, num_rows * cell + 0.6))
+  axes = fig.subplots(num_rows, num_examples * group, squeeze=False)
   for r in range(num_rows):
     for n in range(num_examples):
       image_ax = axes[r, n * group]
@@ -354,7 +350,7 @@ def _draw_top_images(images: np.ndarray, *, group_labels: Sequence[str],
   rows = math.ceil(per_group / side)  # e.g. 9 -> 3 x 3, 5 -> 2 rows of 3.
   cell = 1.1
   height = rows * cell + 0.7 + (0.4 if title else 0.0)
-  fig = plt.figure(figsize=(num_groups * (side * cell + 0.4), height), layout="constrained")
+  fig = Figure(figsize=(num_groups * (side * cell + 0.4), height), layout="constrained")
   blocks = fig.subfigures(1, num_groups, squeeze=False, wspace=0.04)[0]
   for g, block in enumerate(blocks):
     block.suptitle(group_labels[g], fontsize=10)
