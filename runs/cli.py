@@ -1,50 +1,47 @@
-"""What every `python -m runs.<name>` shares: config flags and errors without tracebacks."""
+"""The one command line of `python -m runs.<name>`: flags, and errors as one line, no traceback.
+
+  run(main)                  `main(config, workdir)` from --config=FILE[:VARIANT] and --workdir
+  experiment(name)           the registered experiment `name` through `run_experiment`
+  explain()                  `python -m runs.explain --workdir=W --methods=... --n=N`
+
+Every entrypoint imports the plug-ins (`xjax.plugins`), so any registered model, loss term or
+method works from any of them; a user error (`XjaxError`, a bad flag or config key) prints
+`error: ...` and exits with status 2 (143 after SIGTERM saved a checkpoint).
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import xjax.plugins  # noqa: F401 (registers every model, loss term, method and experiment)
 from xjax.errors import XjaxError
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file, `runs/configs/NAME.py[:VARIANT]`; override keys with "
-    "--config.KEY=VALUE.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory: checkpoints, metrics, results.")
+    "config", None, "A config file, `runs/configs/NAME.py[:VARIANT[,MODIFIER]]`; override keys "
+    "with --config.KEY=VALUE.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "The run's directory: checkpoints, metrics, results.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() first (one process per host; the "
     "coordinator is found from the cluster's environment, e.g. SLURM or Cloud TPU).")
 
 
-def run(main: Callable[..., object]) -> None:
-  """`app.run` with `main(config, workdir)`; an `XjaxError` prints `error: ...` and exits 2."""
+def _fail(message: str, status: int = 2):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
 
-  def absl_main(argv):
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    if len(argv) > 1:
-      raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if _CONFIG.value is None or _WORKDIR.value is None:
-      raise app.UsageError("Both --config and --workdir are required.")
-    try:
-      config = _CONFIG.value
-      "name" in config  # a config file that failed to load raises here, not at parse time
-    except OSError as e:
-      print(f"error: cannot load --config: {str(e).strip().splitlines()[-1].strip()}",
-            file=sys.stderr, flush=True)
-      sys.exit(2)
-    if _MULTIHOST.value:
-      import jax
-      jax.distributed.initialize()
-    try:
-      main(config, _WORKDIR.value)
-    except XjaxError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(143 if type(e).__name__ == "Interrupted" else 2)
 
-  app.run(absl_main, flags_parser=_parse_flags)
+def _guarded(body: Callable[[], object]) -> None:
+  """Runs `body`; an `XjaxError` becomes one `error: ...` line and exit status 2 (143 on
+  SIGTERM)."""
+  try:
+    body()
+  except XjaxError as e:
+    _fail(str(e), 143 if type(e).__name__ == "Interrupted" else 2)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -55,6 +52,63 @@ def _parse_flags(argv: list[str]) -> list[str]:
     # ml_collections wraps the config file's own exception (with its traceback) in the message:
     # its last line is the part a user needs, e.g. `Did you mean "epochs" instead of "epochz"?`.
     lines = [line for line in str(e).replace("\\n", "\n").splitlines() if line.strip()]
-    print(f"error: bad --config or flag: {lines[-1].strip(chr(39)) if lines else e!r}",
-          file=sys.stderr, flush=True)
-    sys.exit(2)
+    _fail(f"bad --config or flag: {lines[-1].strip(chr(39)) if lines else e!r}")
+
+
+def _start(argv: list[str], required: tuple[str, ...]) -> None:
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  missing = [f"--{name}" for name in required if flags.FLAGS[name].value is None]
+  if missing:
+    raise app.UsageError(f"{' and '.join(missing)} required.")
+  if _MULTIHOST.value:
+    import jax
+    jax.distributed.initialize()
+
+
+def run(main: Callable[..., object]) -> None:
+  """`app.run` with `main(config, workdir)` from --config and --workdir."""
+
+  def absl_main(argv):
+    _start(argv, ("config", "workdir"))
+    try:
+      config = _CONFIG.value
+      # Any lookup forces the lazily loaded config file: one that failed to load raises here (an
+      # OSError we can report in one line), not at parse time. The result itself is unused.
+      _ = "name" in config
+    except OSError as e:
+      _fail(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}")
+    _guarded(lambda: main(config, _WORKDIR.value))
+
+  app.run(absl_main, flags_parser=_parse_flags)
+
+
+def experiment(name: str) -> None:
+  """The command of the registered experiment `name` (`xjax.experiments`)."""
+  from xjax.experiments import get_experiment, run_experiment
+  run(lambda config, workdir: run_experiment(get_experiment(name), config, workdir))
+
+
+def explain() -> None:
+  """`python -m runs.explain`: `xjax.experiments.explain.explain_workdir` from flags."""
+  from xjax.experiments.explain import TARGETS, explain_workdir
+  from xjax.explain.methods import METHODS
+
+  methods = flags.DEFINE_list(
+      "methods", ["lrp:dtd", "saliency"], f"Comma-separated method specs, NAME or NAME:OPTION; "
+      f"names: {', '.join(METHODS)}; lrp:COMPOSITE (e.g. lrp:dtd, lrp:epsilon_plus_flat).")
+  n = flags.DEFINE_integer("n", 16, "Explain the first n images of the split.")
+  split = flags.DEFINE_string("split", "test", "The split: train, validation or test.")
+  target = flags.DEFINE_enum("target", "predicted", TARGETS,
+                             "Explain the predicted class or the true label.")
+  batch_size = flags.DEFINE_integer("batch_size", 16, "Images per compiled call.")
+  seed = flags.DEFINE_integer("seed", 0, "The seed of SmoothGrad's noise.")
+
+  def absl_main(argv):
+    _start(argv, ("workdir",))
+    _guarded(lambda: explain_workdir(_WORKDIR.value, methods.value, n=n.value, split=split.value,
+                                     target=target.value, batch_size=batch_size.value,
+                                     seed=seed.value))
+
+  app.run(absl_main, flags_parser=_parse_flags)

@@ -1,18 +1,19 @@
 """Trains a model: `python -m runs.train --config=runs/configs/shapes.py:smoke --workdir=W`.
 
-Writes the workdir of DESIGN.md (checkpoints/, metrics.jsonl, results.json, results.md, figures/);
-run again with the same workdir to resume.
+Writes config.json, checkpoints/, metrics.jsonl, results.json, results.md and
+figures/training_curves.png; run it again with the same workdir to resume.
 """
 
 from __future__ import annotations
 
 from runs import cli
-from xjax.train.loop import check_config, train_and_evaluate
+from xjax.experiments.runner import train_run
+from xjax.train.loop import check_config
 
 
 def main(config, workdir):
   check_config(config)
-  train_and_evaluate(config, workdir)
+  return train_run(config, workdir)
 
 
 if __name__ == "__main__":

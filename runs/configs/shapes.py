@@ -1,7 +1,7 @@
 """The built-in synthetic shapes data (no download) with the Table-1 CIFAR10 CNN.
 
-Variants: the default (10000 images of 32x32, 10 epochs) and `smoke` (192 steps on 4096 images, under a
-minute on a 2-core CPU, about 85% test accuracy).
+Variants: the default (10000 images of 32x32, 10 epochs) and `smoke` (192 steps on 4096 images,
+under a minute on a 2-core CPU, about 85% test accuracy).
 """
 
 from runs.configs.common import base_config

@@ -1,6 +1,6 @@
-"""XNet (David & Liu, seed 000): a baseline and XNet trained with the same seed, `runs.xnet`.
+"""XNet (David & Liu 2019): a baseline and XNet trained with the same seed, `runs.xnet`.
 
-The paper's setup (Sec. 2.1-2.2; METHODS.md Sec. 1): ResNet-18, global average pooling, an
+The paper's setup (Sec. 2.1-2.2): ResNet-18, global average pooling, an
 explainable dense layer of 3 ReLU neurons, a softmax output; CelebA's `Young` as the task, the
 neurons conditioned on `5_o_Clock_Shadow`, `Bald` and `Bangs`; SGD lr 0.1, momentum 0.9, lr / 10
 every 2 epochs, batch 128, alpha 0.05, stopped after epoch 8 (and tested there: no model selection
@@ -15,7 +15,10 @@ Variants:
   celeba        the paper's experiment on the full CelebA through TFDS (`runs.prepare celeb_a`);
                 [A] 224 x 224 inputs, horizontal flips, weight decay 5e-4, no ImageNet weights.
   celeba_local  the same on the original CelebA folder layout under `$XJAX_DATA_DIR/celeb_a/`
-                (e.g. the 2500-image subset in ../shared/data), at 64 x 64 so that it runs here.
+                (e.g. a 2500-image subset), at 64 x 64 so that it runs on a CPU.
+  smoke         combined with any of them (`:smoke`, `:mnist,smoke`): a tiny run for tests (2
+                epochs, the FASHION CNN as backbone; on shapes 256 images of 16 x 16 and the
+                "em_match" ablation), seconds on a CPU.
 
 `xnet.ablations` adds the runs of Sec. 4: "sum" (Eq. 1, Fig. 7) and "initial_match" / "em_match"
 (the sum objective with the matching of Alg. 1-2 once before training or before every epoch,
@@ -24,12 +27,13 @@ Fig. 8).
 
 import ml_collections
 
-from runs.configs.common import base_config
+from runs.configs.common import base_config, parse_variants
 
 VARIANTS = ("", "mnist", "celeba", "celeba_local")
 
 
 def get_config(variant: str = ""):
+  variant, modifiers = parse_variants(variant, "xnet.py", VARIANTS, ("smoke",))
   c = base_config()
   c.data.fields = ("image", "label", "attributes")
   c.data.task = ml_collections.ConfigDict(dict(
@@ -92,7 +96,15 @@ def get_config(variant: str = ""):
       c.data.name = "celeb_a_local"
       c.data.options = dict(image_size=(64, 64))
       c.train.log_every_steps = 5
-  else:
-    raise ValueError(f"Unknown variant {variant!r} of xnet.py; known: '' (default, shapes), "
-                     f"{', '.join(VARIANTS[1:])}.")
+  if "smoke" in modifiers:
+    c.name += "_smoke"
+    if variant == "":
+      c.data.options = dict(image_size=16, num_classes=2, num_examples=256)
+      c.xnet.ablations = ("em_match",)
+    c.data.batch_size, c.data.eval_batch_size = 32, 64
+    c.model.backbone = "cnn_fashion"
+    c.model.backbone_options = {"dense_dropout_rate": 0.0}
+    c.train.epochs = 2
+    c.train.log_every_steps = 4
+    c.xnet.figure_examples, c.xnet.top_images = 2, 4
   return c

@@ -127,8 +127,10 @@ def test_holdout_split_is_disjoint_complete_and_fixed():
   assert (len(train), len(val)) == (40, 10)
   assert set(train.indices.tolist()).isdisjoint(val.indices.tolist())
   assert sorted(train.indices.tolist() + val.indices.tolist()) == list(range(50))
-  np.testing.assert_array_equal(val.indices, registry.holdout_split(source, "validation", 0.2).indices)
-  np.testing.assert_array_equal(val.read_batch(np.array([0, 1]))["label"], source.labels[val.indices[:2]])
+  np.testing.assert_array_equal(val.indices,
+                                registry.holdout_split(source, "validation", 0.2).indices)
+  np.testing.assert_array_equal(val.read_batch(np.array([0, 1]))["label"],
+                                source.labels[val.indices[:2]])
 
 
 def test_registry_errors_name_the_valid_choices():

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runs import prepare as prepare_cli
 from xjax.data import tfds_data
 from xjax.data.source import DatasetInfo, Source
 from xjax.data.tfds_data import TfdsSource
 from xjax.errors import ConfigError, DataNotFoundError
-from runs import prepare as prepare_cli
 
 MNIST_FILES = {
     "t10k-images-idx3-ubyte.gz": 1648877,

@@ -41,7 +41,7 @@ def tanh_mlp(p, x):
 def per_example_grads(apply_fn, params, x, target):
   """The independent reference: jax.grad of one image's explained logit, in a Python loop."""
   return np.stack([
-      jax.grad(lambda xi: apply_fn(params, xi[None])[0, int(c)])(x[b])
+      jax.grad(lambda xi, c=c: apply_fn(params, xi[None])[0, int(c)])(x[b])
       for b, c in enumerate(target)])
 
 
@@ -111,7 +111,8 @@ A = jnp.asarray(RNG.normal(size=(D,)), jnp.float32)
 
 
 def quadratic(p, x):
-  """f(x) = sum_i a_i x_i^2 (one output): IG from 0 is exactly a_i x_i^2 (the integrand is linear)."""
+  """f(x) = sum_i a_i x_i^2 (one output): IG from 0 is exactly a_i x_i^2 (the integrand is
+  linear)."""
   return jnp.sum(A * x ** 2, axis=1, keepdims=True)
 
 

@@ -66,13 +66,14 @@ def test_a_dropped_neuron_gets_no_gradient_through_the_x_layer():
 def test_the_min_objective_sends_its_gradient_to_the_arg_min_neuron_only():
   losses = jnp.array([0.9, 0.3, 0.7, 0.5])
   counts = jnp.array([3.0, 2.0, 1.0, 4.0])
-  grad = jax.grad(lambda l: xnet.objective(l, counts, "min"))(losses)
+  grad = jax.grad(lambda per_category: xnet.objective(per_category, counts, "min"))(losses)
   np.testing.assert_array_equal(grad, [0.0, 1.0, 0.0, 0.0])
   # An empty category is left out even when its (undefined, 0) loss is the smallest.
   empty = counts.at[1].set(0.0)
   assert float(xnet.objective(losses.at[1].set(0.0), empty, "min")) == pytest.approx(0.5)
-  np.testing.assert_array_equal(jax.grad(lambda l: xnet.objective(l, empty, "min"))(losses),
-                                [0.0, 0.0, 0.0, 1.0])
+  np.testing.assert_array_equal(
+      jax.grad(lambda per_category: xnet.objective(per_category, empty, "min"))(losses),
+      [0.0, 0.0, 0.0, 1.0])
   assert float(xnet.objective(losses, jnp.zeros(4), "min")) == 0.0  # no category present
   assert float(xnet.objective(losses, empty, "sum")) == pytest.approx(0.9 + 0.7 + 0.5)
   assert float(xnet.objective(losses, empty, "mean")) == pytest.approx((0.9 + 0.7 + 0.5) / 3)

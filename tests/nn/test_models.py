@@ -9,8 +9,21 @@ import numpy as np
 import pytest
 
 from xjax.errors import ConfigError
-from xjax.nn import (MLP, MODELS, VGG, CNNCifar10, CNNFashion, CNNMnist, ResNet18, SumPoolCNN,
-                     count_params, get_model, init_variables, logits_fn, sum_pool)
+from xjax.nn import (
+  MLP,
+  MODELS,
+  VGG,
+  CNNCifar10,
+  CNNFashion,
+  CNNMnist,
+  ResNet18,
+  SumPoolCNN,
+  count_params,
+  get_model,
+  init_variables,
+  logits_fn,
+  sum_pool,
+)
 
 
 def abstract_init(model: nn.Module, image_shape: tuple[int, ...], batch: int = 2):

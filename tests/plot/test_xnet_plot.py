@@ -9,10 +9,17 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from xjax.errors import ConfigError
-from xjax.plot.xnet import (_draw_category_activation, _draw_category_heatmaps,
-                            _draw_drop_loss_curves, _draw_top_images, column_maxima,
-                            plot_category_activation, plot_category_heatmaps,
-                            plot_drop_loss_curves, plot_top_images)
+from xjax.plot.xnet import (
+  _draw_category_activation,
+  _draw_category_heatmaps,
+  _draw_drop_loss_curves,
+  _draw_top_images,
+  column_maxima,
+  plot_category_activation,
+  plot_category_heatmaps,
+  plot_drop_loss_curves,
+  plot_top_images,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CATEGORIES = ["shadow", "bald", "bangs"]

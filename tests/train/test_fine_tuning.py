@@ -32,10 +32,11 @@ def pretrained(tmp_path_factory):
 
 
 def test_fine_tuning_starts_from_the_best_parameters_and_adds_the_penalty(pretrained, tmp_path):
-  """With learning rate 0 the fine-tuned run keeps the pre-trained parameters exactly, and its
-  validation loss is the cross-entropy plus lambda times the penalty of those parameters."""
+  """With every parameter frozen (the path prefix "") the fine-tuned run keeps the pre-trained
+  parameters exactly, and its validation loss is the cross-entropy plus lambda times the penalty
+  of those parameters."""
   c = tiny_config()
-  c.optimizer.learning_rate = 0.0
+  c.train.frozen = ("",)
   c.train.init_from = str(pretrained)
   c.losses = {"cross_entropy": {"weight": 1.0},
               "block_l1": {"weight": 0.5, "num_classes": 4, "layers": None}}

@@ -25,4 +25,5 @@ def test_one_epoch_of_mnist_reaches_97_percent(tmp_path):
   results = train_and_evaluate(config, tmp_path)
   assert results["test_accuracy"] >= 0.97, results
   assert results["num_params"] == 1_619_850  # the Table-1 MNIST network
-  assert json.loads((tmp_path / "results.json").read_text())["test_accuracy"] == results["test_accuracy"]
+  assert (json.loads((tmp_path / "results.json").read_text())["test_accuracy"]
+          == results["test_accuracy"])

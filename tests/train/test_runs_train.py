@@ -21,8 +21,9 @@ from xjax.train.checkpoint import load_params
 
 TINY = ["--config=runs/configs/shapes.py:smoke", "--config.data.options.num_examples=512",
         "--config.data.options.image_size=16", "--config.model.name=cnn_fashion",
-        "--config.data.batch_size=32", "--config.data.eval_batch_size=64", "--config.train.epochs=2",
-        "--config.train.checkpoint_every_steps=5", "--config.train.log_every_steps=4"]
+        "--config.data.batch_size=32", "--config.data.eval_batch_size=64",
+        "--config.train.epochs=2", "--config.train.checkpoint_every_steps=5",
+        "--config.train.log_every_steps=4"]
 # Runs runs.train, but SIGKILLs the process as soon as its second checkpoint is on disk.
 KILL_AFTER_SECOND_SAVE = """
 import os, signal, sys
@@ -91,9 +92,10 @@ def test_sigkill_then_resume_gives_the_same_parameters(plain, tmp_path):
   assert "Resuming from step 10" in resumed.stdout
   _assert_trees_close(_params(tmp_path), _params(plain), rtol=1e-6, atol=1e-7)
   # metrics.jsonl reads as one uninterrupted run: the same rows, none twice.
-  read = lambda w: [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
+  read = lambda w: [json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in read(tmp_path)] == [r["step"] for r in read(plain)]
-  a, b = json.loads((tmp_path / "results.json").read_text()), json.loads((plain / "results.json").read_text())
+  a = json.loads((tmp_path / "results.json").read_text())
+  b = json.loads((plain / "results.json").read_text())
   assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
   for epoch in (0, 1):  # the kill falls in epoch 1: its train loss must not lose steps either
     assert a["history"][epoch]["train_loss"] == pytest.approx(b["history"][epoch]["train_loss"],

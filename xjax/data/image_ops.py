@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image

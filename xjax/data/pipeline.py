@@ -1,9 +1,9 @@
 """One input pipeline for every source: deterministic order, batching, augmentation, host sharding.
 
 Built on grain's `MapDataset`, and made of random access all the way down: batch `k` of a run is
-a pure function of `(seed, k)`. The iterator's checkpointable state is therefore one integer (grain's
-`{"next_index": k}`), a restarted run reads exactly the batches it would have read, and the order
-does not depend on how many threads prefetch or how many devices share the batch.
+a pure function of `(seed, k)`. The iterator's checkpointable state is therefore one integer
+(grain's `{"next_index": k}`), a restarted run reads exactly the batches it would have read, and
+the order does not depend on how many threads prefetch or how many devices share the batch.
 
 Epoch `e` visits the source in the order of a permutation drawn from `(seed, e)`; the global batch
 `k` of that epoch is `perm[k * B:(k + 1) * B]` (a last incomplete batch is dropped); with several
@@ -12,15 +12,16 @@ together they read the same global batch as one host would.
 
 Images leave the pipeline as float32, normalised (`unit`: [0, 1]; `symmetric`: [-1, 1];
 `standardize`: per-channel mean / std of the dataset). `input_bounds` gives the per-channel range
-of the normalised pixels, which the z^B rule of Deep Taylor Decomposition needs (Montavon et al.
-2017; spec/METHODS.md section 2).
+of the normalised pixels, which the z^B rule of Deep Taylor Decomposition needs (Montavon et al.,
+"Explaining nonlinear classification decisions with deep Taylor decomposition", 2017): the image
+of the pixel box [0, 1] under the normalisation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 import grain
 import numpy as np
@@ -66,7 +67,7 @@ def normalization_constants(info: DatasetInfo, normalization: str) -> tuple[np.n
 
 
 def input_bounds(info: DatasetInfo, normalization: str) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel (low, high) of normalised pixels: the box of the z^B rule (METHODS.md sec. 2)."""
+  """Per-channel (low, high) of normalised pixels: the box of the z^B rule (deep Taylor)."""
   mean, std = normalization_constants(info, normalization)
   return (0.0 - mean) / std, (1.0 - mean) / std
 
@@ -86,7 +87,8 @@ def augment(batch: dict[str, np.ndarray], rng: np.random.Generator,
   rows = np.arange(height)[None, :] - dy[:, None]  # (n, H): source row of each output row
   cols = np.arange(width)[None, :] - dx[:, None]
   cols = np.where(flips[:, None], width - 1 - cols, cols)
-  inside = (((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :])
+  inside = (((rows >= 0) & (rows < height))[:, :, None]
+            & ((cols >= 0) & (cols < width))[:, None, :])
   rows, cols = np.clip(rows, 0, height - 1), np.clip(cols, 0, width - 1)
   out = dict(batch)
   for name in _PIXEL_FIELDS:
@@ -113,7 +115,9 @@ class _EpochBatchIndices:
     self._local = global_batch_size // process_count
     self._offset = process_index * self._local
 
-  @functools.lru_cache(maxsize=2)
+  # The plan lives exactly as long as its pipeline (only `read` holds it) and the cache holds at
+  # most two orders (the epochs either side of a boundary, read by concurrent threads).
+  @functools.lru_cache(maxsize=2)  # noqa: B019 (one plan per pipeline; cache bounded to 2 entries)
   def _order(self, epoch: int) -> np.ndarray:
     if not self._shuffle:
       return np.arange(self._n)

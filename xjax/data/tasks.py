@@ -1,8 +1,9 @@
 """Derived tasks: a new label (and attributes) computed from another source's records.
 
-XNet (seed 000) classifies CelebA's `Young` attribute and conditions neurons on other attributes;
-its MNIST check turns the ten digits into a binary task whose categories are digits. Both are a
-`Source` wrapping a `Source`, so the pipeline, sharding and checkpoints see nothing new:
+XNet (David & Liu 2019) classifies CelebA's `Young` attribute and conditions neurons on other
+attributes; its MNIST check turns the ten digits into a binary task whose categories are digits.
+Both are a `Source` wrapping a `Source`, so the pipeline, sharding and checkpoints see nothing
+new:
 
   `AttributeLabel(source, "Young")`   label = the attribute's column (classes `not_Young`, `Young`)
   `BinaryClasses(source, (5, ..., 9))`  label = 1 for the listed classes, else 0; attributes =
@@ -16,7 +17,7 @@ its MNIST check turns the ten digits into a binary task whose categories are dig
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -17,7 +17,8 @@ sum (`Program.activation_of`), by default of the last convolution.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ Array = jax.Array
 def layer_maps(program: Program, layer: int | str | None) -> int:
   """The program variable of a conv layer's feature maps (default: the last conv layer)."""
   if layer is None:
-    convs = [l for l in program.layers if l.info.kind == "conv"]
+    convs = [candidate for candidate in program.layers if candidate.info.kind == "conv"]
     if not convs:
       raise ConfigError("CAM / Grad-CAM need a convolution layer; apply_fn has none.")
     chosen = convs[-1]

@@ -1,8 +1,8 @@
-"""Excitation backprop (Zhang et al., "Top-down neural attention by excitation backprop", ECCV 2016).
+"""Excitation backprop (Zhang et al., "Top-down neural attention by excitation backprop", 2016).
 
 The marginal winning probability (MWP) of a unit is `P(a_j) = sum_i a_j w+_ji / (sum_j' a_j'
 w+_j'i) P(a_i)` (Eq. 7): the z+ rule with the bias ignored, started from a probability of 1 at
-the target class instead of its score (METHODS.md, Sec. 4). It runs on the LRP engine with
+the target class instead of its score (as Caffe-ExcitationBP does). It runs on the LRP engine with
 `ZPlus(ignore_bias=True)` on every layer, so it needs no model-specific code either.
 
 Contrastive MWP (Sec. 3.3; `Demo.ipynb` of Caffe-ExcitationBP): through the top layer, the MWP
@@ -12,7 +12,8 @@ ordinary MWP further down; the map is `max(sum_channels, 0)` at an intermediate 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,8 +64,8 @@ def excitation_backprop(apply_fn: Callable, params: Any, x: Array, target: Array
   """Excitation backprop heatmap with the shape of x.
 
   Without `layer`: the MWP of each input element. With `layer`: `max(sum_channels MWP, 0)` at
-  the layer's activation, resized bicubically to x (METHODS.md, Sec. 4, step 5) and spread over
-  its channels (`heatmaps.channel_sum` gives the map).
+  the layer's activation, resized bicubically to x (as Caffe-ExcitationBP's demo does) and spread
+  over its channels (`heatmaps.channel_sum` gives the map).
   """
   probability = winning_probability(apply_fn, params, x, target, contrastive=contrastive,
                                     layer=layer)

@@ -2,9 +2,9 @@
 
 Every method is `method(apply_fn, params, x, target, **options)` and returns relevance with the
 shape of `x` (see `xjax.explain.targets` for `target`). All of them rest on one backward pass,
-`input_gradient`: the pull-back of the seed `onehot(target)` (or the explicit output weights) through
-`apply_fn(params, .)`. Because the images of a batch do not interact in eval mode, the gradient of
-`sum_b seed_b . f(x_b)` with respect to the batch is each image's own gradient.
+`input_gradient`: the pull-back of the seed `onehot(target)` (or the explicit output weights)
+through `apply_fn(params, .)`. Because the images of a batch do not interact in eval mode, the
+gradient of `sum_b seed_b . f(x_b)` with respect to the batch is each image's own gradient.
 
 SmoothGrad and Integrated Gradients evaluate the gradient at many points per image. They do so in
 chunks of `chunk_size` points (a `lax.scan` over chunks, `vmap` inside a chunk) and accumulate the
@@ -14,7 +14,8 @@ sum, so that at most `chunk_size x B` inputs are in flight; the points themselve
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,7 @@
-"""Separable explanations (Rieger 2018, seed 001; METHODS.md Sec. 2): block-wise L1 and diffusion.
+"""Separable explanations: block-wise L1 and diffusion.
+
+Rieger, "Separable explanations of neural network decisions" (2018), with the deep Taylor
+decomposition of Montavon et al. 2017 for the heatmaps.
 
 * **Block-diagonal L1 penalty** (Eq. 5-6): every dense layer's units are split into C class blocks
   and the positive weights that connect different blocks are penalised,
@@ -18,16 +21,18 @@ Kernels are Flax's `(n_in, n_out)`; only 2-D leaves named "kernel" (dense layers
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xjax.data import batching
 from xjax.errors import ConfigError
 from xjax.explain import composites, heatmaps
 from xjax.explain.lrp import lrp
-from xjax.train.losses import ModelOutputs, register_loss_term
+from xjax.train.losses import LOSS_TERMS, ModelOutputs
 
 Array = jax.Array
 
@@ -118,7 +123,7 @@ def block_l1_term(num_classes: int, layers: Iterable[str] | None = None,
   return term
 
 
-register_loss_term("block_l1", block_l1_term)
+LOSS_TERMS.register("block_l1", block_l1_term, penalty=True)  # of the parameters alone
 
 
 def diffusion(top1: Array, top2: Array) -> Array:
@@ -169,9 +174,9 @@ def top2_heatmaps_of(apply_fn: Callable[[Any, Array], Array], params: Any, image
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """`top2_heatmaps` of many normalised images, and their logits (N, classes), as numpy.
 
-  Runs in batches of one compiled shape: the last batch is padded with copies of the first image
-  (and the padding dropped), so the function compiles once whatever the number of images. The
-  logits come from the forward pass the heatmaps already make (XLA computes it once).
+  Runs in batches of one compiled shape (`xjax.data.batching.map_batches`), so the function
+  compiles once whatever the number of images. The logits come from the forward pass the heatmaps
+  already make (XLA computes it once).
   """
   images = np.asarray(images)
   if batch_size < 1:
@@ -180,13 +185,6 @@ def top2_heatmaps_of(apply_fn: Callable[[Any, Array], Array], params: Any, image
     raise ConfigError(f"top2_heatmaps_of needs images (N, H, W, C) with N >= 1; got shape "
                       f"{images.shape}.")
   explain = jax.jit(lambda p, x: (*top2_heatmaps(apply_fn, p, x, low, high), apply_fn(p, x)))
-  size = min(batch_size, len(images))
-  out = []
-  for start in range(0, len(images), size):
-    chunk = images[start:start + size]
-    pad = size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(images[:1], pad, axis=0)])
-    out.append([np.asarray(a)[:size - pad] for a in explain(params, chunk)])
-  top1, top2, classes, logits = (np.concatenate(parts) for parts in zip(*out))
+  top1, top2, classes, logits = batching.map_batches(lambda x: explain(params, x), images,
+                                                     batch_size=batch_size)
   return top1, top2, classes, logits

@@ -1,8 +1,9 @@
 """XNet: an explainable layer whose neurons are each made important for one category.
 
-David & Liu, "XNet" (seed 000; METHODS.md, Sec. 1). A backbone gives features g (B, F); the
-explainable layer h = ReLU(g W_h + b_h) has k neurons; the output is `logits = (h D_j) W_o + b_o`,
-where the X-layer `D_j` is the identity with neuron j zeroed (D = I in ordinary use).
+David & Liu, "XNet: Towards training explainable neural networks" (2019). A backbone gives
+features g (B, F); the explainable layer h = ReLU(g W_h + b_h) has k neurons; the output is
+`logits = (h D_j) W_o + b_o`, where the X-layer `D_j` is the identity with neuron j zeroed
+(D = I in ordinary use).
 
 * **Drop loss** of neuron j: the mean cross-entropy over the images of category j with neuron j
   dropped (Sec. 3). All k are computed in parallel by `jax.vmap` over the neurons, on top of one
@@ -18,7 +19,8 @@ where the X-layer `D_j` is the identity with neuron j zeroed (D = I in ordinary 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +29,8 @@ import optax
 import scipy.optimize
 
 from xjax.errors import ConfigError
-
-from xjax.train.losses import ModelOutputs, register_loss_term
+from xjax.registry import one_of
+from xjax.train.losses import LOSS_TERMS, ModelOutputs
 
 Array = jax.Array
 OBJECTIVES = ("min", "sum", "mean")
@@ -147,8 +149,11 @@ def xnet_drop_loss(categories: Iterable[int], objective_kind: str = "min",
   return term
 
 
-register_loss_term("xnet_drop", lambda categories, objective="min", **kw: xnet_drop_loss(
-    categories, objective, **kw))
+@LOSS_TERMS.register("xnet_drop", checks={"objective": one_of(*OBJECTIVES)})
+def xnet_drop_term(categories: Iterable[int], objective: str = "min", head: str = "head",
+                   hidden_key: str = "xnet_hidden") -> Callable:
+  """The loss term `xnet_drop`: `xnet_drop_loss` with the config's option names."""
+  return xnet_drop_loss(categories, objective, head, hidden_key)
 
 
 def drop_loss_matrix(output_params: Mapping[str, Array],
@@ -160,8 +165,9 @@ def drop_loss_matrix(output_params: Mapping[str, Array],
     batches: (hidden (B, k), labels (B,), category membership (B, K)) per batch.
 
   Returns:
-    (K, k) with per-sample sums divided by the category's image count (METHODS.md: Alg. 1's
-    per-batch means would need sum reduction); rows of empty categories are 0.
+    (K, k) with per-sample sums divided by the category's image count (Alg. 1 adds per-batch
+    losses, then divides by the image count: right only with sum reduction); rows of empty
+    categories are 0.
   """
   totals, counts = None, None
   for hidden, labels, membership in batches:

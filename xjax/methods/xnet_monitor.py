@@ -17,7 +17,8 @@ matched membership to every training batch (`batch["xnet_membership"]`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -26,8 +27,13 @@ import optax
 from xjax.data import pipeline
 from xjax.data.source import Source
 from xjax.errors import ConfigError
-from xjax.methods.xnet import (MEMBERSHIP_KEY, category_membership, drop_logits, drop_loss_matrix,
-                               match_neurons)
+from xjax.methods.xnet import (
+  MEMBERSHIP_KEY,
+  category_membership,
+  drop_logits,
+  drop_loss_matrix,
+  match_neurons,
+)
 from xjax.train.loop import TrainHooks
 
 MATCHINGS = ("none", "initial", "em")

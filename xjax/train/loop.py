@@ -3,13 +3,16 @@
 `train_and_evaluate(config, workdir)` trains `config.model` on `config.data` with the loss terms of
 `config.losses` and the optimizer of `config.optimizer`, data-parallel over all devices, evaluates
 on the validation split after every epoch (early stopping on its loss, as in Rieger 2018 sec. 5.1),
-and finally on the test split with the best parameters. The workdir (DESIGN.md principle 6):
+and finally on the test split with the best parameters. The workdir:
 
   config.json     the config, so that later tools can rebuild the model
   checkpoints/    latest/ (resume) and best/ (lowest validation loss), orbax
   metrics.jsonl   one JSON object per logged step and per epoch
   results.json    the final numbers (test_accuracy, ...), results.md the same as a table
-  figures/        training_curves.png
+
+(The figures are drawn above this layer, by `xjax.experiments`: training never imports plotting.)
+A run can start from another run's best parameters (`train.init_from`), load pre-trained modules
+(`train.pretrained`) and freeze parameters by path (`train.frozen`, `xjax.train.frozen`).
 
 Started again in the same workdir, a run resumes from its latest checkpoint (parameters, optimizer
 state, step, RNG, data position, loop state) and ends with the same parameters as a run that was
@@ -21,8 +24,9 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -32,9 +36,9 @@ from tqdm.auto import tqdm
 from xjax.data import pipeline, registry, tasks
 from xjax.errors import ConfigError, XjaxError
 from xjax.nn import registry as models
-from xjax.plot.curves import plot_training_curves
 from xjax.train import checkpoint, report, sharding
-from xjax.train.losses import build_loss_terms
+from xjax.train.frozen import freeze, frozen_mask, load_pretrained
+from xjax.train.losses import build_loss_terms, is_penalty
 from xjax.train.optim import make_optimizer
 from xjax.train.state import TrainState, create_train_state
 from xjax.train.step import compile_eval_step, compile_train_step, make_eval_step, make_train_step
@@ -118,7 +122,8 @@ def evaluate(eval_step: Callable, variables: dict, source, config, mesh) -> dict
     sums = jax.device_get(eval_step(variables, sharding.shard_batch(batch, mesh)))
     for k in totals:
       totals[k] += float(sums[k])
-  return {"loss": totals["loss_sum"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
+  return {"loss": totals["loss_sum"] / totals["count"],
+          "accuracy": totals["correct"] / totals["count"]}
 
 
 def validation_penalty(terms: dict, names, params) -> float:
@@ -139,14 +144,14 @@ def validation_penalty(terms: dict, names, params) -> float:
   if unknown:
     raise ConfigError(f"train.validation_penalties {unknown} are not loss terms of this config; "
                       f"its terms: {', '.join(terms)}.")
+  batch_terms = [name for name in names if not is_penalty(name)]
+  if batch_terms:
+    raise ConfigError(f"train.validation_penalties: {', '.join(map(repr, batch_terms))} is not "
+                      f"a penalty of the parameters alone (it needs a batch).")
   total = 0.0
   for name in names:
     weight, term = terms[name]
-    try:
-      total += weight * float(term(params, None, None))
-    except (TypeError, KeyError, AttributeError) as e:
-      raise ConfigError(f"train.validation_penalties: {name!r} is not a penalty of the "
-                        f"parameters alone (it needs a batch: {e!r}).") from e
+    total += weight * float(term(params, None, None))
   return total
 
 
@@ -171,6 +176,17 @@ def initial_params(state: TrainState, init_from: str | Path) -> TrainState:
                                            have["params"]),
                        model_state=jax.tree.map(lambda w, v: np.asarray(v, w.dtype),
                                                 state.model_state, have["model_state"]))
+
+
+def frozen_masks(model, image_shape: tuple[int, ...], prefixes) -> dict | None:
+  """`{"params": mask, "model_state": mask}` of `train.frozen` (None when nothing is frozen)."""
+  if not prefixes:
+    return None
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(
+      (1, *image_shape)), train=False))
+  return {"params": frozen_mask(shapes["params"], prefixes),
+          "model_state": {k: frozen_mask(v, prefixes, check=False)
+                          for k, v in shapes.items() if k != "params"}}
 
 
 def _mean_metrics(rows: list[dict]) -> dict[str, float]:
@@ -216,6 +232,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   # ---------------------------------------------------------------- model
   model = build_model(config, info)
   tx = make_optimizer(**config.optimizer, steps_per_epoch=steps_per_epoch, total_epochs=tc.epochs)
+  frozen = frozen_masks(model, info.image_shape, tc.get("frozen", ()))
+  if frozen is not None:  # a pre-trained network under new modules: no update, no optimizer state
+    tx = freeze(tx, frozen["params"])
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), info.image_shape)
   state = jax.device_put(state, sharding.replicated(mesh))
 
@@ -223,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   terms = build_loss_terms(config.losses)
   penalties = tuple(tc.get("validation_penalties", ()))
   validation_penalty(terms, penalties, state.params)  # fails now on an unknown name
-  train_step = compile_train_step(make_train_step(model, tx, terms), mesh)
+  train_step = compile_train_step(make_train_step(model, tx, terms, frozen), mesh)
   eval_step = compile_eval_step(make_eval_step(model), mesh)
 
   # ---------------------------------------------------------------- checkpoint
@@ -237,10 +256,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     if tc.get("init_from"):  # fine-tuning: start from another run's best parameters
       state = jax.device_put(initial_params(state, tc.init_from), sharding.replicated(mesh))
       print(f"Starting from the best parameters of {tc.init_from}.", flush=True)
+    if tc.get("pretrained"):  # modules of the model from other runs' best parameters
+      params, model_state, notes = load_pretrained(state.params, state.model_state,
+                                                   dict(tc.pretrained))
+      state = jax.device_put(state.replace(params=params, model_state=model_state),
+                             sharding.replicated(mesh))
+      print(f"Loaded pre-trained parameters: {'; '.join(notes)}.", flush=True)
     if is_main:
       (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   start_step = int(jax.device_get(state.step))
-  writer = report.MetricWriter(workdir / "metrics.jsonl", resume_step=start_step) if is_main else None
+  writer = (report.MetricWriter(workdir / "metrics.jsonl", resume_step=start_step) if is_main
+            else None)
   iterator = train_data.iterator(data_state)
 
   def save():
@@ -285,11 +311,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
           val["cross_entropy"] = val["loss"]
           val["loss"] += validation_penalty(terms, penalties, state.params)
         logs, loop["epoch_logs"] = loop["epoch_logs"], []
-        train_means = {k: float(np.average([m[k] for m in logs], weights=[m["steps"] for m in logs]))
+        train_means = {k: float(np.average([m[k] for m in logs],
+                                           weights=[m["steps"] for m in logs]))
                        for k in ("loss", "accuracy")}
         loop["history"].append({"epoch": epoch, "step": step, "train_loss": train_means["loss"],
                                 "train_accuracy": train_means["accuracy"],
-                                "validation_loss": val["loss"], "validation_accuracy": val["accuracy"],
+                                "validation_loss": val["loss"],
+                                "validation_accuracy": val["accuracy"],
                                 **({"validation_cross_entropy": val["cross_entropy"]}
                                    if penalties else {}),
                                 **hooks.on_epoch_end(state, epoch, loop)})
@@ -341,11 +369,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     report.write_json(workdir / "results.json", results)
     (workdir / "results.md").write_text(
         report.training_results_markdown(results, config.get("paper", None)))
-    if history:
-      plot_training_curves(history, workdir / "figures" / "training_curves.png",
-                           title=f"{results['name']}: {config.model.name}")
-  print(json.dumps({"test_accuracy": round(test["accuracy"], 4), "test_loss": round(test["loss"], 4),
-                    "workdir": str(workdir)}), flush=True)
+  print(json.dumps({"test_accuracy": round(test["accuracy"], 4),
+                    "test_loss": round(test["loss"], 4), "workdir": str(workdir)}), flush=True)
   return results
 
 

@@ -1,22 +1,30 @@
-"""Loss terms: named pure functions that one generic train step sums (DESIGN.md principle 3).
+"""Loss terms: named pure functions that one generic train step sums (docs/design.md).
 
 A term is `term(params, batch, outputs) -> scalar`, where `outputs` holds the model's logits and
 intermediate activations of the same forward pass. A training-time method (XNet's drop loss, the
 block-wise L1 of separable DTD, ...) contributes terms; the train step weights and adds them,
 differentiates the sum, and logs every term by name. `LOSS_TERMS` maps a config name to a factory
 `make(**options) -> term`, so `config.losses = {"cross_entropy": {"weight": 1.0}}` builds the loss.
+
+A term registered with `penalty=True` is a function of the parameters alone (`l2`, separable's
+`block_l1`): it ignores `batch` and `outputs`, so it can be evaluated at any parameters, e.g.
+added to the validation loss (`is_penalty`). The training-time methods register their terms when
+imported (`xjax.methods.separable`, `xjax.methods.xnet`; `import xjax.plugins` imports them all,
+as every `python -m runs...` command does).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from xjax.errors import ConfigError
+from xjax.registry import Registry, non_negative
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +37,13 @@ class ModelOutputs:
 
 LossTerm = Callable[[Any, Mapping[str, jax.Array], ModelOutputs], jax.Array]
 
+# The training-time methods register their terms when imported (`import xjax.plugins`): training
+# never imports the methods built on it.
+LOSS_TERMS = Registry("loss term", hint="the training-time methods register theirs when "
+                      "imported: `import xjax.plugins` imports them all")
 
+
+@LOSS_TERMS.register("cross_entropy")
 def cross_entropy() -> LossTerm:
   """Mean softmax cross-entropy of the logits against the integer `label` of the batch."""
 
@@ -40,6 +54,7 @@ def cross_entropy() -> LossTerm:
   return term
 
 
+@LOSS_TERMS.register("l2", penalty=True)
 def l2_penalty() -> LossTerm:
   """Half the squared L2 norm of all parameters (weight decay written as a loss term)."""
 
@@ -50,29 +65,40 @@ def l2_penalty() -> LossTerm:
   return term
 
 
-LOSS_TERMS: dict[str, Callable[..., LossTerm]] = {
-    "cross_entropy": cross_entropy,
-    "l2": l2_penalty,
-}
+def is_penalty(name: str) -> bool:
+  """Whether the loss term `name` is a penalty: a function of the parameters alone.
 
-
-def register_loss_term(name: str, factory: Callable[..., LossTerm]) -> None:
-  """Makes a term available to configs by name (used by the training-time methods)."""
-  LOSS_TERMS[name] = factory
+  Raises:
+    ConfigError: `name` is not a loss term (the message lists the known ones).
+  """
+  return bool(LOSS_TERMS.metadata(name).get("penalty", False))
 
 
 def build_loss_terms(spec: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[float, LossTerm]]:
-  """`{"name": {"weight": w, **options}}` -> `{"name": (w, term)}`; unknown names raise."""
+  """`{"name": {"weight": w, **options}}` -> `{"name": (w, term)}`.
+
+  Args:
+    spec: loss term name -> its options, with its `weight` (default 1.0), as in `config.losses`.
+
+  Returns:
+    name -> (weight, term), in the order of `spec`, without the terms of weight 0: a config may
+    declare a term switched off (`block_l1` in the Table-1 configs), so that the command line can
+    switch it on with `--config.losses.block_l1.weight=0.1`.
+
+  Raises:
+    ConfigError: no terms, an unknown name, a weight that is not a finite number >= 0, or an
+      option or value its factory does not take (the messages list the valid ones).
+  """
   terms = {}
   for name, options in spec.items():
-    if name not in LOSS_TERMS:
-      raise ConfigError(f"Unknown loss term {name!r}; known terms: {', '.join(sorted(LOSS_TERMS))}.")
     options = dict(options)
-    weight = float(options.pop("weight", 1.0))
-    try:
-      terms[name] = (weight, LOSS_TERMS[name](**options))
-    except TypeError as e:
-      raise ConfigError(f"Bad options {sorted(options)} for loss term {name!r}: {e}") from e
+    weight = options.pop("weight", 1.0)
+    if not non_negative(weight):
+      raise ConfigError(f"Bad weight {weight!r} of loss term {name!r}: expected "
+                        f"{non_negative.requirement}.")
+    term = LOSS_TERMS.get(name, **options)  # checked even when switched off
+    if float(weight) > 0:
+      terms[name] = (float(weight), term)
   if not terms:
-    raise ConfigError("The config has no loss terms (config.losses is empty).")
+    raise ConfigError("The config has no loss terms of weight > 0 (config.losses).")
   return terms

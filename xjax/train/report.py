@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,8 @@ class MetricWriter:
     self.path = Path(path)
     if self.path.exists():
       rows = [line for line in self.path.read_text().splitlines() if line.strip()]
-      keep = [r for r in rows if resume_step is not None and json.loads(r).get("step", 0) <= resume_step]
+      keep = [r for r in rows
+              if resume_step is not None and json.loads(r).get("step", 0) <= resume_step]
       self.path.write_text("".join(r + "\n" for r in keep))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -61,14 +63,17 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
   return "\n".join(lines)
 
 
-def training_results_markdown(results: Mapping[str, Any], paper: Mapping[str, Any] | None = None) -> str:
+def training_results_markdown(results: Mapping[str, Any],
+                              paper: Mapping[str, Any] | None = None) -> str:
   """results.md of a training run: the final numbers, the paper's beside them where known."""
   rows = []
   for key in ("test_accuracy", "test_loss", "best_validation_loss", "best_validation_accuracy"):
     if key in results:
       rows.append([key, results[key], (paper or {}).get(key)])
-  out = [f"# {results.get('name', 'run')}", "", markdown_table(["metric", "xjax", "paper"], rows), ""]
-  out.append(f"Epochs: {results.get('epochs_completed')} (stopped early: {results.get('stopped_early')}), "
+  out = [f"# {results.get('name', 'run')}", "",
+         markdown_table(["metric", "xjax", "paper"], rows), ""]
+  out.append(f"Epochs: {results.get('epochs_completed')} "
+             f"(stopped early: {results.get('stopped_early')}), "
              f"steps: {results.get('steps')}, train time: {results.get('train_seconds', 0):.1f} s, "
              f"devices: {results.get('num_devices')}.")
   history = results.get("history", [])

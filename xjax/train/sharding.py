@@ -1,9 +1,9 @@
 """Data parallelism with `jax.jit` and `NamedSharding` over a `Mesh` of every device.
 
-One code path from one CPU to a pod (DESIGN.md principle 4): the batch axis is split over the mesh
-axis "data", parameters and optimizer state are replicated, and XLA inserts the gradient
-all-reduce. Several hosts work the same way after `jax.distributed.initialize()`: each host feeds its
-local rows and `jax.make_array_from_process_local_data` assembles the global batch. `jax.pmap`, in
+One code path from one CPU to a pod (docs/design.md): the batch axis is split over the mesh axis
+"data", parameters and optimizer state are replicated, and XLA inserts the gradient all-reduce.
+Several hosts work the same way after `jax.distributed.initialize()`: each host feeds its local
+rows and `jax.make_array_from_process_local_data` assembles the global batch. `jax.pmap`, in
 maintenance mode, is not used.
 """
 

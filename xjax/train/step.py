@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -11,6 +11,7 @@ import optax
 from jax.sharding import Mesh
 
 from xjax.train import sharding
+from xjax.train.frozen import keep_frozen
 from xjax.train.losses import LossTerm, ModelOutputs
 from xjax.train.state import TrainState
 
@@ -18,13 +19,17 @@ Metrics = dict[str, jax.Array]
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    terms: Mapping[str, tuple[float, LossTerm]]
+                    terms: Mapping[str, tuple[float, LossTerm]], frozen: dict | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, Metrics]]:
   """One SGD step on the weighted sum of loss terms: `(state, batch) -> (state, metrics)`.
 
   The model runs in training mode (dropout on, BatchNorm on batch statistics, its running
   averages updated); dropout draws from `fold_in(state.rng, state.step)`. Metrics: `loss` (the
   weighted sum), `loss/<term>` (each unweighted term), `accuracy` and `grad_norm`.
+
+  `frozen` ({"params": mask, "model_state": mask}, `xjax.train.frozen.frozen_mask`) names leaves
+  whose values the step keeps exactly (a frozen pre-trained network); `tx` should give them no
+  update (`xjax.train.frozen.freeze`).
   """
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
@@ -48,6 +53,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if frozen is not None:
+      params = keep_frozen(frozen["params"], state.params, params)
+      model_state = keep_frozen(frozen["model_state"], state.model_state, model_state)
     metrics = {"loss": loss, **{f"loss/{k}": v for k, v in values.items()},
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
                "grad_norm": optax.tree.norm(grads)}

@@ -8,7 +8,8 @@ pass is its rule (`engine.py`). Rules are in `xjax.explain.rules`, composites in
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

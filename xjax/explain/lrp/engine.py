@@ -2,9 +2,10 @@
 
 The engine evaluates the flat program of `xjax.explain.lrp.program` with each layer wrapped in a
 `jax.custom_vjp` whose backward pass applies the layer's rule. Relevance is carried as a gradient
-`g` with `R = v * g` at every value `v` (DESIGN.md, principle 2), so every operation between
-layers - residual additions, concatenation, reshapes, sum / average / max pooling, ReLU - splits
-relevance in proportion under ordinary automatic differentiation, with no model-specific code:
+`g` with `R = v * g` at every value `v` (docs/design.md: rules as modified gradients), so every
+operation between layers - residual additions, concatenation, reshapes, sum / average / max
+pooling, ReLU - splits relevance in proportion under ordinary automatic differentiation, with no
+model-specific code:
 
 * a layer's backward pass receives `g` at its output `y`, forms `R_out = y * g`, lets the rule
   compute `R_in`, and returns `g_in = R_in / x` (0 where `x = 0`, where every rule but the
@@ -21,22 +22,22 @@ decomposition" (Pattern Recognition 2017).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.explain.lrp.program import (PASS_ACTIVATIONS, Layer, LayerInfo, Lit,
-                                      Program)
+from xjax.explain.lrp.program import PASS_ACTIVATIONS, Layer, LayerInfo, Lit, Program
 
 Array = jax.Array
 MAX_POOL_MODES = ("winner", "average")
 
 
 def stabilize(z: Array, epsilon: float) -> Array:
-  """`z + epsilon * sign(z)` with sign(0) = +1: the LRP-epsilon denominator (zennit's convention)."""
+  """`z + epsilon * sign(z)` with sign(0) = +1: the LRP-epsilon denominator (as in zennit)."""
   return z + epsilon * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
 
 

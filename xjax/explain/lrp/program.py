@@ -1,6 +1,6 @@
 """The traced program of `apply_fn(params, x)`, flattened and analysed for relevance propagation.
 
-LRP works on the program, not on a module library (DESIGN.md, principle 2): `apply_fn` is traced
+LRP works on the program, not on a module library (docs/design.md): `apply_fn` is traced
 to a jaxpr, calls (`jit`, `custom_jvp_call`, ...) are inlined, and the analysis finds
 
 * the **layers**: every `dot_general` / `conv_general_dilated` with one input-dependent operand
@@ -22,7 +22,8 @@ through any of them (see `xjax.explain.lrp.engine`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.extend.core as jcore
@@ -313,9 +314,10 @@ class Program:
         raise UnsupportedOperationError(
             f"layer {layer} does not exist: the program has {len(self.layers)} layers.")
       return self.layers[layer]
-    matches = [l for l in self.layers if l.info.name == layer or l.info.name.endswith("/" + layer)]
+    matches = [candidate for candidate in self.layers
+               if candidate.info.name == layer or candidate.info.name.endswith("/" + layer)]
     if len(matches) != 1:
-      names = ", ".join(l.info.name for l in self.layers)
+      names = ", ".join(candidate.info.name for candidate in self.layers)
       raise UnsupportedOperationError(
           f"{'No' if not matches else 'More than one'} layer is named {layer!r}; layers: {names}.")
     return matches[0]

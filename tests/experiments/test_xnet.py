@@ -1,5 +1,6 @@
-"""`runs.xnet` end to end on a tiny shapes config: results.json against an independent computation,
-the matching ablation, the figures, resuming a finished run, and config errors."""
+"""The XNet protocol end to end on its `smoke` config (tiny shapes): results.json against an
+independent computation, the matching ablation, the figures, resuming a finished run, and config
+errors."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from runs import xnet as run_xnet
 from runs.configs.xnet import VARIANTS, get_config
 from xjax.data import pipeline
 from xjax.errors import ConfigError
+from xjax.experiments import run_experiment
+from xjax.experiments import xnet as run_xnet
 from xjax.methods import xnet
 from xjax.train.checkpoint import load_params
 from xjax.train.loop import build_model, load_sources
@@ -22,23 +24,18 @@ FIGURES = ("fig1_drop_losses", "fig2_category_activation", "fig3_saliency", "fig
 
 
 def tiny_config():
-  c = get_config("")
-  c.data.options = dict(image_size=16, num_classes=2, num_examples=256)
-  c.data.batch_size, c.data.eval_batch_size = 32, 64
-  c.model.backbone = "cnn_fashion"
-  c.model.backbone_options = {"dense_dropout_rate": 0.0}
-  c.train.epochs = 2
-  c.train.log_every_steps = 4
-  c.xnet.ablations = ("em_match",)
-  c.xnet.figure_examples, c.xnet.top_images = 2, 4
-  return c
+  return get_config("smoke")
+
+
+def main(config, workdir):
+  return run_experiment(run_xnet.XNetProtocol(), config, workdir)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("xnet")
   config = tiny_config()
-  return config, workdir, run_xnet.main(config, workdir)
+  return config, workdir, main(config, workdir)
 
 
 def test_results_hold_every_run_with_its_drop_losses_and_activations(finished):
@@ -91,7 +88,7 @@ def test_final_drop_losses_equal_a_naive_loop_over_the_test_split(finished):
 
 def test_running_again_resumes_the_finished_runs(finished):
   config, workdir, results = finished
-  again = run_xnet.main(config, workdir)
+  again = main(config, workdir)
   for name in ("baseline", "xnet", "em_match"):
     assert again[name]["test_accuracy"] == results[name]["test_accuracy"]
     np.testing.assert_allclose(again[name]["drop_losses"], results[name]["drop_losses"])
@@ -101,15 +98,15 @@ def test_config_errors_name_the_problem(tmp_path):
   c = tiny_config()
   c.xnet.categories = ("large", "Bald", "red")
   with pytest.raises(ConfigError, match="Bald"):
-    run_xnet.main(c, tmp_path)
+    main(c, tmp_path)
   c = tiny_config()
   c.xnet.categories = ("large", "red")
   with pytest.raises(ConfigError, match="one category per neuron"):
-    run_xnet.main(c, tmp_path)
+    main(c, tmp_path)
   c = tiny_config()
   c.xnet.ablations = ("max",)
   with pytest.raises(ConfigError, match="ablations"):
-    run_xnet.main(c, tmp_path)
+    main(c, tmp_path)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

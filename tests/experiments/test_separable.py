@@ -1,6 +1,7 @@
-"""`runs.separable` end to end on a tiny two-object shapes config: the protocol (fine-tuned from
-the baseline's best, stopped on the penalised validation loss), results.json against an
-independent computation of d and of the second-object share, the figures, resuming, and errors."""
+"""The separable protocol end to end on its `shapes,smoke` config (tiny two-object shapes): the
+protocol (fine-tuned from the baseline's best, stopped on the penalised validation loss),
+results.json against an independent computation of d and of the second-object share, the
+figures, resuming, and errors."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from runs import separable as run_separable
 from runs.configs.separable import VARIANTS, get_config
+from tests.conftest import ArraySource
 from xjax.data import pipeline
 from xjax.errors import ConfigError, DataNotFoundError
+from xjax.experiments import run_experiment
+from xjax.experiments import separable as run_separable
 from xjax.explain import composites
 from xjax.explain.lrp import lrp
 from xjax.nn.registry import logits_fn
@@ -23,24 +26,18 @@ FIGURES = ("fig4_heatmaps", "fig5_heatmaps_ambiguous", "fig6_dense_weights")
 
 
 def tiny_config():
-  c = get_config("shapes")
-  c.data.options = dict(image_size=32, num_classes=4, second_object=True, num_examples=256)
-  c.data.batch_size, c.data.eval_batch_size = 32, 64
-  c.model.name = "cnn_fashion"
-  c.train.epochs = 2
-  c.train.log_every_steps = 4
-  c.separable.lambdas = (1.0,)
-  c.separable.num_examples = 40  # in batches of 32: one padded batch
-  c.separable.explain_batch_size = 32
-  c.separable.figure_examples = 2
-  return c
+  return get_config("shapes,smoke")
+
+
+def main(config, workdir):
+  return run_experiment(run_separable.SeparableProtocol(), config, workdir)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("separable")
   config = tiny_config()
-  return config, workdir, run_separable.main(config, workdir)
+  return config, workdir, main(config, workdir)
 
 
 def test_results_hold_both_runs_and_the_fine_tuning_started_from_the_baseline(finished):
@@ -114,7 +111,7 @@ def test_a_second_call_resumes_the_finished_runs_with_the_same_numbers(finished,
   config, workdir, results = finished
   steps = {name: json.loads((workdir / name / "results.json").read_text())["steps"]
            for name in ("baseline", "lambda=1")}
-  again = run_separable.main(config, workdir)
+  again = main(config, workdir)
   out = capsys.readouterr().out
   assert out.count("Resuming from step") == 2 and "Starting from the best" not in out
   assert {name: json.loads((workdir / name / "results.json").read_text())["steps"]
@@ -141,30 +138,32 @@ def test_bad_settings_are_clear_errors(tmp_path):
   c = get_config("shapes")
   c.separable.figure_lambda = 2.0
   with pytest.raises(ConfigError, match="figure_lambda"):
-    run_separable.main(c, tmp_path)
+    main(c, tmp_path)
   c = get_config("shapes")
   c.separable.lambdas = (5.0, 0.1, 1.0, 1.0)  # sorted and deduplicated, as in Table 2
   c.separable.figure_lambda = 1.0
   assert list(run_separable.runs_of(c)) == ["baseline", "lambda=0.1", "lambda=1", "lambda=5"]
   c.separable.lambdas = (0.1, -1.0)
   with pytest.raises(ConfigError, match="positive"):
-    run_separable.main(c, tmp_path)
+    main(c, tmp_path)
   c = get_config("mnist")
   c.data.data_dir = str(tmp_path / "no_tfds")
   with pytest.raises(DataNotFoundError, match="runs.prepare mnist"):
-    run_separable.main(c, tmp_path)
+    main(c, tmp_path)
 
 
 def test_fine_tuning_config_carries_the_penalty_options(tmp_path):
   c = get_config("fashion_mnist")
   c.separable.channel_blocks = (("dense1", 32),)
   c.separable.finetune_learning_rate = 1e-4
-  tuned = run_separable.run_config(c, 0.5, 10, tmp_path)
+  tuned = run_separable.run_config(c, 0.5, 10)
   assert dict(tuned.losses.block_l1) == {"weight": 0.5, "num_classes": 10, "layers": None,
                                          "channel_blocks": (("dense1", 32),)}
-  assert tuned.optimizer.learning_rate == 1e-4 and tuned.train.init_from == str(
-      tmp_path / "baseline")
-  base = run_separable.run_config(c, None, 10, tmp_path)
+  assert tuned.optimizer.learning_rate == 1e-4
+  plan = run_separable.SeparableProtocol().runs(c, {"train": ArraySource(num_classes=10)})
+  assert [run.init_from for run in plan] == [None, "baseline", "baseline", "baseline",
+                                             "baseline"]
+  base = run_separable.run_config(c, None, 10)
   assert set(base.losses) == {"cross_entropy"} and base.optimizer.learning_rate == 1e-3
   assert base.train.init_from is None and tuple(base.train.validation_penalties) == ()
   # Fig. 6 draws dense1's inputs sorted by the block of their channel.
@@ -176,4 +175,4 @@ def test_fine_tuning_config_carries_the_penalty_options(tmp_path):
       (np.arange(32) * 10) // 32, 2))
   assert tuple(tuned.train.validation_penalties) == ("block_l1",)
   c.separable.stop_on_penalised_loss = False  # stop on the validation cross-entropy alone
-  assert tuple(run_separable.run_config(c, 0.5, 10, tmp_path).train.validation_penalties) == ()
+  assert tuple(run_separable.run_config(c, 0.5, 10).train.validation_penalties) == ()

@@ -1,0 +1,165 @@
+"""Explaining a trained run with several methods side by side (`python -m runs.explain`).
+
+`explain_workdir(workdir, ["lrp:dtd", "saliency"], n=16)` rebuilds the model and the dataset of the
+run's config.json exactly as training did, loads its `best` parameters, and explains the first `n`
+images of a split (normalised as in training) for the predicted class (or the label) with every
+method. It writes into the workdir:
+
+  figures/explain.png            one row per image: the input, then one heatmap per method
+  figures/explain_<method>.png   the same for each method alone (`:` in the name becomes `_`)
+  explanations.npz               images (uint8), labels, targets, predictions, target_logits,
+                                 methods (the specs), and per method `<key>` (the channel-summed
+                                 heatmaps, n x H x W) and `<key>_relevance` (n x H x W x C), where
+                                 <key> is the spec with `:` replaced by `_`; `mask` where the data
+                                 has ground-truth masks
+
+and reports per method the time per image, for LRP the mean of sum(relevance) / target logit (1
+where relevance is conserved), and where the data has masks the share of positive relevance on
+the object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from xjax.data import batching, pipeline
+from xjax.errors import ConfigError
+from xjax.experiments.loading import load_run
+from xjax.explain import heatmaps
+from xjax.explain import methods as registry
+from xjax.plot.heatmaps import plot_explanations
+
+TARGETS = ("predicted", "label")
+
+
+def method_key(spec: str) -> str:
+  """A spec as a file name and npz key: `lrp:dtd` -> `lrp_dtd`."""
+  return spec.replace(":", "_")
+
+
+def run_method(method: Callable, apply_fn: Callable, variables, x: np.ndarray,
+               targets: np.ndarray, batch_size: int) -> tuple[np.ndarray, float, float]:
+  """Relevance of all of `x` in batches under one `jax.jit`; (relevance, compile s, s per image)."""
+  batch_size = min(batch_size, len(x))
+  fn = jax.jit(lambda p, xb, tb: method(apply_fn, p, xb, tb))
+  started = time.perf_counter()
+  compiled = fn.lower(variables, x[:batch_size], targets[:batch_size]).compile()
+  compile_seconds = time.perf_counter() - started
+  started = time.perf_counter()
+  relevance = batching.map_batches(lambda xb, tb: compiled(variables, xb, tb), x, targets,
+                                   batch_size=batch_size)
+  seconds_per_image = (time.perf_counter() - started) / len(x)
+  return relevance, compile_seconds, seconds_per_image
+
+
+def pointing_game(heatmaps_: np.ndarray, masks: np.ndarray) -> np.ndarray:
+  """(N,) whether each heatmap's largest value lies on the object (Zhang et al. 2016, "Top-down
+  neural attention by excitation backprop", without their tolerance: masks are exact here)."""
+  flat = heatmaps_.reshape(len(heatmaps_), -1)
+  return np.asarray(masks).reshape(len(masks), -1)[np.arange(len(flat)), flat.argmax(1)] > 0
+
+
+def explain_workdir(workdir: str | Path, specs: Sequence[str], *, n: int = 16, split: str = "test",
+                    target: str = "predicted", batch_size: int = 16, seed: int = 0,
+                    log: Callable[[str], None] = print) -> dict:
+  """Explains the first `n` images of `split`; writes the figures and `explanations.npz`.
+
+  Args:
+    workdir: the workdir of a training run (config.json, checkpoints/).
+    specs: method specs, e.g. ["lrp:dtd", "saliency"] (see `xjax.explain.methods`).
+    n: the number of images (at most the size of the split).
+    split: "train", "validation" or "test".
+    target: "predicted" (explain the model's decision) or "label" (the true class).
+    batch_size: images per compiled call.
+    seed: the seed of SmoothGrad's noise.
+    log: where the summary lines go.
+
+  Returns:
+    Per method spec: {"compile_seconds", "seconds_per_image", "conservation" (LRP, else None),
+    "mask_share" and "pointing_game" (None without masks)}.
+
+  Raises:
+    XjaxError: a missing workdir / config / checkpoint, an unknown method, split or target.
+  """
+  specs = list(dict.fromkeys(registry.canonical_spec(s) for s in specs))  # fails fast on names
+  if not specs:
+    raise ConfigError(f"No methods given; known methods: {', '.join(registry.METHODS)}.")
+  if target not in TARGETS:
+    raise ConfigError(f"Unknown target {target!r}; expected one of {TARGETS}.")
+  if n < 1 or batch_size < 1:
+    raise ConfigError(f"--n and --batch_size must be >= 1; got {n} and {batch_size}.")
+  workdir = Path(workdir)
+  run = load_run(workdir, split)
+  config, source, apply_fn, variables = run.config, run.source, run.apply_fn, run.variables
+  info, normalization = source.info, config.data.normalization
+  bounds = pipeline.input_bounds(info, normalization)
+  chosen = {s: registry.get_method(s, bounds=bounds, key=jax.random.key(seed)) for s in specs}
+
+  # ---------------------------------------------------------------- data and predictions
+  if n > len(source):
+    log(f"note: the {split} split has only {len(source)} images; explaining all of them.")
+    n = len(source)
+  batch_size = min(batch_size, n)
+  records = source.read_batch(np.arange(n))
+  images, labels = records["image"], np.asarray(records["label"], np.int32)
+  x = pipeline.normalize(images, *pipeline.normalization_constants(info, normalization))
+  logits_of = jax.jit(apply_fn)
+  logits = batching.map_batches(lambda xb: logits_of(variables, xb), x, batch_size=batch_size)
+  predictions = logits.argmax(-1).astype(np.int32)
+  targets = predictions if target == "predicted" else labels
+  target_logits = logits[np.arange(n), targets]
+  mask = records.get("mask")
+  log(f"{workdir}: {config.model.name} on {info.name} ({split}), {n} images, target = {target}, "
+      f"accuracy on them {np.mean(predictions == labels):.3f}")
+
+  # ---------------------------------------------------------------- explain
+  arrays = {"images": images, "labels": labels, "targets": targets, "predictions": predictions,
+            "target_logits": target_logits, "methods": np.asarray(specs)}
+  if mask is not None:
+    arrays["mask"] = mask
+  maps, summary = {}, {}
+  log(f"{'method':<30} {'compile s':>9} {'ms/image':>9} {'sum R / f_c [min, max]':>24} "
+      f"{'R+ on object':>13} {'pointing':>9}")
+  for spec, method in chosen.items():
+    relevance, compile_seconds, per_image = run_method(method, apply_fn, variables, x, targets,
+                                                       batch_size)
+    heatmap = np.asarray(heatmaps.channel_sum(relevance))
+    ratios = relevance.reshape(n, -1).sum(-1) / target_logits
+    conservation = float(np.mean(ratios)) if registry.is_conservative(spec) else None
+    share = (float(np.mean(heatmaps.relevance_share(heatmap, mask)))
+             if mask is not None else None)
+    pointing = float(np.mean(pointing_game(heatmap, mask))) if mask is not None else None
+    maps[spec] = heatmap
+    arrays[method_key(spec)] = heatmap
+    arrays[f"{method_key(spec)}_relevance"] = relevance
+    summary[spec] = {"compile_seconds": compile_seconds, "seconds_per_image": per_image,
+                     "conservation": conservation, "mask_share": share,
+                     "pointing_game": pointing}
+    ratio_text = ("-" if conservation is None else
+                  f"{conservation:.4f} [{ratios.min():.4f}, {ratios.max():.4f}]")
+    log(f"{spec:<30} {compile_seconds:>9.2f} {1e3 * per_image:>9.2f} {ratio_text:>24} "
+        f"{'-' if share is None else f'{share:.3f}':>13} "
+        f"{'-' if pointing is None else f'{pointing:.3f}':>9}")
+  if mask is not None:
+    log(f"(R+ on object: the share of positive relevance inside the object's mask; the object "
+        f"covers {np.mean(mask):.3f} of the pixels. pointing: the share of images whose most "
+        f"relevant pixel is on the object)")
+
+  # ---------------------------------------------------------------- write
+  names = info.class_names or tuple(str(c) for c in range(info.num_classes))
+  rows = [f"{names[label]} -> {names[prediction]}"
+          for label, prediction in zip(labels, predictions)]
+  figures = workdir / "figures"
+  plot_explanations(images, maps, figures / "explain.png", labels=rows)
+  for spec, heatmap in maps.items():
+    plot_explanations(images, {spec: heatmap}, figures / f"explain_{method_key(spec)}.png",
+                      labels=rows)
+  np.savez_compressed(workdir / "explanations.npz", **arrays)
+  log(f"wrote {figures / 'explain.png'}, {len(maps)} per-method figures and "
+      f"{workdir / 'explanations.npz'}")
+  return summary

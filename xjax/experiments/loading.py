@@ -1,0 +1,69 @@
+"""Loading a trained run back: its config, data, model and variables, from its workdir alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from xjax.errors import XjaxError
+from xjax.nn.registry import logits_fn
+from xjax.train import checkpoint
+from xjax.train.loop import build_model, load_sources
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  """A trained run: `config` (its config.json), `source` (one split of its data, as trained),
+  `model` (rebuilt from the config) and `variables` (`{"params": ..., **model_state}`)."""
+
+  workdir: Path
+  config: ml_collections.ConfigDict
+  source: Any
+  model: Any
+  variables: dict
+
+  @property
+  def apply_fn(self) -> Callable:
+    """`(variables, x) -> logits` in eval mode, what the explanation methods take."""
+    return logits_fn(self.model)
+
+
+def load_run(workdir: str | Path, split: str = "test", which: str = "best") -> LoadedRun:
+  """The run in `workdir` (written by `runs.train` or one run of an experiment).
+
+  Args:
+    workdir: the run's directory (config.json and checkpoints/).
+    split: the split of its dataset to open ("train", "validation" or "test").
+    which: the checkpoint, "best" (falls back to "latest") or "latest".
+
+  Raises:
+    XjaxError: no such workdir, no config.json or no checkpoint in it.
+    CheckpointMismatchError: the checkpoint does not fit the model its config builds.
+  """
+  workdir = Path(workdir)
+  if not workdir.is_dir():
+    raise XjaxError(f"No workdir {workdir}: train a model there first (python -m runs.train "
+                    f"--config=... --workdir={workdir}).")
+  config_path = workdir / "config.json"
+  if not config_path.is_file():
+    raise XjaxError(f"{workdir} has no config.json: it is not the workdir of a training run.")
+  if not (workdir / "checkpoints").is_dir():
+    raise XjaxError(f"No checkpoint under {workdir / 'checkpoints'}: train a model in this "
+                    f"workdir first.")
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  source = load_sources(config.data, splits=(split,))[split]
+  model = build_model(config, source.info)
+  state = checkpoint.load_params(workdir, which)
+  variables = {"params": state["params"], **state.get("model_state", {})}
+  expected = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                            jax.ShapeDtypeStruct((1, *source.info.image_shape), jnp.float32))
+  checkpoint.check_fits({"params": expected["params"]}, {"params": variables["params"]},
+                        workdir / "checkpoints")
+  return LoadedRun(workdir, config, source, model, variables)
