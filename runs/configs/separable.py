@@ -17,8 +17,9 @@ Variants (`--config=runs/configs/separable.py:VARIANT[,smoke]`):
   fashion_mnist  real Fashion-MNIST, the Table-1 FASHION CNN (`configs/fashion_mnist.py`).
   cifar10        real CIFAR-10, the Table-1 CIFAR10 CNN, flips and shifts of up to 4 pixels
                  (`configs/cifar10.py`).
-  smoke          combined with any of them: a tiny run for tests (2 epochs, 256 images, the
-                 FASHION CNN, one lambda), seconds on a CPU.
+  smoke          combined with any of them: a tiny run for tests (2 epochs, the FASHION CNN,
+                 one lambda, d on 40 images; on shapes 256 images: seconds on a CPU; on the real
+                 datasets the whole training split).
 """
 
 import ml_collections

@@ -18,7 +18,7 @@ Variants:
                 (e.g. a 2500-image subset), at 64 x 64 so that it runs on a CPU.
   smoke         combined with any of them (`:smoke`, `:mnist,smoke`): a tiny run for tests (2
                 epochs, the FASHION CNN as backbone; on shapes 256 images of 16 x 16 and the
-                "em_match" ablation), seconds on a CPU.
+                "em_match" ablation, seconds on a CPU; on the real datasets their whole splits).
 
 `xnet.ablations` adds the runs of Sec. 4: "sum" (Eq. 1, Fig. 7) and "initial_match" / "em_match"
 (the sum objective with the matching of Alg. 1-2 once before training or before every epoch,

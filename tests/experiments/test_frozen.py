@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from runs.configs.shapes import get_config
@@ -21,6 +22,7 @@ from xjax.nn.registry import count_params
 from xjax.train.checkpoint import load_params
 from xjax.train.frozen import frozen_mask
 from xjax.train.loop import build_model, load_sources
+from xjax.train.state import create_train_state
 
 
 class ProbeProtocol(Protocol):
@@ -74,14 +76,13 @@ def test_the_new_head_changed_and_has_the_only_optimizer_state(finished):
   workdir, _ = finished
   state = load_params(workdir / "probe", "latest")
   head = _leaves(state["params"]["head"])
-  c = tiny_config()  # the head as the probe run initialised it (same seed, same split of it)
+  c = tiny_config()  # the probe's initial parameters, by the loop's own create_train_state
   c.model = {"name": "xnet", "backbone": "cnn_fashion", "num_neurons": 3,
              "backbone_options": {"dense_dropout_rate": 0.0}}
   info = load_sources(c.data, ("test",))["test"].info
-  model = build_model(c, info)
-  init_rng, _ = jax.random.split(jax.random.PRNGKey(c.seed))
-  fresh = model.init(init_rng, np.zeros((1, *info.image_shape), np.float32), train=False)
-  fresh_head = _leaves(fresh["params"]["head"])
+  fresh = create_train_state(build_model(c, info), optax.identity(), jax.random.PRNGKey(c.seed),
+                             info.image_shape)
+  fresh_head = _leaves(fresh.params["head"])
   assert set(head) == set(fresh_head)
   assert all(not np.array_equal(head[k], fresh_head[k]) for k in head if k.endswith("kernel"))
   # Adam keeps two moments per trainable scalar (plus counts): none for the frozen backbone.

@@ -86,9 +86,15 @@ def test_final_drop_losses_equal_a_naive_loop_over_the_test_split(finished):
   np.testing.assert_allclose(results["xnet"]["drop_losses"], totals / counts, rtol=1e-4)
 
 
-def test_running_again_resumes_the_finished_runs(finished):
+def test_running_again_resumes_the_finished_runs(finished, capsys):
   config, workdir, results = finished
+  steps = {name: json.loads((workdir / name / "results.json").read_text())["steps"]
+           for name in ("baseline", "xnet", "em_match")}
+  capsys.readouterr()
   again = main(config, workdir)
+  assert capsys.readouterr().out.count("Resuming from step") == 3  # nothing trained from scratch
+  assert {name: json.loads((workdir / name / "results.json").read_text())["steps"]
+          for name in steps} == steps
   for name in ("baseline", "xnet", "em_match"):
     assert again[name]["test_accuracy"] == results[name]["test_accuracy"]
     np.testing.assert_allclose(again[name]["drop_losses"], results[name]["drop_losses"])
@@ -107,6 +113,10 @@ def test_config_errors_name_the_problem(tmp_path):
   c.xnet.ablations = ("max",)
   with pytest.raises(ConfigError, match="ablations"):
     main(c, tmp_path)
+  assert not any(tmp_path.iterdir())  # refused before any data was loaded or written
+  from runs.configs.shapes import get_config as shapes_config
+  with pytest.raises(ConfigError, match="no section 'xnet'"):
+    main(shapes_config("smoke"), tmp_path)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

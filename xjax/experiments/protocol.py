@@ -4,6 +4,8 @@ Every paper in xjax has the same shape of protocol: train (or load) networks, tr
 module on them or optimise inputs for them, analyse, check, report, draw. A `Protocol` says only
 what is particular to its paper:
 
+  sections, check(config)              its config sections, and the checks of its settings that
+                                       need no data (run before anything is loaded)
   runs(config, sources)                the training runs, in order (each a `Run`)
   analyse(config, run, sources)        the numbers of one trained run (a dict for results.json;
                                        keys starting with "_" are kept for the figures only)
@@ -79,6 +81,11 @@ class Protocol:
   """A paper's experiment; subclasses override `runs` and whatever else they report."""
 
   title = "experiment"
+  sections: tuple[str, ...] = ()  # the config sections of the protocol, e.g. ("xnet",)
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    """Fails on the protocol's own settings before any data is loaded (`ConfigError`)."""
+    del config
 
   def runs(self, config: ml_collections.ConfigDict, sources: dict) -> list[Run]:
     """The training runs, in the order they are trained (later ones may start from earlier)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ml_collections
 
+from xjax.errors import ConfigError
 from xjax.experiments.protocol import Protocol, Run, TrainedRun
 from xjax.plot.curves import plot_training_curves
 from xjax.train import report
@@ -99,6 +100,11 @@ def run_experiment(protocol: Protocol, config: ml_collections.ConfigDict,
     The content of results.json.
   """
   check_config(config)
+  missing = [name for name in protocol.sections if name not in config]
+  if missing:
+    raise ConfigError(f"The config has no section {', '.join(map(repr, missing))}, which the "
+                      f"experiment {protocol.title!r} needs: use its own config file.")
+  protocol.check(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   sources = load_sources(config.data)

@@ -139,7 +139,7 @@ def analyse(config, run: TrainedRun, source) -> dict:
 
 
 def checks_of(runs: dict, figure_run: str) -> dict:
-  """The acceptance numbers of the issue: d and accuracy of the figure run against the baseline."""
+  """The experiment's checks: d and accuracy of the figure run against the baseline."""
   base, tuned = runs["baseline"], runs[figure_run]
   checks = {f"diffusion_ratio_{figure_run}_over_baseline":
             tuned["diffusion"] / max(base["diffusion"], 1e-12),
@@ -248,6 +248,10 @@ class SeparableProtocol(Protocol):
   """The baseline and one fine-tuned run per lambda (module docstring)."""
 
   title = "separable explanations (block-wise L1, DTD)"
+  sections = ("separable",)
+
+  def check(self, config) -> None:
+    runs_of(config)
 
   def runs(self, config, sources) -> list[Run]:
     num_classes = sources["train"].info.num_classes

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from xjax.errors import ConfigError
 from xjax.experiments.explain import explain_workdir
 from xjax.experiments.protocol import Protocol, Run
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
+from xjax.explain.methods import METHODS, canonical_spec
 from xjax.train import report
 
 
@@ -32,6 +34,13 @@ class TourProtocol(Protocol):
   """One model, many explanations, scored on the shapes' ground truth (module docstring)."""
 
   title = "a small network on shapes, explained"
+  sections = ("tour",)
+
+  def check(self, config) -> None:
+    if not config.tour.methods:
+      raise ConfigError(f"tour.methods is empty; known methods: {', '.join(METHODS)}.")
+    for spec in config.tour.methods:
+      canonical_spec(spec)  # an unknown name fails now, not after training
 
   def runs(self, config, sources) -> list[Run]:
     return [Run("model", copy_config(config, name=f"{config.name}/model"),

@@ -105,6 +105,10 @@ class XNetProtocol(Protocol):
   """Baseline, XNet and the ablations (module docstring)."""
 
   title = "XNet vs baseline"
+  sections = ("xnet",)
+
+  def check(self, config) -> None:
+    runs_of(config)
 
   def runs(self, config, sources) -> list[Run]:
     info = sources["train"].info

@@ -21,6 +21,7 @@ never interrupted. SIGTERM saves a checkpoint and stops (`Interrupted`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import time
@@ -381,6 +382,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"The config has no section {key!r}.")
   if config.train.epochs < 1:
     raise ConfigError(f"train.epochs must be >= 1, got {config.train.epochs}.")
+  known = set(inspect.signature(make_optimizer).parameters) - {"steps_per_epoch", "total_epochs"}
+  unknown = sorted(set(config.optimizer) - known)
+  if unknown:
+    raise ConfigError(f"Unknown optimizer option(s) {unknown}; valid options: "
+                      f"{', '.join(sorted(known))}.")
   if config.data.normalization not in pipeline.NORMALIZATIONS:
     raise ConfigError(f"Unknown data.normalization {config.data.normalization!r}; expected one of "
                       f"{pipeline.NORMALIZATIONS}.")

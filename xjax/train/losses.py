@@ -96,9 +96,8 @@ def build_loss_terms(spec: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[f
     if not non_negative(weight):
       raise ConfigError(f"Bad weight {weight!r} of loss term {name!r}: expected "
                         f"{non_negative.requirement}.")
-    term = LOSS_TERMS.get(name, **options)  # checked even when switched off
-    if float(weight) > 0:
-      terms[name] = (float(weight), term)
+    if float(weight) > 0:  # a term of weight 0 is declared, not built (nor looked up)
+      terms[name] = (float(weight), LOSS_TERMS.get(name, **options))
   if not terms:
     raise ConfigError("The config has no loss terms of weight > 0 (config.losses).")
   return terms
