@@ -13,6 +13,10 @@ class DataNotFoundError(XjaxError):
   """A dataset is not where it was looked for; the message names the files and the place."""
 
 
+class UnreadableDataError(DataNotFoundError):
+  """A listed data file is missing, truncated or corrupt; the message names it and its listing."""
+
+
 class CheckpointMismatchError(XjaxError):
   """A checkpoint in the workdir does not fit the model the config builds."""
 

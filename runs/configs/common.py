@@ -15,6 +15,9 @@ def base_config() -> ml_collections.ConfigDict:
       name="shapes", data_dir=ml_collections.FieldReference(None, field_type=str),
       batch_size=128, eval_batch_size=256, normalization="unit", validation_fraction=0.1,
       augmentation=dict(flip=False, shift=0), options={}, num_threads=2,
+      # Local folders (CelebA, CUB): drop images that cannot be read (counted in results.json)
+      # instead of stopping with an error that names the file.
+      skip_unreadable=False,
       fields=("image", "label")))
   c.model = ml_collections.ConfigDict(dict(name="cnn_cifar10"))
   c.optimizer = ml_collections.ConfigDict(dict(

@@ -14,12 +14,11 @@ from xjax.data.source import Source
 from xjax.errors import ConfigError, DataNotFoundError
 
 NAMES = ("Bald", "Male", "Smiling", "Young")
-# 10 rows: (file, attributes in {-1, 1}); 000004.jpg gets no image file.
+# 11 rows: (file, attributes in {-1, 1}); absent and unreadable files: test_unreadable.py.
 ATTRS = [(f"{i:06d}.jpg", [(-1) ** (i + k) for k in range(4)]) for i in range(1, 12)]
 # Landmarks in pixels of the 178x218 aligned image.
 MARKS = {f"{i:06d}.jpg": [10 * i, 20, 100, 30, 89, 109, 40 + i, 150, 140, 178]
          for i in range(1, 12)}
-MISSING = "000004.jpg"
 H, W = 109, 89  # the files are the aligned faces downscaled by 2, like the offline subset
 
 
@@ -32,9 +31,8 @@ def celeba(tmp_path: Path) -> Path:
   root = tmp_path / "celeba"
   (root / "img_align_celeba").mkdir(parents=True)
   for name, _ in ATTRS:
-    if name != MISSING:
-      image = Image.new("RGB", (W, H), (_shade(name),) * 3)
-      image.save(root / "img_align_celeba" / name, quality=95)
+    image = Image.new("RGB", (W, H), (_shade(name),) * 3)
+    image.save(root / "img_align_celeba" / name, quality=95)
   # The attribute file has CRLF line endings and double spaces, like the original.
   lines = [str(len(ATTRS)), " ".join(NAMES)] + [
       f"{name} " + " ".join(f"{v:2d}" for v in values) for name, values in ATTRS]
@@ -56,8 +54,8 @@ def _files(split: str, root: Path, **kwargs) -> list[str]:
 def test_attributes_labels_and_images(celeba):
   source = CelebAFolder(celeba, "all")
   assert isinstance(source, Source)
-  assert len(source) == 10  # 000004.jpg has a row but no file
-  assert MISSING not in source.files
+  assert len(source) == 11 and source.files == tuple(n for n, _ in ATTRS)
+  assert source.skipped == []
   info = source.info
   assert info.image_shape == (H, W, 3) and info.num_classes == 1
   assert info.attribute_names == NAMES
@@ -75,10 +73,10 @@ def test_attributes_labels_and_images(celeba):
 
 
 def test_split_by_row_order_without_partition_file(celeba):
-  kept = [n for n, _ in ATTRS if n != MISSING]  # 10 rows with images: 8 / 1 / 1
-  assert _files("train", celeba) == kept[:8]
-  assert _files("validation", celeba) == kept[8:9]
-  assert _files("test", celeba) == kept[9:]
+  rows = [n for n, _ in ATTRS]  # 11 rows: 8 / 1 / 2
+  assert _files("train", celeba) == rows[:8]
+  assert _files("validation", celeba) == rows[8:9]
+  assert _files("test", celeba) == rows[9:]
   with pytest.raises(ConfigError, match="validation"):
     CelebAFolder(celeba, "val")
 
@@ -87,7 +85,7 @@ def test_split_by_partition_file(celeba):
   parts = {1: 2, 2: 0, 3: 1, 4: 0, 5: 0, 6: 2, 7: 0, 8: 1, 9: 0, 10: 0, 11: 0}
   (celeba / "list_eval_partition.txt").write_text(
       "".join(f"{i:06d}.jpg {p}\r\n" for i, p in parts.items()))
-  assert _files("train", celeba) == [f"{i:06d}.jpg" for i in (2, 5, 7, 9, 10, 11)]
+  assert _files("train", celeba) == [f"{i:06d}.jpg" for i in (2, 4, 5, 7, 9, 10, 11)]
   assert _files("validation", celeba) == ["000003.jpg", "000008.jpg"]
   assert _files("test", celeba) == ["000001.jpg", "000006.jpg"]
 

@@ -15,14 +15,14 @@ from xjax.errors import ConfigError, DataNotFoundError
 
 # The image files are 40x30 (W x H); the annotations are in pixels of 80x60 originals (scale 0.5).
 FW, FH = 40, 30
-# image_id: (path, class_id, is_training_image, box x y w h in original pixels); id 6 has no file.
+# image_id: (path, class_id, is_training_image, box x y w h in original pixels).
 IMAGES = {
     1: ("003.C/c1.jpg", 3, 1, (11, 9, 38, 30)),
     2: ("003.C/c2.jpg", 3, 0, (10, 10, 40, 30)),
     3: ("007.G/g1.jpg", 7, 1, (0, 0, 80, 60)),
     4: ("007.G/g2.jpg", 7, 0, (20, 20, 20, 20)),
     5: ("007.G/g3.jpg", 7, 1, (60, 40, 22, 22)),
-    6: ("009.I/missing.jpg", 9, 1, (0, 0, 10, 10)),
+    6: ("009.I/i1.jpg", 9, 1, (0, 0, 10, 10)),
 }
 PARTS = ["1 back", "2 left eye", "3 tail"]
 # image_id part_id x y visible, in original pixels.
@@ -32,9 +32,7 @@ PART_LOCS = ["1 1 20 16 1", "1 2 0 0 0", "1 3 70 50 1", "2 1 40 30 1", "4 3 50 4
 @pytest.fixture
 def cub(tmp_path: Path) -> Path:
   root = tmp_path / "CUB_200_2011"
-  for i, (path, _, _, (x, y, w, h)) in IMAGES.items():
-    if i == 6:
-      continue
+  for path, _, _, (x, y, w, h) in IMAGES.values():
     (root / "images" / path).parent.mkdir(parents=True, exist_ok=True)
     img = np.zeros((FH, FW, 3), np.uint8)
     img[int(y / 2):int((y + h) / 2), int(x / 2):int((x + w) / 2)] = 255  # the box is white
@@ -57,7 +55,8 @@ def test_splits_and_class_remapping(cub):
   train = CubFolder(cub, "train", annotation_scale=0.5)
   test = CubFolder(cub, "test", annotation_scale=0.5)
   assert isinstance(train, Source)
-  assert train.image_ids == ("1", "3", "5") and test.image_ids == ("2", "4")  # 6: no file
+  assert train.image_ids == ("1", "3", "5", "6") and test.image_ids == ("2", "4")
+  assert train.skipped == [] and test.skipped == []
   # "present": the classes of images.txt (3, 7, 9) -> 0, 1, 2.
   assert train.info.num_classes == 3
   assert train.info.class_names == ("003.C", "007.G", "009.I")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from runs import prepare as prepare_cli
 from xjax.data import tfds_data
 from xjax.data.source import DatasetInfo, Source
 from xjax.data.tfds_data import TfdsSource
-from xjax.errors import ConfigError, DataNotFoundError
+from xjax.errors import ConfigError, DataNotFoundError, UnreadableDataError
 
 MNIST_FILES = {
     "t10k-images-idx3-ubyte.gz": 1648877,
@@ -180,6 +181,32 @@ def test_celeba_and_cub_against_tfds_mock_data(monkeypatch):
     np.testing.assert_allclose(batch["bbox"][0], np.array([x0, y0, x1, y1]) * 224, rtol=1e-5)
 
 
+class _Broken:
+  """A data source whose records cannot be read, without array_record's inner data source."""
+
+  def __len__(self):
+    return 4
+
+  def __getitem__(self, key):
+    raise RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch\nmore detail")
+
+
+def test_unreadable_records_are_one_line(monkeypatch):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tfds_data, "_is_prepared", lambda builder: True)
+  monkeypatch.setattr(tfds_data, "_check_random_access", lambda builder: None)
+  monkeypatch.setattr(tfds_data, "_check_split", lambda *args: None)
+  with tfds.testing.mock_data(num_examples=4):
+    source = TfdsSource("mnist", "train", data_dir="/nonexistent")
+  source._source = _Broken()
+  with pytest.raises(UnreadableDataError) as err:
+    source.read_batch(np.array([1, 2]))
+  msg = str(err.value)
+  assert "\n" not in msg and isinstance(err.value, DataNotFoundError)
+  assert "a record file of split 'train'" in msg and "chunk data hash mismatch)" in msg
+  assert "python -m runs.prepare mnist --data_dir /nonexistent" in msg
+
+
 # ---------------------------------------------------------------- a prepared MNIST ($XJAX_TFDS_DIR)
 
 
@@ -245,3 +272,24 @@ def test_reading_does_not_import_tensorflow(mnist_dir):
                           timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "absent"])
+def test_mnist_damaged_record_file(mnist_dir, tmp_path, damage):
+  """A truncated or deleted array_record file: one line naming it and the command to redo it."""
+  version = tmp_path / "mnist" / "3.0.1"
+  version.mkdir(parents=True)
+  for name in ("dataset_info.json", "features.json"):
+    shutil.copy(mnist_dir / "mnist" / "3.0.1" / name, version / name)
+  record = version / "mnist-test.array_record-00000-of-00001"
+  if damage == "truncated":
+    data = (mnist_dir / "mnist" / "3.0.1" / record.name).read_bytes()
+    record.write_bytes(data[:len(data) // 2])
+  for in_memory in (True, False):
+    source = TfdsSource("mnist", "test", data_dir=tmp_path, in_memory=in_memory)
+    with pytest.raises(UnreadableDataError) as err:
+      source.read_batch(np.arange(9990, 10000))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert f"record file {record} is missing, truncated or corrupt" in msg
+    assert f"delete {version} and run `python -m runs.prepare mnist --data_dir {tmp_path}`" in msg

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from xjax.errors import XjaxError
 from xjax.train.checkpoint import load_params
 
 TINY = ["--config=runs/configs/shapes.py:smoke", "--config.data.options.num_examples=512",
@@ -141,3 +143,110 @@ def test_unknown_config_key_is_rejected(tmp_path):
   result = _train(tmp_path, "--config.train.epochz=3")
   assert result.returncode != 0 and "epochz" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+# SIGTERM lands at step 4, after the loop decided not to save that step (checkpoints every 5
+# steps): while the step's metrics are written, as a preemption notice does at any moment.
+SIGTERM_BETWEEN_CHECKPOINTS = """
+import os, signal, sys
+from xjax.train import report
+write = report.MetricWriter.write
+def write_then_term(self, step, metrics):
+  write(self, step, metrics)
+  if step == 4:
+    os.kill(os.getpid(), signal.SIGTERM)
+report.MetricWriter.write = write_then_term
+from runs import cli, train
+sys.argv = ["runs.train"] + sys.argv[1:]
+cli.run(train.main)
+"""
+
+# SIGKILL while the second checkpoint is being written (orbax writes in the background, into a
+# temporary folder renamed when complete).
+KILL_INSIDE_SECOND_SAVE = """
+import os, signal, sys
+from xjax.train import checkpoint
+save = checkpoint.RunCheckpoints.save
+def save_and_die_while_writing(self, *args):
+  if self.latest.latest_step() is not None:
+    save(self, *args)
+    os.kill(os.getpid(), signal.SIGKILL)
+  save(self, *args)
+checkpoint.RunCheckpoints.save = save_and_die_while_writing
+from runs import cli, train
+sys.argv = ["runs.train"] + sys.argv[1:]
+cli.run(train.main)
+"""
+
+
+def _latest_on_disk(workdir):
+  return max(int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir()
+             if p.name.isdigit())
+
+
+def test_sigterm_between_checkpoints_saves_the_step_it_names(plain, tmp_path):
+  stopped = _train(tmp_path, code=SIGTERM_BETWEEN_CHECKPOINTS)
+  assert stopped.returncode == 143, stopped.stderr[-3000:]
+  assert "SIGTERM: saved step 4" in stopped.stderr and "Traceback" not in stopped.stderr
+  assert _latest_on_disk(tmp_path) == 4
+  resumed = _train(tmp_path)
+  assert resumed.returncode == 0 and "Resuming from step 4" in resumed.stdout
+  _assert_trees_close(_params(tmp_path), _params(plain), rtol=1e-6, atol=1e-7)
+
+
+def test_sigkill_inside_a_save_leaves_the_previous_checkpoint_and_an_exact_resume(plain,
+                                                                                  tmp_path):
+  killed = _train(tmp_path, code=KILL_INSIDE_SECOND_SAVE)
+  assert killed.returncode == -9, killed.stderr[-3000:]
+  resumed = _train(tmp_path)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resuming from step 5" in resumed.stdout  # the half-written step 10 is not used
+  _assert_trees_close(_params(tmp_path), _params(plain), rtol=1e-6, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def killed_after_two_saves(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("killed")
+  killed = _train(workdir, code=KILL_AFTER_SECOND_SAVE)
+  assert killed.returncode == -9, killed.stderr[-3000:]
+  assert _latest_on_disk(workdir) == 10
+  return workdir
+
+
+def _truncate_largest_data_file(step_dir):
+  data = max((p for p in (step_dir / "state").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+
+
+CORRUPTIONS = {
+    "truncated data file": _truncate_largest_data_file,
+    "deleted manifest": lambda step_dir: (step_dir / "state" / "manifest.ocdbt").unlink(),
+    "corrupt JSON loop state": lambda step_dir: (step_dir / "loop" / "metadata").write_text(
+        '{"history": [{"epoch": 1, '),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_before(
+    plain, killed_after_two_saves, tmp_path, corruption):
+  workdir = tmp_path / "run"
+  shutil.copytree(killed_after_two_saves, workdir)
+  CORRUPTIONS[corruption](workdir / "checkpoints" / "latest" / "10")
+  resumed = _train(workdir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  output = resumed.stdout + resumed.stderr
+  warnings = [line for line in output.splitlines() if "is unreadable" in line]
+  assert len(warnings) == 1 and "step 10" in warnings[0], output[-3000:]
+  assert "Traceback" not in output and "Resuming from step 5" in resumed.stdout
+  assert (workdir / "checkpoints" / "latest" / "10.corrupt").is_dir()  # kept, not deleted
+  _assert_trees_close(_params(workdir), _params(plain), rtol=1e-6, atol=1e-7)
+
+
+def test_no_readable_checkpoint_is_one_line_naming_what_was_tried(plain, tmp_path):
+  shutil.copytree(plain, tmp_path / "run")
+  best = tmp_path / "run" / "checkpoints" / "best"
+  (next(p for p in best.iterdir() if p.name.isdigit()) / "state" / "manifest.ocdbt").unlink()
+  with pytest.raises(XjaxError, match=r"No readable checkpoint in .*best: tried step \d+"):
+    load_params(tmp_path / "run", "best")
+  assert any(p.name.endswith(".corrupt") for p in best.iterdir())

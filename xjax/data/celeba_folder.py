@@ -11,10 +11,15 @@ CelebA: Liu, Luo, Wang & Tang, "Deep Learning Face Attributes in the Wild", ICCV
                                    then `NNNNNN.jpg` and 10 ints, in pixels of the 178x218 image
   list_eval_partition.txt          optional; `NNNNNN.jpg 0|1|2` = train / validation / test
 
-Line endings may be LF or CRLF. Rows whose image file is missing are skipped. Without
-list_eval_partition.txt the kept rows are split by their order in list_attr_celeba.txt: the first
-80% train, the next 10% validation, the last 10% test (CelebA's official partition is also by file
-number: 162770 / 19867 / 19962 of 202599).
+Line endings may be LF or CRLF. Without list_eval_partition.txt the rows are split by their order
+in list_attr_celeba.txt: the first 80% train, the next 10% validation, the last 10% test (CelebA's
+official partition is also by file number: 162770 / 19867 / 19962 of 202599).
+
+A listed image that is absent, truncated or corrupt is an `UnreadableDataError` naming the file and
+its line in list_attr_celeba.txt (absent files at construction, undecodable ones when read), unless
+`skip_unreadable`: then every image of the split is decoded once at construction and the unreadable
+ones are left out (`skipped`). The split is made before, so skipping never moves an image to
+another split.
 """
 
 from __future__ import annotations
@@ -36,30 +41,38 @@ _LAYOUT = ("img_align_celeba/NNNNNN.jpg, list_attr_celeba.txt, and optionally "
            "list_landmarks_align_celeba.txt and list_eval_partition.txt")
 
 
-def _read_lines(path: pathlib.Path) -> list[str]:
-  return [line for line in path.read_text().splitlines() if line.strip()]
+def _read_lines(path: pathlib.Path) -> list[tuple[int, str]]:
+  """The non-blank lines of a text file, with their 1-based line numbers."""
+  return [(num, line) for num, line in enumerate(path.read_text().splitlines(), start=1)
+          if line.strip()]
 
 
-def _read_table(path: pathlib.Path, width: int | None) -> tuple[list[str], dict[str, list[int]]]:
-  """Parses a CelebA list file with a count line and a header: (header names, {file: values})."""
+def _read_table(path: pathlib.Path, width: int | None
+                ) -> tuple[list[str], dict[str, list[int]], dict[str, int]]:
+  """Parses a CelebA list file with a count line and a header.
+
+  Returns:
+    (header names, {file: values}, {file: its line number}).
+  """
   lines = _read_lines(path)
   if len(lines) < 2:
     raise DataNotFoundError(f"{path} is malformed: expected a count line, a header line and rows")
-  names = lines[1].split()
+  names = lines[1][1].split()
   width = len(names) if width is None else width
-  rows = {}
-  for num, line in enumerate(lines[2:], start=3):
+  rows, line_of = {}, {}
+  for num, line in lines[2:]:
     parts = line.split()
     if len(parts) != width + 1:
       raise DataNotFoundError(f"{path} line {num} is malformed: expected a file name and {width} "
                               f"values, got {line!r}")
     rows[parts[0]] = [int(v) for v in parts[1:]]
-  return names, rows
+    line_of[parts[0]] = num
+  return names, rows, line_of
 
 
 def _read_partition(path: pathlib.Path) -> dict[str, int]:
   out = {}
-  for num, line in enumerate(_read_lines(path), start=1):
+  for num, line in _read_lines(path):
     parts = line.split()
     if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
       raise DataNotFoundError(f"{path} line {num} is malformed: expected `NNNNNN.jpg 0|1|2`, "
@@ -84,11 +97,21 @@ class CelebAFolder:
       num_classes 2, class_names ("not_<name>", "<name>").
     cache: keep decoded images in memory after their first read; default: on when the split's
       decoded images take less than 1 GiB.
+    skip_unreadable: leave out the images of the split that are absent or do not decode (each is
+      decoded once here, JPEGs at 1/8 scale); they are listed in `skipped` as (file, reason), and
+      one line says how many. Off: such an image raises UnreadableDataError.
+
+  Raises:
+    ConfigError: an unknown split or attribute.
+    DataNotFoundError: the folder lacks the image folder or the attribute file, no listed image
+      is there, or a list file is malformed.
+    UnreadableDataError: a listed image of the split is absent (here) or does not decode (when
+      read), and `skip_unreadable` is off; the message names the file and its line.
   """
 
   def __init__(self, root: str | os.PathLike, split: str, *,
                image_size: tuple[int, int] | None = None, label_attribute: str | None = None,
-               cache: bool | None = None):
+               cache: bool | None = None, skip_unreadable: bool = False):
     self.root = pathlib.Path(root).expanduser()
     if split not in SPLITS:
       raise ConfigError(f"unknown CelebA split {split!r}; splits: {', '.join(SPLITS)}")
@@ -99,11 +122,11 @@ class CelebAFolder:
     if missing:
       raise DataNotFoundError(f"CelebA folder {self.root} lacks {', '.join(missing)}; expected "
                               f"under root: {_LAYOUT}")
-    names, attrs = _read_table(attr_path, None)
+    names, attrs, line_of = _read_table(attr_path, None)
     self.attribute_names = tuple(names)
     present = set(os.listdir(image_dir))
-    files = [f for f in attrs if f in present]  # dicts keep the file's row order
-    if not files:
+    files = list(attrs)  # dicts keep the file's row order
+    if not present.intersection(files):
       raise DataNotFoundError(f"no image of {attr_path.name} found in {image_dir}; expected under "
                               f"root: {_LAYOUT}")
     partition_path = self.root / "list_eval_partition.txt"
@@ -118,14 +141,30 @@ class CelebAFolder:
       part_of[: int(0.8 * n)] = 0
     if split != "all":
       files = [f for f, p in zip(files, part_of) if p == SPLITS.index(split)]
+    self.skipped: list[tuple[str, str]] = []
+    absent = [f for f in files if f not in present]
+    if absent and not skip_unreadable:
+      more = f"; {len(absent) - 1} more listed images are absent too" if len(absent) > 1 else ""
+      raise image_ops.unreadable_error(image_dir / absent[0], f"no such file{more}",
+                                       f"{attr_path.name} line {line_of[absent[0]]}")
+    if skip_unreadable:
+      reasons = dict.fromkeys(absent, "no such file")
+      kept = [f for f in files if f in present]
+      reasons.update((f, r) for f, r in zip(kept, image_ops.check_images(
+          [image_dir / f for f in kept])) if r is not None)
+      self.skipped = [(f, reasons[f]) for f in files if f in reasons]
+      files = [f for f in files if f not in reasons]
+      if self.skipped:
+        print(image_ops.skipped_line(self.root, self.skipped), flush=True)
     self.files = tuple(files)
+    self._lines = tuple(line_of[f] for f in files)
     self._attributes = (np.array([attrs[f] for f in files], dtype=np.int64)
                         .reshape(len(files), len(names)) > 0).astype(np.int8)
 
     landmarks_path = self.root / "list_landmarks_align_celeba.txt"
     self._landmarks = None
     if landmarks_path.exists():
-      _, marks = _read_table(landmarks_path, 2 * len(LANDMARK_NAMES))
+      _, marks, _ = _read_table(landmarks_path, 2 * len(LANDMARK_NAMES))
       lacking = [f for f in files if f not in marks]
       if lacking:
         raise DataNotFoundError(
@@ -143,7 +182,7 @@ class CelebAFolder:
     self.label_attribute = label_attribute
 
     if image_size is None:
-      image_size = image_ops.image_size_of(image_dir / files[0]) if files else ALIGNED_SIZE
+      image_size = self._first_size() if files else ALIGNED_SIZE
       self._resize = False
     else:
       self._resize = True
@@ -169,9 +208,23 @@ class CelebAFolder:
   def __len__(self) -> int:
     return len(self.files)
 
+  def _unreadable(self, i: int, error: BaseException) -> Exception:
+    return image_ops.unreadable_error(self.root / "img_align_celeba" / self.files[i],
+                                      image_ops.unreadable_reason(error),
+                                      f"list_attr_celeba.txt line {self._lines[i]}")
+
+  def _first_size(self) -> tuple[int, int]:
+    try:
+      return image_ops.image_size_of(self.root / "img_align_celeba" / self.files[0])
+    except image_ops.DECODE_ERRORS as e:
+      raise self._unreadable(0, e) from e
+
   def _load(self, i: int) -> np.ndarray:
     path = self.root / "img_align_celeba" / self.files[i]
-    image = image_ops.load_rgb(path)
+    try:
+      image = image_ops.load_rgb(path)
+    except image_ops.DECODE_ERRORS as e:
+      raise self._unreadable(i, e) from e
     if self._resize:
       return image_ops.resize_uint8(image, self.image_size)
     if image.shape[:2] != self.image_size:

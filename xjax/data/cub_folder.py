@@ -14,8 +14,12 @@ under `root` (the extracted CUB_200_2011/ folder):
   parts/part_locs.txt           `<image_id> <part_id> <x> <y> <visible>` in pixels; optional
 
 Boxes and parts are in pixels of the original images; `annotation_scale` converts them to the
-pixels of the files at hand (0.25 for the offline subset, whose images were downscaled by 4). Rows
-whose image file is missing are skipped.
+pixels of the files at hand (0.25 for the offline subset, whose images were downscaled by 4).
+
+A listed image that is absent, truncated or corrupt is an `UnreadableDataError` naming the file and
+its line in images.txt (absent files at construction, undecodable ones when read), unless
+`skip_unreadable`: then every image of the split is decoded once at construction and the unreadable
+ones are left out (`skipped`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,13 @@ _CHECK_SAMPLE, _CHECK_TOLERANCE, _CHECK_FRACTION = 256, 1.05, 0.05
 
 
 def _read_rows(path: pathlib.Path, maxsplit: int = -1) -> list[list[str]]:
-  return [line.split(maxsplit=maxsplit) for line in path.read_text().splitlines() if line.strip()]
+  return [parts for _, parts in _read_numbered(path, maxsplit)]
+
+
+def _read_numbered(path: pathlib.Path, maxsplit: int = -1) -> list[tuple[int, list[str]]]:
+  """The non-blank lines of a text file, split, with their 1-based line numbers."""
+  return [(num, line.split(maxsplit=maxsplit))
+          for num, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
 
 
 def _nice_scale(scale: float) -> float:
@@ -65,16 +75,23 @@ class CubFolder:
     classes: "present": the class ids in image_class_labels.txt for the images of images.txt, mapped
       to 0..K-1 in sorted order; "all": class_id - 1, with all classes of classes.txt (200).
     cache: keep decoded (cropped, resized) images in memory; default: on below 1 GiB.
+    skip_unreadable: leave out the images of the split that are absent or do not decode (each is
+      decoded once here, JPEGs at 1/8 scale); they are listed in `skipped` as (file, reason), and
+      one line says how many. Off: such an image raises UnreadableDataError.
 
   Raises:
     ConfigError: bad options, or an annotation_scale under which more than 5% of the (sampled)
       images have boxes reaching beyond 1.05 times their size; the message suggests a scale.
     DataNotFoundError: files missing under root.
+    UnreadableDataError: a listed image of the split is absent (here) or does not decode (when
+      read or sampled for the scale check), and `skip_unreadable` is off; the message names the
+      file and its line in images.txt.
   """
 
   def __init__(self, root: str | os.PathLike, split: str, *,
                image_size: tuple[int, int] = (224, 224), crop: str = "none",
-               annotation_scale: float = 1.0, classes: str = "present", cache: bool | None = None):
+               annotation_scale: float = 1.0, classes: str = "present", cache: bool | None = None,
+               skip_unreadable: bool = False):
     self.root = pathlib.Path(root).expanduser()
     if split not in SPLITS:
       raise ConfigError(f"unknown CUB split {split!r}; splits: {', '.join(SPLITS)}")
@@ -91,7 +108,9 @@ class CubFolder:
     self.split, self.crop, self.annotation_scale = split, crop, float(annotation_scale)
     self.image_size = (int(image_size[0]), int(image_size[1]))
 
-    paths = {r[0]: r[1] for r in _read_rows(self.root / "images.txt", 1)}
+    numbered = _read_numbered(self.root / "images.txt", 1)
+    paths = {r[0]: r[1] for _, r in numbered}
+    line_of = {r[0]: num for num, r in numbered}
     labels = {r[0]: int(r[1]) for r in _read_rows(self.root / "image_class_labels.txt")}
     is_train = {r[0]: r[1] == "1" for r in _read_rows(self.root / "train_test_split.txt")}
     boxes = {r[0]: [float(v) for v in r[1:5]] for r in _read_rows(self.root / "bounding_boxes.txt")}
@@ -110,13 +129,30 @@ class CubFolder:
     self.classes = classes
     class_names = tuple(class_rows.get(c, str(c)) for c in class_ids)
 
-    ids = [i for i in paths if (self.root / "images" / paths[i]).is_file()]
-    if not ids:
-      raise DataNotFoundError(f"no image of images.txt found under {self.root / 'images'}; "
-                              f"expected under root: {_LAYOUT}")
+    image_dir = self.root / "images"
+    ids = list(paths)
     if split != "all":
       ids = [i for i in ids if is_train[i] == (split == "train")]
+    absent = [i for i in ids if not (image_dir / paths[i]).is_file()]
+    if len(absent) == len(ids) and not any((image_dir / p).is_file() for p in paths.values()):
+      raise DataNotFoundError(f"no image of images.txt found under {image_dir}; "
+                              f"expected under root: {_LAYOUT}")
+    self.skipped: list[tuple[str, str]] = []
+    if absent and not skip_unreadable:
+      more = f"; {len(absent) - 1} more listed images are absent too" if len(absent) > 1 else ""
+      raise image_ops.unreadable_error(image_dir / paths[absent[0]], f"no such file{more}",
+                                       f"images.txt line {line_of[absent[0]]}")
+    if skip_unreadable:
+      reasons = dict.fromkeys(absent, "no such file")
+      kept = [i for i in ids if i not in reasons]
+      reasons.update((i, r) for i, r in zip(kept, image_ops.check_images(
+          [image_dir / paths[i] for i in kept])) if r is not None)
+      self.skipped = [(paths[i], reasons[i]) for i in ids if i in reasons]
+      ids = [i for i in ids if i not in reasons]
+      if self.skipped:
+        print(image_ops.skipped_line(self.root, self.skipped), flush=True)
     self.image_ids = tuple(ids)
+    self._lines = tuple(line_of[i] for i in ids)
     self.files = tuple(paths[i] for i in ids)
     n = len(ids)
     self._labels = np.array([to_label[labels[i]] for i in ids], dtype=np.int32).reshape(n)
@@ -153,9 +189,17 @@ class CubFolder:
                             class_names=class_names, part_names=self.part_names, fields=fields)
     self._cache = image_ops.ImageCache(n, shape, image_ops.cache_enabled(cache, n, shape))
 
+  def _unreadable(self, k: int, error: BaseException) -> Exception:
+    return image_ops.unreadable_error(self.root / "images" / self.files[k],
+                                      image_ops.unreadable_reason(error),
+                                      f"images.txt line {self._lines[k]}")
+
   def _size(self, k: int) -> np.ndarray:
     if not self._sizes[k, 0]:
-      self._sizes[k] = image_ops.image_size_of(self.root / "images" / self.files[k])
+      try:
+        self._sizes[k] = image_ops.image_size_of(self.root / "images" / self.files[k])
+      except image_ops.DECODE_ERRORS as e:
+        raise self._unreadable(k, e) from e
     return self._sizes[k]
 
   def _check_scale(self) -> None:
@@ -191,7 +235,10 @@ class CubFolder:
     return (x0, y0), (out_w / (x1 - x0), out_h / (y1 - y0)), (x0, y0, x1, y1)
 
   def _load(self, k: int) -> np.ndarray:
-    image = image_ops.load_rgb(self.root / "images" / self.files[k])
+    try:
+      image = image_ops.load_rgb(self.root / "images" / self.files[k])
+    except image_ops.DECODE_ERRORS as e:
+      raise self._unreadable(k, e) from e
     self._sizes[k] = image.shape[:2]
     _, _, (x0, y0, x1, y1) = self._window(k)
     return image_ops.resize_uint8(image[y0:y1, x0:x1], self.image_size)

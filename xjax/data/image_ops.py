@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import pathlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from xjax.errors import UnreadableDataError
 
 # Decoded caches larger than this are off by default (the sources' `cache=None`).
 DEFAULT_CACHE_BYTES = 1 << 30
+# What PIL raises for a missing, truncated or corrupt file (UnidentifiedImageError is an OSError).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# The setting that skips unreadable images, as the error messages name it.
+SKIP_OPTION = "data.skip_unreadable=True"
 
 
 def load_rgb(path: str | pathlib.Path) -> np.ndarray:
@@ -29,6 +36,55 @@ def image_size_of(path: str | pathlib.Path) -> tuple[int, int]:
   with Image.open(path) as img:
     w, h = img.size
   return h, w
+
+
+def unreadable_reason(error: BaseException) -> str:
+  """A short one-line reason for a decoding error (PIL's own messages may repeat the path)."""
+  if isinstance(error, FileNotFoundError):
+    return "no such file"
+  if isinstance(error, UnidentifiedImageError):
+    return "not an image file PIL can identify"
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else type(error).__name__
+
+
+def check_image(path: str | pathlib.Path) -> str | None:
+  """None if the image file decodes, else the reason (`unreadable_reason`).
+
+  JPEGs are decoded at 1/8 scale (PIL's draft mode), which still reads every byte of the file, so a
+  truncated or corrupt one fails as it would at full size, at a fraction of the cost.
+  """
+  try:
+    with Image.open(path) as img:
+      img.draft("RGB", (1, 1))
+      img.load()
+  except DECODE_ERRORS as e:
+    return unreadable_reason(e)
+  return None
+
+
+def check_images(paths: Sequence[str | pathlib.Path], num_threads: int = 8) -> list[str | None]:
+  """`check_image` of every path, in order, decoded by `num_threads` threads."""
+  with ThreadPoolExecutor(max_workers=num_threads) as pool:
+    return list(pool.map(check_image, paths))
+
+
+def unreadable_error(path: str | pathlib.Path, reason: str, listed_at: str) -> UnreadableDataError:
+  """The one-line error for an image file that cannot be read.
+
+  Args:
+    path: the image file.
+    reason: why it cannot be read, e.g. from `unreadable_reason`.
+    listed_at: the annotation line that lists it, e.g. "images.txt line 56".
+  """
+  return UnreadableDataError(f"cannot read image {path}: {reason} (listed at {listed_at}); restore "
+                             f"the file, or set {SKIP_OPTION} to skip unreadable images")
+
+
+def skipped_line(root: str | pathlib.Path, skipped: Sequence[tuple[str, str]]) -> str:
+  """The line a source prints after skipping unreadable images: how many, where, the first."""
+  file, reason = skipped[0]
+  return f"skipped {len(skipped)} unreadable images in {root} (first: {file}: {reason})"
 
 
 def resize_uint8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 
 from xjax.data import image_ops
 from xjax.data.source import DatasetInfo
-from xjax.errors import ConfigError, DataNotFoundError
+from xjax.errors import ConfigError, DataNotFoundError, UnreadableDataError
 
 SUPPORTED = ("mnist", "fashion_mnist", "cifar10", "celeb_a", "caltech_birds2011")
 
@@ -56,6 +56,8 @@ _LOCAL_ALTERNATIVE = {
         "bounding_boxes.txt, classes.txt, parts/)"),
 }
 _CUB_DEFAULT_SIZE = (224, 224)
+# What a damaged or missing array_record file raises when read (riegeli: RuntimeError).
+_READ_ERRORS = (RuntimeError, OSError, ValueError)
 # Modules TFDS's builders import lazily while preparing (module, pip package); checked up front so
 # that a missing one fails before TFDS extracts gigabytes. TensorFlow: all of them.
 _PREPARE_NEEDS = {
@@ -244,6 +246,12 @@ class TfdsSource:
       caltech_birds2011 needs it (its images vary in size; default (224, 224)).
     in_memory: decode the whole split into uint8 arrays on first use and serve batches from memory.
       Default: True for mnist, fashion_mnist and cifar10, False (decode each batch) otherwise.
+
+  Raises:
+    ConfigError: an unknown dataset or split, or data prepared without random access.
+    DataNotFoundError: the dataset is not prepared in the data dir.
+    UnreadableDataError: (from `read_batch`) a record file of the split is missing, truncated or
+      corrupt; the message names it and the command that prepares the dataset again.
   """
 
   def __init__(self, name: str, split: str, *, data_dir: str | os.PathLike | None = None,
@@ -262,6 +270,7 @@ class TfdsSource:
           not_prepared_message(name, self.data_dir, os.fspath(builder.data_path)))
     _check_random_access(builder)
     _check_split(name, split, tuple(builder.info.splits.keys()))
+    self._data_path = os.fspath(builder.data_path)
     self.info = self._make_info(builder.info.features)
     self._source = None
     self._memory: dict[str, np.ndarray] | None = None
@@ -321,11 +330,38 @@ class TfdsSource:
     """Reads records with the data source's batched access; maps them to the contract's fields."""
     ds = self._data_source()
     keys = [int(i) for i in indices]
-    if hasattr(ds, "__getitems__"):
-      records = ds.__getitems__(keys)
-    else:
-      records = [ds[k] for k in keys]
+    try:
+      if hasattr(ds, "__getitems__"):
+        records = ds.__getitems__(keys)
+      else:
+        records = [ds[k] for k in keys]
+    except _READ_ERRORS as e:
+      raise self._unreadable(keys, e) from e
     return records_to_batch(self.name, records, indices, self.info)
+
+  def _unreadable(self, keys: list[int], error: BaseException) -> UnreadableDataError:
+    """The one-line error for a failed read: the record file that fails, and how to redo it."""
+    ds = self._data_source()
+    for key in keys:  # read one by one to find the record that fails (the batch read does not say)
+      try:
+        ds[key]
+      except _READ_ERRORS as e:
+        error = e
+        break
+    else:
+      key = keys[0] if keys else None
+    try:  # array_record's data source, behind TFDS's, knows the file of each record
+      inner = ds.data_source
+      where = f"record file {inner._paths[inner._reader_idx_and_position(key)[0]]}"
+    except (AttributeError, IndexError, TypeError, ValueError):
+      where = f"a record file of split {self.split!r} in {self._data_path}"
+    lines = str(error).strip().splitlines()
+    reason = lines[0] if lines else type(error).__name__
+    return UnreadableDataError(
+        f"cannot read TFDS dataset {self.name!r}: {where} is missing, truncated or corrupt "
+        f"({reason}); prepare the dataset again: delete {self._data_path} and run `python -m "
+        f"runs.prepare {self.name} --data_dir {self.data_dir}` (with --manual_dir DIR if it was "
+        f"prepared from local files)")
 
   def __getstate__(self) -> dict[str, Any]:
     # Picklable for multiprocess loaders: workers reopen the data source and reload their memory.

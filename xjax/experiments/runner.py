@@ -23,7 +23,13 @@ from xjax.errors import ConfigError
 from xjax.experiments.protocol import Protocol, Run, TrainedRun
 from xjax.plot.curves import plot_training_curves
 from xjax.train import report
-from xjax.train.loop import build_model, check_config, load_sources, train_and_evaluate
+from xjax.train.loop import (
+  build_model,
+  check_config,
+  load_sources,
+  skipped_images,
+  train_and_evaluate,
+)
 
 
 def copy_config(config: ml_collections.ConfigDict, **updates) -> ml_collections.ConfigDict:
@@ -119,6 +125,9 @@ def run_experiment(protocol: Protocol, config: ml_collections.ConfigDict,
   runs = {name: public(result) for name, result in analysed.items()}
   checks = protocol.checks(config, runs)
   results = {**protocol.header(config, runs), **runs, "checks": checks}
+  if config.data.get("skip_unreadable"):
+    results["skipped_unreadable_images"] = {split: len(skipped_images(source))
+                                            for split, source in sources.items()}
   report.write_json(workdir / "results.json", results)
   (workdir / "results.md").write_text(results_markdown(protocol, config, runs, checks))
   protocol.figures(config, analysed, sources, workdir / "figures")

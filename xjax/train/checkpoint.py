@@ -9,6 +9,7 @@ checkpoint intact.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,49 @@ def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _reason(error: BaseException) -> str:
+  """The first line of an exception's message, shortened (orbax's run to pages)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  text = lines[0] if lines else ""
+  return f"{type(error).__name__}: {text[:120]}{'...' if len(text) > 120 else ''}"
+
+
+def restore_newest(manager: ocp.CheckpointManager, directory: Path,
+                   restore: Callable[[int], Any], log: Callable[[str], None] = print
+                   ) -> tuple[int | None, Any]:
+  """`(step, restore(step))` of the newest readable checkpoint of `manager`; `(None, None)` if
+  there is none.
+
+  A checkpoint that cannot be read (a data file truncated by a full disk, a missing manifest, a
+  corrupt JSON item) is moved aside to `<step>.corrupt` (never deleted), said in one line, and the
+  previous one is tried.
+
+  Raises:
+    CheckpointMismatchError: a checkpoint that is readable but does not fit the model.
+    XjaxError: checkpoints exist but none is readable (the message lists what was tried).
+  """
+  tried = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, restore(step)
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # orbax, tensorstore and json raise many kinds for a damaged file
+      aside = directory / f"{step}.corrupt"
+      suffix = 1
+      while aside.exists():
+        aside, suffix = directory / f"{step}.corrupt{suffix}", suffix + 1
+      (directory / str(step)).rename(aside)
+      manager.reload()
+      tried.append(f"step {step} ({_reason(e)})")
+      log(f"warning: the checkpoint of step {step} in {directory} is unreadable "
+          f"({_reason(e)}); moved it to {aside.name}, trying the one before it.")
+  if tried:
+    raise XjaxError(f"No readable checkpoint in {directory}: tried {'; '.join(tried)}. Each was "
+                    f"moved aside as <step>.corrupt; start again in a new workdir.")
+  return None, None
+
+
 class RunCheckpoints:
   """The `latest` and `best` checkpoint managers of one workdir."""
 
@@ -78,21 +122,32 @@ class RunCheckpoints:
         state=ocp.args.StandardSave(state), metrics=ocp.args.JsonSave(metrics)), force=True)
 
   def restore(self, like: TrainState) -> tuple[TrainState, dict, dict]:
-    """The newest `latest` checkpoint, restored with the shardings of `like`."""
-    step = self.latest.latest_step()
-    check_fits(like, self.latest.item_metadata(step)["state"], self.latest_dir / str(step))
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(like)), data=ocp.args.JsonRestore(),
-        loop=ocp.args.JsonRestore()))
-    return restored["state"], restored["data"], restored["loop"]
+    """The newest readable `latest` checkpoint, restored with the shardings of `like`
+    (unreadable ones are moved aside: `restore_newest`)."""
+
+    def read(step: int):
+      check_fits(like, self.latest.item_metadata(step)["state"], self.latest_dir / str(step))
+      restored = self.latest.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(like)), data=ocp.args.JsonRestore(),
+          loop=ocp.args.JsonRestore()))
+      if not isinstance(restored["loop"], dict) or not isinstance(restored["data"], dict):
+        raise ValueError("the loop or data state is not a JSON object")
+      return restored["state"], restored["data"], restored["loop"]
+
+    step, restored = restore_newest(self.latest, self.latest_dir, read)
+    if step is None:
+      raise XjaxError(f"No checkpoint in {self.latest_dir} to resume from.")
+    return restored
 
   def restore_best(self, like: TrainState) -> TrainState | None:
-    step = self.best.latest_step()
-    if step is None:
-      return None
-    check_fits(like, self.best.item_metadata(step)["state"], self.best_dir / str(step))
-    return self.best.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(like))))["state"]
+    """The newest readable `best` checkpoint, or None when there is none."""
+
+    def read(step: int):
+      check_fits(like, self.best.item_metadata(step)["state"], self.best_dir / str(step))
+      return self.best.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(like))))["state"]
+
+    return restore_newest(self.best, self.best_dir, read)[1]
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -115,13 +170,17 @@ def load_params(workdir: str | Path, which: str = "best") -> dict[str, Any]:
     manager = ocp.CheckpointManager(root / name, item_handlers={
         "state": ocp.StandardCheckpointHandler(), **{k: ocp.JsonCheckpointHandler()
                                                      for k in ("data", "loop", "metrics")}})
-    step = manager.latest_step()
-    if step is not None:
+
+    def read(step: int, manager=manager):
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                             manager.item_metadata(step)["state"].tree)
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))
+      return manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))["state"]
+
+    try:
+      step, restored = restore_newest(manager, root / name, read)
+    finally:
       manager.close()
-      return jax.device_get(restored["state"])
-    manager.close()
+    if step is not None:
+      return jax.device_get(restored)
   raise XjaxError(f"No checkpoint under {root}: train a model in this workdir first.")

@@ -99,11 +99,19 @@ class TrainHooks:
 def load_sources(data: ml_collections.ConfigDict, splits=("train", "validation", "test")):
   """The sources of `config.data` by split, with the derived task of `data.task` if it has one."""
   options = dict(data.get("options", {}))
+  if data.get("skip_unreadable"):  # only the local folders take it
+    options["skip_unreadable"] = True
   task = dict(data.get("task") or {})
   return {split: tasks.apply_task(registry.get_source(
       data.name, split, data_dir=data.get("data_dir"),
       validation_fraction=data.get("validation_fraction", 0.1), **options), **task)
           for split in splits}
+
+
+def skipped_images(source) -> list:
+  """The (file, reason) of the images `source` skipped as unreadable (`data.skip_unreadable`)."""
+  return list(getattr(source, "skipped", None) or getattr(getattr(source, "source", None),
+                                                          "skipped", None) or [])
 
 
 def build_model(config: ml_collections.ConfigDict, info) -> Any:
@@ -275,6 +283,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   # ---------------------------------------------------------------- loop
   step_metrics: list[dict] = []
+
+  def flush_metrics(step: int) -> None:
+    """The mean train metrics since the last flush into the loop state and metrics.jsonl."""
+    nonlocal step_metrics
+    logged = _mean_metrics(step_metrics)
+    loop["epoch_logs"].append({**logged, "steps": len(step_metrics)})
+    step_metrics = []
+    if not np.isfinite(logged["loss"]):
+      ckpt.wait()
+      raise XjaxError(f"The training loss became {logged['loss']} at step {step}; the last "
+                      f"good checkpoint is step {ckpt.latest_step()} in {ckpt.latest_dir}. "
+                      f"Lower the learning rate or check the data for NaNs.")
+    bar.set_postfix(loss=f"{logged['loss']:.4f}", acc=f"{logged['accuracy']:.3f}")
+    if writer:
+      writer.write(step, {"epoch": step / steps_per_epoch,
+                          **{f"train/{k}": v for k, v in logged.items()}})
+
   loop.setdefault("epoch_logs", [])  # this epoch's logged train metrics, kept across a resume
   started = time.time() - loop["train_seconds"]
   bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
@@ -293,18 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       saving = end_of_epoch or step % tc.checkpoint_every_steps == 0 or sigterm.raised
       # Metrics are flushed into the loop state before every save, so a resumed run loses none.
       if step % tc.log_every_steps == 0 or saving:
-        logged = _mean_metrics(step_metrics)
-        loop["epoch_logs"].append({**logged, "steps": len(step_metrics)})
-        step_metrics = []
-        if not np.isfinite(logged["loss"]):
-          ckpt.wait()
-          raise XjaxError(f"The training loss became {logged['loss']} at step {step}; the last "
-                          f"good checkpoint is step {ckpt.latest_step()} in {ckpt.latest_dir}. "
-                          f"Lower the learning rate or check the data for NaNs.")
-        bar.set_postfix(loss=f"{logged['loss']:.4f}", acc=f"{logged['accuracy']:.3f}")
-        if writer:
-          writer.write(step, {"epoch": step / steps_per_epoch,
-                              **{f"train/{k}": v for k, v in logged.items()}})
+        flush_metrics(step)
       if end_of_epoch:
         epoch = step // steps_per_epoch
         val = evaluate(eval_step, state.variables, sources["validation"], config, mesh)
@@ -336,10 +350,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         tqdm.write(f"epoch {epoch}: train loss {train_means['loss']:.4f} acc "
                    f"{train_means['accuracy']:.4f} | validation loss {val['loss']:.4f} acc "
                    f"{val['accuracy']:.4f}")
-      if saving:
+      # SIGTERM can land at any moment of the step (in the evaluation too), after `saving` was
+      # decided: the flag is read once, here, and a set flag saves this step whatever was decided.
+      stop = sigterm.raised
+      if saving or stop:
+        if step_metrics:
+          flush_metrics(step)
         loop["train_seconds"] = time.time() - started
         save()
-      if sigterm.raised:
+      if stop:
         ckpt.wait()
         bar.close()
         raise Interrupted(f"SIGTERM: saved step {step} in {ckpt.latest_dir}; run the same "
@@ -364,6 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       "test_params": test_params,
       "train_seconds": loop["train_seconds"], "num_devices": mesh.size,
       "num_params": models.count_params(state.params), "history": history,
+      "skipped_unreadable_images": {split: len(skipped_images(source))
+                                    for split, source in sources.items()},
       **hooks.results(loop),
   }
   if is_main:
