@@ -12,6 +12,11 @@ the optimizer in optax's partitioned transform (`optax.multi_transform`): the fr
 `optax.set_to_zero()`, so they are never updated and carry no optimizer state (no Adam moments), and
 `keep_frozen` puts their exact previous values back after the update, so they stay bit-identical to
 the checkpoint they came from (x + 0.0 would turn a -0.0 weight into +0.0).
+
+Freezing fixes the parameters and the BatchNorm statistics, not the mode the frozen network runs
+in: the train step applies the whole model with `train=True`. A module that wraps a frozen
+network should call it with `train=False` (running statistics, no dropout), so that the new
+modules learn on the features they will see at evaluation.
 """
 
 from __future__ import annotations
