@@ -250,3 +250,16 @@ def test_no_readable_checkpoint_is_one_line_naming_what_was_tried(plain, tmp_pat
   with pytest.raises(XjaxError, match=r"No readable checkpoint in .*best: tried step \d+"):
     load_params(tmp_path / "run", "best")
   assert any(p.name.endswith(".corrupt") for p in best.iterdir())
+
+
+def test_a_corrupt_final_checkpoint_retrains_its_steps_and_saves_the_best_again(plain, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(plain, workdir)
+  newest = _latest_on_disk(workdir)
+  _truncate_largest_data_file(workdir / "checkpoints" / "latest" / str(newest))
+  resumed = _train(workdir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Traceback" not in resumed.stderr and "is unreadable" in resumed.stdout
+  _assert_trees_close(_params(workdir), _params(plain), rtol=1e-6, atol=1e-7)
+  _assert_trees_close(load_params(workdir, "best")["params"], load_params(plain, "best")["params"],
+                      rtol=1e-6, atol=1e-7)

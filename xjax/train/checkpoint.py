@@ -9,6 +9,9 @@ checkpoint intact.
 
 from __future__ import annotations
 
+import logging
+import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,45 @@ def _reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[:120]}{'...' if len(text) > 120 else ''}"
 
 
+def _quiet_abandoned_reads() -> None:
+  """Drops the "Event loop is closed" reports of orbax's abandoned reads (from here on).
+
+  When a read of a damaged checkpoint fails, TensorStore still completes the other reads of that
+  restore, on its own threads, whose callbacks find orbax's event loop closed, and the failed
+  reads that nobody awaits any more are collected later; each is reported through
+  `sys.unraisablehook` as a traceback (18 of them for one deleted manifest). They say nothing the
+  one-line warning does not, so those two kinds are filtered out; all else is printed.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "quiet_abandoned_reads", False):
+    return
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    frames = traceback.walk_tb(unraisable.exc_traceback)
+    if any("orbax" in frame.f_code.co_filename for frame, _ in frames):
+      return  # a read of the damaged checkpoint that nobody waits for any more
+    previous(unraisable)
+
+  hook.quiet_abandoned_reads = True
+  sys.unraisablehook = hook
+
+
+def _never_retrieved(record: logging.LogRecord) -> bool:
+  """A logging filter: False for asyncio's "Task exception was never retrieved" reports."""
+  return not str(record.msg).startswith("Task exception was never retrieved")
+
+
+def _quiet_failed_reads() -> None:
+  """After a failed restore: its unfinished read tasks, collected later, are not reported
+  (asyncio logs each with a traceback; the one-line warning has said what failed)."""
+  logger = logging.getLogger("asyncio")
+  if _never_retrieved not in logger.filters:
+    logger.addFilter(_never_retrieved)
+
+
 def restore_newest(manager: ocp.CheckpointManager, directory: Path,
                    restore: Callable[[int], Any], log: Callable[[str], None] = print
                    ) -> tuple[int | None, Any]:
@@ -69,6 +111,7 @@ def restore_newest(manager: ocp.CheckpointManager, directory: Path,
     CheckpointMismatchError: a checkpoint that is readable but does not fit the model.
     XjaxError: checkpoints exist but none is readable (the message lists what was tried).
   """
+  _quiet_abandoned_reads()  # (they may come while the failing restore is still running)
   tried = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
@@ -76,6 +119,7 @@ def restore_newest(manager: ocp.CheckpointManager, directory: Path,
     except CheckpointMismatchError:
       raise
     except Exception as e:  # orbax, tensorstore and json raise many kinds for a damaged file
+      _quiet_failed_reads()
       aside = directory / f"{step}.corrupt"
       suffix = 1
       while aside.exists():
@@ -118,6 +162,8 @@ class RunCheckpoints:
 
   def save_best(self, state: TrainState, metrics: dict) -> None:
     step = int(jax.device_get(state.step))
+    if step in self.best.all_steps():  # a run resumed from before it: the same step, again
+      self.best.delete(step)
     self.best.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), metrics=ocp.args.JsonSave(metrics)), force=True)
 

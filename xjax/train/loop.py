@@ -358,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
           flush_metrics(step)
         loop["train_seconds"] = time.time() - started
         save()
-      if stop:
+      if stop or (saving and sigterm.raised):  # (a signal during the save: this step is saved)
         ckpt.wait()
         bar.close()
         raise Interrupted(f"SIGTERM: saved step {step} in {ckpt.latest_dir}; run the same "
