@@ -60,8 +60,7 @@ def load_run(workdir: str | Path, split: str = "test", which: str = "best") -> L
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   source = load_sources(config.data, splits=(split,))[split]
   model = build_model(config, source.info)
-  state = checkpoint.load_params(workdir, which)
-  variables = {"params": state["params"], **state.get("model_state", {})}
+  variables = checkpoint.load_variables(workdir, which)
   expected = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
                             jax.ShapeDtypeStruct((1, *source.info.image_shape), jnp.float32))
   checkpoint.check_fits({"params": expected["params"]}, {"params": variables["params"]},

@@ -73,8 +73,7 @@ class TrainedRun:
     was tested with (`train.test_params`)."""
     if which is None:
       which = "best" if self.config.train.get("test_params", "best") == "best" else "latest"
-    state = checkpoint.load_params(self.workdir, which)
-    return {"params": state["params"], **state.get("model_state", {})}
+    return checkpoint.load_variables(self.workdir, which)
 
 
 class Protocol:

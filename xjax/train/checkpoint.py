@@ -230,3 +230,9 @@ def load_params(workdir: str | Path, which: str = "best") -> dict[str, Any]:
     if step is not None:
       return jax.device_get(restored)
   raise XjaxError(f"No checkpoint under {root}: train a model in this workdir first.")
+
+
+def load_variables(workdir: str | Path, which: str = "best") -> dict[str, Any]:
+  """The Flax variables of a workdir's `which` checkpoint: `{"params": ..., **model_state}`."""
+  state = load_params(workdir, which)
+  return {"params": state["params"], **state.get("model_state", {})}
