@@ -23,6 +23,7 @@ import numpy as np
 
 from xjax.data.celeba_folder import CelebAFolder
 from xjax.data.cub_folder import CubFolder
+from xjax.data.padding import Padded
 from xjax.data.shapes import ShapesSource
 from xjax.data.source import DatasetInfo, Source
 from xjax.data.tfds_data import TfdsSource
@@ -95,7 +96,9 @@ def get_source(name: str, split: str, *, data_dir: str | None = None,
     split: one of `SPLITS`.
     data_dir: the TFDS data directory (TFDS datasets only).
     validation_fraction: the share of the train split held out where there is no validation split.
-    **options: passed to the source: e.g. `image_size`, `num_examples`, `seed`, `root`.
+    **options: passed to the source: e.g. `image_size`, `num_examples`, `seed`, `root`; and
+      `pad_to`, for every dataset: pad the images with black to `pad_to` x `pad_to`
+      (`xjax.data.padding`; MNIST on the 32x32 input of the DSP 2018 tutorial network).
 
   Returns:
     A `Source`.
@@ -104,6 +107,10 @@ def get_source(name: str, split: str, *, data_dir: str | None = None,
     ConfigError: an unknown dataset, split or option (listing the valid ones).
     DataNotFoundError: the data is not there.
   """
+  pad_to = options.pop("pad_to", None)
+  if pad_to is not None:
+    return Padded(get_source(name, split, data_dir=data_dir,
+                             validation_fraction=validation_fraction, **options), pad_to)
   make = DATASETS[name]
   if split not in SPLITS:
     raise ConfigError(f"Unknown split {split!r}; expected one of {SPLITS}.")
