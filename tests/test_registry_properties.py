@@ -36,16 +36,27 @@ LOSS_TERM_OPTIONS = {  # the options each term needs on the inputs of `loss_inpu
     "l2": {},
     "block_l1": {"num_classes": CLASSES},
     "xnet_drop": {"categories": (0, 1, 2)},
+    "contrastive_divergence": {},
+    "reconstruction": {},
+    "adversarial": {"generator_weight": 0.5},
 }
 
 
 def loss_inputs(seed: int):
-  """(params, logits, intermediates, batch) of a tiny network: a dense layer and an XNet head."""
+  """(params, logits, intermediates, batch) of a tiny network: a dense layer and an XNet head.
+
+  The intermediates also hold what the generative models give their terms in training mode (the
+  RBM's free energies, the adversarial autoencoder's errors and discriminator logits).
+  """
   rng = np.random.default_rng(seed)
   normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
   params = {"dense1": {"kernel": normal(6, CLASSES), "bias": normal(CLASSES)},
             "head": {"output": {"kernel": normal(3, CLASSES), "bias": normal(CLASSES)}}}
-  intermediates = {"features": normal(BATCH, 6), "xnet_hidden": jax.nn.relu(normal(BATCH, 3))}
+  intermediates = {"features": normal(BATCH, 6), "xnet_hidden": jax.nn.relu(normal(BATCH, 3)),
+                   **{name: normal(BATCH) for name in (
+                       "free_energy_data", "free_energy_sample", "discriminator_real_logits",
+                       "discriminator_fake_logits", "generator_logits")},
+                   "reconstruction_error": jnp.square(normal(BATCH))}
   batch = {"label": jnp.asarray(rng.integers(0, CLASSES, BATCH), jnp.int32),
            "attributes": jnp.asarray(np.eye(3, dtype=np.int8)[np.arange(BATCH) % 3])}
   return params, normal(BATCH, CLASSES), intermediates, batch
@@ -101,6 +112,9 @@ MODEL_EXAMPLES = {  # name -> (fields of a small instance, image shape)
     "vgg": ({"config": (4, "M", 8), "dense": (8,)}, (8, 8, 3)),
     "xnet": ({"backbone": "mlp", "backbone_options": {"hidden": (8,)}, "num_neurons": 3},
              (8, 8, 3)),
+    "gaussian_rbm": ({"num_hidden": 5}, (8, 8, 3)),
+    "adversarial_autoencoder": ({"code_size": 2, "hidden": (8,), "image_shape": (8, 8, 3)},
+                                (8, 8, 3)),
 }
 
 
@@ -119,7 +133,14 @@ def test_model_applies_under_jit_with_its_declared_intermediates(name):
       lambda path, leaf: jnp.asarray(1.0 + rng.uniform(size=leaf.shape) if "var" in str(path[-1])
                                      else 0.3 * rng.normal(size=leaf.shape), leaf.dtype), shapes)
   logits, intermediates = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
-  assert logits.shape == (2, CLASSES) and np.all(np.isfinite(logits))
+  if getattr(type(model), "GENERATIVE", False):
+    # A generative model has no classes: its logits are per example (a log-density, a code), and
+    # its per-example loss is what the eval step averages.
+    assert logits.shape[0] == 2 and np.all(np.isfinite(logits))
+    assert intermediates["example_loss"].shape == (2,)
+    assert np.all(np.isfinite(intermediates["example_loss"]))
+  else:
+    assert logits.shape == (2, CLASSES) and np.all(np.isfinite(logits))
   declared = type(model).INTERMEDIATES
   assert "features" in declared and set(declared) <= set(intermediates)
   assert intermediates["features"].shape[0] == 2

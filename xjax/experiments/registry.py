@@ -12,7 +12,8 @@ from xjax.registry import Registry
 
 EXPERIMENTS = Registry("experiment", modules=("xjax.experiments.xnet",
                                               "xjax.experiments.separable",
-                                              "xjax.experiments.tour"))
+                                              "xjax.experiments.tour",
+                                              "xjax.experiments.maximize"))
 
 
 def get_experiment(name: str) -> Protocol:

@@ -23,7 +23,10 @@ names they reproduce, and are registered in `COMPOSITES` by name:
 * `epsilon_plus_flat`: the same with the flat rule on the first layer;
 * `epsilon_alpha2_beta1`: alpha2-beta1 on convolutions, epsilon on dense layers;
 * `epsilon_gamma_box(low, high)`: z^B first, gamma on convolutions, epsilon on dense layers
-  (Montavon et al. 2019, "Layer-wise relevance propagation: an overview").
+  (Montavon et al. 2019, "Layer-wise relevance propagation: an overview");
+* `alpha1_beta0`, `alpha2_beta1`, `alpha3_beta2`: alpha-beta on every layer, the input layer
+  too, biases ignored: the three rules of Montavon, Samek, Mueller (DSP 2018, Sec. 5.1) as its
+  heatmapping.org tutorial computes them (the figures comparing them, Sec. 4.4 of the report).
 """
 
 from __future__ import annotations
@@ -145,6 +148,18 @@ def epsilon_gamma_box(low: Any = 0.0, high: Any = 1.0, gamma: float = 0.25,
   return first_of(first_layer(rules.ZBox(low, high)),
                   by_kind(conv=rules.Gamma(gamma), dense=rules.Epsilon(epsilon)))
 
+
+def _alpha_beta(alpha: float, beta: float):
+  def make() -> ByKind:
+    return uniform(rules.AlphaBeta(alpha, beta, ignore_bias=True))
+
+  make.__doc__ = f"alpha{alpha:g}-beta{beta:g} on every layer, biases ignored (DSP 2018)."
+  return make
+
+
+for _alpha in (1, 2, 3):
+  COMPOSITES.register(f"alpha{_alpha}_beta{_alpha - 1}", _alpha_beta(float(_alpha), _alpha - 1.0))
+del _alpha
 
 # The presets that take the input box [low, high] (a z^B layer).
 NEEDS_BOUNDS = tuple(name for name in COMPOSITES if "low" in COMPOSITES.options(name))

@@ -6,11 +6,18 @@ classification layer and, for conv nets, `intermediates["conv_maps"]` the last c
 activation before pooling/flatten. `num_classes=None` drops the classifier (`logits` = features).
 Each model class names what it returns in `INTERMEDIATES`.
 
+Generative models (`GENERATIVE = True`: the Gaussian RBM, the adversarial autoencoder) predict no
+label: they ignore `num_classes`, their `logits` are no class scores (the RBM's unnormalised
+log-density, the autoencoder's code), and `intermediates["example_loss"]` (B,) is the per-example
+loss the eval step averages in place of the cross-entropy.
+
 This package registers the models in `MODELS` (`xjax.nn.registry`, which imports no model):
 importing any module of `xjax.nn` imports this one first, so the registry is always complete.
 """
 
+from xjax.nn.aae import AdversarialAutoencoder
 from xjax.nn.cnn import MLP, CNNCifar10, CNNFashion, CNNMnist, SumPoolCNN, sum_pool
+from xjax.nn.rbm import GaussianRBM
 from xjax.nn.registry import MODELS, count_params, get_model, init_variables, logits_fn
 from xjax.nn.resnet import BasicBlock, ResNet18
 from xjax.nn.vgg import VGG, VGG_CONFIGS
@@ -24,16 +31,20 @@ MODELS.register("mlp", MLP)
 MODELS.register("resnet18", ResNet18)
 MODELS.register("vgg", VGG)
 MODELS.register("xnet", XNet)
+MODELS.register("gaussian_rbm", GaussianRBM)
+MODELS.register("adversarial_autoencoder", AdversarialAutoencoder)
 
 __all__ = [
     "MLP",
     "MODELS",
     "VGG",
     "VGG_CONFIGS",
+    "AdversarialAutoencoder",
     "BasicBlock",
     "CNNCifar10",
     "CNNFashion",
     "CNNMnist",
+    "GaussianRBM",
     "ResNet18",
     "SumPoolCNN",
     "XNet",

@@ -32,7 +32,9 @@ def sum_pool(x: Array, window: int = 2, scale: float = 1.0) -> Array:
   `scale=1` is a true sum (4 times the 2x2 average pool); the heatmapping.org tutorial's `Pooling`
   layer uses `scale=0.5`.
   """
-  summed = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.add, (1, window, window, 1),
+  # A Python 0.0 as the initial value makes this `reduce_window_sum`, which has a gradient (the
+  # generic `reduce_window` that an array initial value gives cannot be differentiated).
+  summed = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, window, window, 1),
                                  (1, window, window, 1), "VALID")
   return summed * scale if scale != 1.0 else summed
 

@@ -24,7 +24,8 @@ def plot_training_curves(history: Sequence[dict], path: str | Path, title: str =
     ax.set_xlabel("epoch")
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[1]:  # a generative model has no accuracy to draw
+      ax.legend()
   fig.suptitle(title)
   fig.tight_layout()
   path = Path(path)

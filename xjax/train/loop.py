@@ -10,6 +10,10 @@ and finally on the test split with the best parameters. The workdir:
   metrics.jsonl   one JSON object per logged step and per epoch
   results.json    the final numbers (test_accuracy, ...), results.md the same as a table
 
+A generative model (`GENERATIVE = True`: `gaussian_rbm`, `adversarial_autoencoder`) trains the same
+way; its validation and test loss are the mean of its `example_loss` (the reconstruction error),
+and its accuracies are null.
+
 (The figures are drawn above this layer, by `xjax.experiments`: training never imports plotting.)
 A run can start from another run's best parameters (`train.init_from`), load pre-trained modules
 (`train.pretrained`) and freeze parameters by path (`train.frozen`, `xjax.train.frozen`).
@@ -115,24 +119,44 @@ def skipped_images(source) -> list:
 
 
 def build_model(config: ml_collections.ConfigDict, info) -> Any:
-  """`config.model` with `num_classes` taken from the data when the config does not set it."""
+  """`config.model` with `num_classes` taken from the data when the config does not set it.
+
+  A model with an `image_shape` field (the decoder of `AdversarialAutoencoder`) gets the data's
+  image shape the same way.
+  """
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
   kwargs.setdefault("num_classes", info.num_classes)
+  if "image_shape" in models.model_fields(models.MODELS[config.model.name]):
+    kwargs.setdefault("image_shape", tuple(info.image_shape))
   return models.get_model(config.model.name, **kwargs)
 
 
-def evaluate(eval_step: Callable, variables: dict, source, config, mesh) -> dict[str, float]:
-  """Mean loss and accuracy over every example of `source`."""
-  totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+def evaluate(eval_step: Callable, variables: dict, source, config, mesh
+             ) -> dict[str, float | None]:
+  """Mean loss and accuracy over every example of `source`.
+
+  The accuracy is None for a generative model (its eval step counts no `correct`).
+  """
+  totals: dict[str, float] = {}
   for batch in pipeline.eval_batches(
       source, batch_size=config.data.eval_batch_size, normalization=config.data.normalization,
       fields=("image", "label"), process_index=jax.process_index(),
       process_count=jax.process_count()):
     sums = jax.device_get(eval_step(variables, sharding.shard_batch(batch, mesh)))
-    for k in totals:
-      totals[k] += float(sums[k])
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
   return {"loss": totals["loss_sum"] / totals["count"],
-          "accuracy": totals["correct"] / totals["count"]}
+          "accuracy": totals["correct"] / totals["count"] if "correct" in totals else None}
+
+
+def _finite_or_none(value: float | None) -> float | None:
+  """None for an undefined metric (a generative model's accuracy is NaN in training)."""
+  return value if value is not None and np.isfinite(value) else None
+
+
+def _format(value: float | None, digits: int = 4) -> str:
+  """A metric for the progress lines: "n/a" where it is undefined (None or NaN)."""
+  return "n/a" if _finite_or_none(value) is None else f"{value:.{digits}f}"
 
 
 def validation_penalty(terms: dict, names, params) -> float:
@@ -295,7 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       raise XjaxError(f"The training loss became {logged['loss']} at step {step}; the last "
                       f"good checkpoint is step {ckpt.latest_step()} in {ckpt.latest_dir}. "
                       f"Lower the learning rate or check the data for NaNs.")
-    bar.set_postfix(loss=f"{logged['loss']:.4f}", acc=f"{logged['accuracy']:.3f}")
+    bar.set_postfix(loss=f"{logged['loss']:.4f}", acc=_format(logged["accuracy"], 3))
     if writer:
       writer.write(step, {"epoch": step / steps_per_epoch,
                           **{f"train/{k}": v for k, v in logged.items()}})
@@ -330,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                                            weights=[m["steps"] for m in logs]))
                        for k in ("loss", "accuracy")}
         loop["history"].append({"epoch": epoch, "step": step, "train_loss": train_means["loss"],
-                                "train_accuracy": train_means["accuracy"],
+                                "train_accuracy": _finite_or_none(train_means["accuracy"]),
                                 "validation_loss": val["loss"],
                                 "validation_accuracy": val["accuracy"],
                                 **({"validation_cross_entropy": val["cross_entropy"]}
@@ -348,8 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         if writer:
           writer.write(step, {"epoch": epoch, **{f"validation/{k}": v for k, v in val.items()}})
         tqdm.write(f"epoch {epoch}: train loss {train_means['loss']:.4f} acc "
-                   f"{train_means['accuracy']:.4f} | validation loss {val['loss']:.4f} acc "
-                   f"{val['accuracy']:.4f}")
+                   f"{_format(train_means['accuracy'])} | validation loss {val['loss']:.4f} acc "
+                   f"{_format(val['accuracy'])}")
       # SIGTERM can land at any moment of the step (in the evaluation too), after `saving` was
       # decided: the flag is read once, here, and a set flag saves this step whatever was decided.
       stop = sigterm.raised
@@ -391,7 +415,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     report.write_json(workdir / "results.json", results)
     (workdir / "results.md").write_text(
         report.training_results_markdown(results, config.get("paper", None)))
-  print(json.dumps({"test_accuracy": round(test["accuracy"], 4),
+  print(json.dumps({"test_accuracy": (None if test["accuracy"] is None
+                                      else round(test["accuracy"], 4)),
                     "test_loss": round(test["loss"], 4), "workdir": str(workdir)}), flush=True)
   return results
 

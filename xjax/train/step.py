@@ -18,6 +18,15 @@ from xjax.train.state import TrainState
 Metrics = dict[str, jax.Array]
 
 
+def is_generative(model: nn.Module) -> bool:
+  """Whether `model` is a generative model (`GENERATIVE = True`, e.g. `xjax.nn.GaussianRBM`).
+
+  It predicts no label: its accuracy is undefined, and its per-example evaluation loss is its
+  `intermediates["example_loss"]` instead of the cross-entropy of its logits.
+  """
+  return bool(getattr(type(model), "GENERATIVE", False))
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     terms: Mapping[str, tuple[float, LossTerm]], frozen: dict | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, Metrics]]:
@@ -25,12 +34,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
   The model runs in training mode (dropout on, BatchNorm on batch statistics, its running
   averages updated); dropout draws from `fold_in(state.rng, state.step)`. Metrics: `loss` (the
-  weighted sum), `loss/<term>` (each unweighted term), `accuracy` and `grad_norm`.
+  weighted sum), `loss/<term>` (each unweighted term), `accuracy` (NaN for a generative model,
+  which predicts no label) and `grad_norm`.
 
   `frozen` ({"params": mask, "model_state": mask}, `xjax.train.frozen.frozen_mask`) names leaves
   whose values the step keeps exactly (a frozen pre-trained network); `tx` should give them no
   update (`xjax.train.frozen.freeze`).
   """
+
+  generative = is_generative(model)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(state.rng, state.step)
@@ -56,8 +68,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     if frozen is not None:
       params = keep_frozen(frozen["params"], state.params, params)
       model_state = keep_frozen(frozen["model_state"], state.model_state, model_state)
+    accuracy = (jnp.float32(jnp.nan) if generative
+                else jnp.mean(jnp.argmax(logits, -1) == batch["label"]))
     metrics = {"loss": loss, **{f"loss/{k}": v for k, v in values.items()},
-               "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "accuracy": accuracy,
                "grad_norm": optax.tree.norm(grads)}
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
@@ -67,11 +81,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def make_eval_step(model: nn.Module) -> Callable[[dict, dict], Metrics]:
-  """Sums over the valid rows of a batch: `loss_sum`, `correct` and `count`."""
+  """Sums over the valid rows of a batch: `loss_sum`, `correct` and `count`.
+
+  The loss is the cross-entropy of the logits; for a generative model (`is_generative`) it is the
+  model's `example_loss`, and there is no `correct` (it predicts no label).
+  """
+  generative = is_generative(model)
 
   def eval_step(variables: dict, batch: dict) -> Metrics:
-    logits, _ = model.apply(variables, batch["image"], train=False)
+    logits, intermediates = model.apply(variables, batch["image"], train=False)
     weight = batch["valid"].astype(jnp.float32)
+    if generative:
+      return {"loss_sum": jnp.sum(intermediates["example_loss"] * weight),
+              "count": jnp.sum(weight)}
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     return {"loss_sum": jnp.sum(losses * weight), "correct": jnp.sum(correct * weight),

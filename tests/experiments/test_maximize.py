@@ -1,0 +1,80 @@
+"""`runs.maximize` on its smoke config: prototypes, heatmaps and pixel flipping recomputed here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from runs.configs import maximize as maximize_config
+from tests.conftest import REPO
+from xjax.errors import ConfigError
+from xjax.experiments.maximize import nearest_distances
+from xjax.experiments.registry import get_experiment
+from xjax.experiments.runner import run_experiment
+
+
+@pytest.fixture(scope="module")
+def maximized(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("maximize")
+  result = subprocess.run([sys.executable, "-m", "runs.maximize",
+                           "--config=runs/configs/maximize.py:shapes,smoke",
+                           f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, json.loads((workdir / "results.json").read_text())
+
+
+def test_three_runs_three_priors_and_every_method(maximized):
+  workdir, results = maximized
+  for run in ("classifier", "expert", "generator"):
+    assert (workdir / run / "checkpoints").is_dir()
+  assert results["expert"].get("test_accuracy") is None  # a density model has no accuracy
+  prototypes = results["prototypes"]
+  for prior in ("l2", "expert", "code"):
+    p = prototypes[prior]
+    assert len(p["probability"]) == 4 and all(0 <= q <= 1 for q in p["probability"])
+    assert p["min_probability"] == pytest.approx(min(p["probability"]))
+    assert np.all(np.isfinite(p["log_density"])) and min(p["nearest_distance"]) > 0
+  methods = results["explanations"]["methods"]
+  assert list(methods) == ["sensitivity", "gradient_x_input", "lrp:alpha1_beta0",
+                           "lrp:alpha2_beta1", "lrp:alpha3_beta2", "random"]
+  assert all(np.isfinite(v["flipping_area"]) for v in methods.values())
+  checks = results["checks"]
+  assert checks["expert_more_natural_than_l2"] == (
+      prototypes["expert"]["mean_nearest_distance"] < prototypes["l2"]["mean_nearest_distance"])
+  for figure in ("prototypes.png", "explanations.png", "pixel_flipping.png"):
+    assert (workdir / "figures" / figure).stat().st_size > 0
+  assert "## Pixel flipping" in (workdir / "results.md").read_text()
+
+
+def test_a_second_run_trains_nothing_again(maximized):
+  workdir, results = maximized
+  again = subprocess.run([sys.executable, "-m", "runs.maximize",
+                          "--config=runs/configs/maximize.py:shapes,smoke",
+                          f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "train loss" not in again.stdout  # every run resumed at its end
+  second = json.loads((workdir / "results.json").read_text())
+  assert second["prototypes"] == results["prototypes"]  # seeded: the same prototypes
+
+
+def test_nearest_distance_by_hand():
+  images = np.array([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]]).reshape(3, 1, 2, 1)
+  labels = np.array([0, 0, 1])
+  prototypes = np.array([[3.0, 0.0], [1.0, 2.0]]).reshape(2, 1, 2, 1)
+  np.testing.assert_allclose(nearest_distances(prototypes, np.array([0, 1]), images, labels),
+                             [3.0, 1.0])
+
+
+def test_an_unknown_prior_fails_before_any_training(tmp_path):
+  config = maximize_config.get_config("shapes,smoke")
+  config.maximize.priors = ("l2", "gan")
+  with pytest.raises(ConfigError, match="maximize.priors must name some of l2, expert, code"):
+    run_experiment(get_experiment("maximize"), config, tmp_path)
+  assert not any(tmp_path.iterdir())
+

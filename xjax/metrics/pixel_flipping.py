@@ -1,0 +1,235 @@
+"""Pixel flipping: how fast the explained output falls when the most relevant pixels are removed.
+
+Bach et al., "On pixel-wise explanations for non-linear classifier decisions by layer-wise
+relevance propagation" (PLOS ONE 2015, its pixel-flipping experiments), and Samek, Binder,
+Montavon, Lapuschkin, Mueller, "Evaluating the visualization of what a deep neural network has
+learned" (IEEE TNNLS 2017, "MoRF" perturbation and AOPC): pixels are replaced in the order of
+their relevance, most relevant first, and the explained output is recorded after each step. A
+good explanation finds the evidence first, so its curve falls fast and the area under it is small.
+
+All `B * (steps + 1)` perturbed images are evaluated inside one traced function, without a Python
+loop over steps or images: the perturbed images of a chunk are built from their flat index where
+they are needed (`x`, the baseline and the ranks are gathered per image), and the chunks run in a
+`lax.map`. At most `max_batch` images exist at once, so memory does not grow with `steps`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xjax.errors import ConfigError
+from xjax.explain.targets import check_inputs, output_seed
+
+Array = jax.Array
+ApplyFn = Callable[[Any, Array], Array]
+
+ORDERS = ("most_relevant_first", "least_relevant_first")
+SCORES = ("logit", "probability")
+BASELINES = ("mean", "uniform")
+
+
+class PixelFlippingResult(NamedTuple):
+  """The outcome of `pixel_flipping` (a NamedTuple, so a pytree: it passes through `jax.jit`).
+
+  Attributes:
+    curves: (B, steps + 1) the explained score after each step; column 0 is the unperturbed image.
+    fractions: (steps + 1,) the fraction of each image's H*W pixels flipped at each step.
+    area: (B,) the trapezoid area under each curve against the flipped fraction rescaled to
+      [0, 1], i.e. the average of the piecewise-linear curve, in the units of the score.
+  """
+
+  curves: Array
+  fractions: Array
+  area: Array
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks and the static schedule.
+
+
+def _check_count(name: str, value: Any, minimum: int = 1) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ConfigError(f"{name} must be a Python int >= {minimum} (it fixes the shapes under jit); "
+                      f"got {value!r}.")
+  return int(value)
+
+
+def _check_fraction(fraction: Any) -> float:
+  if (isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating))
+      or not 0 < fraction <= 1):
+    raise ConfigError(f"fraction must be a Python number in (0, 1] (the share of pixels flipped "
+                      f"by the last step); got {fraction!r}.")
+  return float(fraction)
+
+
+def flip_counts(num_pixels: int, steps: int, fraction: float = 1.0) -> np.ndarray:
+  """The number of pixels flipped after step k = 0..steps: `round(k * fraction * num_pixels /
+  steps)`, rounded half up from the exact rational value (so 2.5 -> 3 on every platform).
+
+  Computed with `fractions.Fraction` because `k * P / steps` in floating point lands just below
+  a half (or an integer) for some k, and the counts fix the shapes under jit.
+  """
+  share = Fraction(fraction) * num_pixels / steps
+  return np.array([math.floor(k * share + Fraction(1, 2)) for k in range(steps + 1)], np.int32)
+
+
+def _check_relevance(x: Array, relevance: Array) -> None:
+  shape = jnp.shape(relevance)
+  if shape not in (x.shape, x.shape[:3]):
+    raise ConfigError(f"relevance must have the shape of x {x.shape} or, summed over channels, "
+                      f"{x.shape[:3]}; got shape {shape}.")
+
+
+def _baseline_images(x: Array, baseline: Any, key: Array | None) -> Array:
+  """The image each flipped pixel is taken from, (B, H, W, C) in x's dtype (see `pixel_flipping`).
+
+  Raises:
+    ConfigError: an unknown baseline name, "uniform" without a key, or an array of a shape that
+      does not broadcast to one image (H, W, C) nor is one per image (B, ...).
+  """
+  if isinstance(baseline, str):
+    if baseline == "mean":
+      # Per image and channel, so that a flipped pixel takes the image's average colour.
+      return jnp.broadcast_to(jnp.mean(x, axis=(1, 2), keepdims=True), x.shape)
+    if baseline == "uniform":
+      if key is None:
+        raise ConfigError("baseline='uniform' needs a PRNG key for its noise: pass "
+                          "key=jax.random.key(0).")
+      low = jnp.min(x, axis=(1, 2, 3), keepdims=True)
+      high = jnp.max(x, axis=(1, 2, 3), keepdims=True)
+      return jax.random.uniform(key, x.shape, x.dtype, low, high)
+    raise ConfigError(f"Unknown baseline {baseline!r}; known: a number, an array, "
+                      f"{', '.join(map(repr, BASELINES))}.")
+  shape = jnp.shape(baseline)
+  try:
+    one_image = len(shape) <= 3 and np.broadcast_shapes(shape, x.shape[1:]) == x.shape[1:]
+    per_image = len(shape) == 4 and np.broadcast_shapes(shape, x.shape) == x.shape
+  except ValueError:
+    one_image = per_image = False
+  if not (one_image or per_image):
+    raise ConfigError(f"baseline must be a number, 'mean', 'uniform', an array broadcastable to "
+                      f"one image {x.shape[1:]}, or one per image {x.shape}; got shape {shape}.")
+  return jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
+
+
+def _pixel_ranks(relevance: Array, order: str) -> Array:
+  """(B, H*W) the step rank of each pixel: 0 is flipped first. Ties go to the lower pixel index.
+
+  `argsort` of the (negated) pixel relevance lists the pixels in flipping order; `argsort` of
+  that list inverts the permutation, giving each pixel its position. Both sorts are stable, so
+  equal relevance is broken by the row-major pixel index in either order.
+  """
+  per_pixel = relevance.sum(-1) if relevance.ndim == 4 else relevance
+  per_pixel = per_pixel.reshape(per_pixel.shape[0], -1)
+  key = -per_pixel if order == "most_relevant_first" else per_pixel
+  return jnp.argsort(jnp.argsort(key, axis=-1, stable=True), axis=-1, stable=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The metric.
+
+
+def pixel_flipping(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
+                   steps: int = 20, fraction: float = 1.0, baseline: Any = 0.0,
+                   order: str = "most_relevant_first", score: str = "logit",
+                   key: Array | None = None, max_batch: int | None = None) -> PixelFlippingResult:
+  """Pixel-flipping curves and their area (Samek et al., IEEE TNNLS 2017; Bach et al., PLOS ONE
+  2015).
+
+  The relevance of a pixel is the sum of its channels' relevance; flipping a pixel replaces all
+  its channels with the baseline's. The pixels are ranked once per image and step k flips the
+  first `flip_counts(H*W, steps, fraction)[k]` of them, so the flipped sets are nested: the image
+  of step k is `where(rank < count_k, baseline, x)`. Ties in relevance are broken by the
+  row-major pixel index (the lower index is flipped first), for both orders, so least-relevant-
+  first is not simply the reverse of most-relevant-first where relevance ties (e.g. zeros).
+
+  The area is `trapezoid(curve, fractions / fractions[-1])`: the x axis is rescaled to [0, 1]
+  whatever `fraction` is, so the area is the average of the piecewise-linear curve, in the
+  score's units.
+  Samek et al.'s AOPC is `curve[:, 0] - mean(curve, 1)` up to the end-point weights.
+  For most-relevant-first lower is better; for least-relevant-first higher is.
+
+  Wrap it in `jax.jit` with `apply_fn` and the options other than `key` (and an array baseline)
+  static, e.g. `jax.jit(functools.partial(pixel_flipping, apply_fn, steps=10))`.
+
+  Args:
+    apply_fn: `(params, x) -> outputs (N, K)`, any JAX-traceable function of a batch.
+    params: the variables `apply_fn` takes.
+    x: the images (B, H, W, C).
+    target: class indices (B,) or output weights (B, K); see `xjax.explain.targets`. The score
+      is `sum_c seed_c * s_c` with `seed = output_seed(outputs, target)`, e.g. the target's logit.
+    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W).
+    steps: the number of flipping steps; the curve has `steps + 1` points.
+    fraction: the share of the H*W pixels flipped by the last step, in (0, 1].
+    baseline: what flipped pixels become: a number (e.g. -1 for black in [-1, 1] MNIST), "mean"
+      (each image's per-channel mean), "uniform" (one noise image per image, uniform in
+      [min x_b, max x_b], drawn from `key` and shared by all steps), or an array broadcastable
+      to one image (H, W, C) or one per image (B, H, W, C). Cast to x's dtype.
+    order: "most_relevant_first" (MoRF) or "least_relevant_first" (LeRF).
+    score: "logit" (the raw output of `apply_fn`) or "probability" (of its softmax).
+    key: a JAX PRNG key, required by baseline="uniform" and ignored otherwise.
+    max_batch: the most images per call of `apply_fn`; None: B (one step's worth per call).
+      The results do not depend on it (up to the float arithmetic of `apply_fn` per batch size).
+
+  Returns:
+    `PixelFlippingResult(curves (B, steps + 1), fractions (steps + 1,), area (B,))`.
+
+  Raises:
+    ConfigError: x not (B, H, W, C); a target that does not fit; relevance of another shape;
+      steps or max_batch not an int >= 1; fraction not in (0, 1] or flipping no pixel; an unknown
+      baseline, order or score; baseline="uniform" without a key.
+  """
+  if jnp.ndim(x) != 4:
+    raise ConfigError(f"x must be a batch of images (B, H, W, C); got shape {jnp.shape(x)}.")
+  check_inputs(x, target)
+  _check_relevance(x, relevance)
+  steps = _check_count("steps", steps)
+  fraction = _check_fraction(fraction)
+  if order not in ORDERS:
+    raise ConfigError(f"Unknown order {order!r}; known: {', '.join(ORDERS)}.")
+  if score not in SCORES:
+    raise ConfigError(f"Unknown score {score!r}; known: {', '.join(SCORES)}.")
+  # numpy inputs become arrays: the chunks index them with traced image indices.
+  x, target, relevance = jnp.asarray(x), jnp.asarray(target), jnp.asarray(relevance)
+  batch, height, width, _ = x.shape
+  chunk = batch if max_batch is None else _check_count("max_batch", max_batch)
+  num_pixels = height * width
+  counts = flip_counts(num_pixels, steps, fraction)
+  if counts[-1] == 0:
+    raise ConfigError(f"fraction={fraction} flips no pixel of {height}x{width} images; raise it "
+                      f"to at least {0.5 / num_pixels:.3g}.")
+  base = _baseline_images(x, baseline, key)
+  ranks = _pixel_ranks(relevance, order).reshape(batch, height, width, 1)
+
+  # Flat index i = k * B + b: image b after step k (steps-major, so that with the default chunk
+  # of B images one call of apply_fn evaluates one step). The last chunk is padded by repeating
+  # the last image; its scores are dropped.
+  total = batch * (steps + 1)
+  chunk = min(chunk, total)
+  num_chunks = -(-total // chunk)
+  flat = np.minimum(np.arange(num_chunks * chunk), total - 1).reshape(num_chunks, chunk)
+  counts_of = jnp.asarray(counts)
+
+  def scores(indices: Array) -> Array:
+    step, image = indices // batch, indices % batch
+    flipped = ranks[image] < counts_of[step][:, None, None, None]
+    outputs = apply_fn(params, jnp.where(flipped, base[image], x[image]))
+    if score == "probability":
+      outputs = jax.nn.softmax(outputs, axis=-1)
+    return jnp.sum(output_seed(outputs, target[image]) * outputs, axis=-1)
+
+  flat = jnp.asarray(flat, jnp.int32)
+  values = scores(flat[0]) if num_chunks == 1 else jax.lax.map(scores, flat)
+  curves = values.reshape(-1)[:total].reshape(steps + 1, batch).T
+  fractions = jnp.asarray(counts / num_pixels, curves.dtype)
+  # The x axis rescaled to [0, 1], so that the area is the curve's average, in the score's units.
+  dx = jnp.asarray(np.diff(counts) / counts[-1], curves.dtype)
+  area = jnp.sum(dx * (curves[:, 1:] + curves[:, :-1]) / 2, axis=-1)
+  return PixelFlippingResult(curves, fractions, area)
