@@ -174,8 +174,6 @@ class MaximizeProtocol(Protocol):
           "mean_probability": float(probabilities.mean()),
           "mean_log_density": float(log_density.mean()),
           "mean_nearest_distance": float(distance.mean())}
-    # The spread of the data itself: a training image's distance to its nearest other image of
-    # its class, over the first images of each class (what "natural" distances look like).
     numbers["classes"] = classes.tolist()
     return numbers, found
 
@@ -188,9 +186,7 @@ class MaximizeProtocol(Protocol):
         pixel_flipping, apply_fn, steps=cfg.flipping_steps, fraction=cfg.flipping_fraction,
         baseline=cfg.flipping_baseline, key=jax.random.key(config.seed),
         max_batch=cfg.batch_size * 4))
-    numbers, heatmaps, curves, areas = {}, {}, {}, {}
-    fractions = None
-    relevances = {}
+    numbers, heatmaps, curves, areas, relevances = {}, {}, {}, {}, {}
     for spec in cfg.methods:
       method = get_method(spec, bounds=bounds)
       relevance, compile_seconds, seconds = run_method(method, apply_fn, variables, x, targets,

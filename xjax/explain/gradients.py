@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.explain.targets import check_inputs, output_seed
+from xjax.explain.targets import check_count, check_inputs, output_seed
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -39,15 +39,8 @@ def _check_x_and_target(x: Array, target: Array) -> None:
                       f"{jnp.result_type(x)}. Convert it, e.g. x.astype(jnp.float32) / 255.")
 
 
-def _check_count(name: str, value: Any, minimum: int = 1) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ConfigError(f"{name} must be a Python int >= {minimum} (it fixes the shapes under jit); "
-                      f"got {value!r}.")
-  return int(value)
-
-
 def _check_chunk_size(chunk_size: Any) -> int | None:
-  return None if chunk_size is None else _check_count("chunk_size", chunk_size)
+  return None if chunk_size is None else check_count("chunk_size", chunk_size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,7 +170,7 @@ def smoothgrad(apply_fn: ApplyFn, params: Any, x: Array, target: Array, *, key: 
       a negative noise_scale, or an unknown base.
   """
   _check_x_and_target(x, target)
-  num_samples = _check_count("num_samples", num_samples)
+  num_samples = check_count("num_samples", num_samples)
   chunk_size = _check_chunk_size(chunk_size)
   if key is None:
     raise ConfigError("smoothgrad needs a PRNG key for its noise: pass key=jax.random.key(0).")
@@ -275,7 +268,7 @@ def integrated_gradients(apply_fn: ApplyFn, params: Any, x: Array, target: Array
       shape, or an unknown method.
   """
   _check_x_and_target(x, target)
-  steps = _check_count("steps", steps)
+  steps = check_count("steps", steps)
   chunk_size = _check_chunk_size(chunk_size)
   baseline = _broadcast_baseline(x, baseline)
   alphas, weights = quadrature(method, steps)

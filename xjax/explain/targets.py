@@ -18,8 +18,11 @@ For class indices the two readings agree: the seed of the backward pass is `oneh
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xjax.errors import ConfigError
 
@@ -54,3 +57,12 @@ def output_seed(outputs: Array, target: Array) -> Array:
     return jax.nn.one_hot(target, outputs.shape[-1], dtype=outputs.dtype)
   return target.astype(outputs.dtype)
 
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+  """`value` as an int, or a ConfigError unless it is a Python int >= `minimum` (a count such as
+  steps or samples, which fixes array shapes under jit)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ConfigError(f"{name} must be a Python int >= {minimum} (it fixes the shapes under jit); "
+                      f"got {value!r}.")
+  return int(value)

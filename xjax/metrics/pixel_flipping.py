@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.explain.targets import check_inputs, output_seed
+from xjax.explain.targets import check_count, check_inputs, output_seed
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -52,13 +52,6 @@ class PixelFlippingResult(NamedTuple):
 
 # --------------------------------------------------------------------------------------------------
 # Checks and the static schedule.
-
-
-def _check_count(name: str, value: Any, minimum: int = 1) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ConfigError(f"{name} must be a Python int >= {minimum} (it fixes the shapes under jit); "
-                      f"got {value!r}.")
-  return int(value)
 
 
 def _check_fraction(fraction: Any) -> float:
@@ -190,7 +183,7 @@ def pixel_flipping(apply_fn: ApplyFn, params: Any, x: Array, target: Array, rele
     raise ConfigError(f"x must be a batch of images (B, H, W, C); got shape {jnp.shape(x)}.")
   check_inputs(x, target)
   _check_relevance(x, relevance)
-  steps = _check_count("steps", steps)
+  steps = check_count("steps", steps)
   fraction = _check_fraction(fraction)
   if order not in ORDERS:
     raise ConfigError(f"Unknown order {order!r}; known: {', '.join(ORDERS)}.")
@@ -199,7 +192,7 @@ def pixel_flipping(apply_fn: ApplyFn, params: Any, x: Array, target: Array, rele
   # numpy inputs become arrays: the chunks index them with traced image indices.
   x, target, relevance = jnp.asarray(x), jnp.asarray(target), jnp.asarray(relevance)
   batch, height, width, _ = x.shape
-  chunk = batch if max_batch is None else _check_count("max_batch", max_batch)
+  chunk = batch if max_batch is None else check_count("max_batch", max_batch)
   num_pixels = height * width
   counts = flip_counts(num_pixels, steps, fraction)
   if counts[-1] == 0:
