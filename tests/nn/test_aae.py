@@ -73,6 +73,12 @@ def test_training_intermediates_are_the_discriminator_on_prior_and_codes(setup):
   disc = variables["params"]["discriminator"]
   np.testing.assert_allclose(inter["discriminator_fake_logits"], discriminate(disc, z), rtol=1e-6)
   np.testing.assert_allclose(inter["generator_logits"], discriminate(disc, z), rtol=1e-6)
+  # The reconstruction term is per example, like the adversarial one: a sum over the pixels.
+  decoded = model.apply(variables, z, method=AdversarialAutoencoder.decode)
+  np.testing.assert_allclose(inter["reconstruction_error"],
+                             np.sum((decoded - x) ** 2, axis=(1, 2, 3)), rtol=1e-5)
+  np.testing.assert_allclose(inter["reconstruction_error"] / np.prod(IMAGE_SHAPE),
+                             inter["example_loss"], rtol=1e-5)
   real = inter["discriminator_real_logits"]
   assert real.shape == (5,) and not np.allclose(real, inter["discriminator_fake_logits"])
   # BCE by hand: -log sigmoid(real) - log(1 - sigmoid(fake)); -log sigmoid(generator).

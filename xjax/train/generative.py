@@ -40,7 +40,8 @@ def contrastive_divergence() -> LossTerm:
 
 @LOSS_TERMS.register("reconstruction")
 def reconstruction() -> LossTerm:
-  """The mean of the per-example reconstruction error (Makhzani et al. 2016, Sec. 2, phase 1)."""
+  """The batch mean of the per-example reconstruction error, a sum over its pixels (Makhzani et
+  al. 2016, Sec. 2, the reconstruction phase; `AdversarialAutoencoder` says why a sum)."""
 
   def term(params, batch, outputs: ModelOutputs) -> jax.Array:
     del params, batch
