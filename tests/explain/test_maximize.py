@@ -164,6 +164,18 @@ def test_bad_options_are_one_line_errors(cnn_params, options, message):
   assert "\n" not in str(info.value)
 
 
+def test_given_starting_points_are_used_and_checked(weights):
+  init = np.stack([np.full(SHAPE, 0.25), np.full(SHAPE, -2.0)]).astype(np.float32)
+  # A zero learning rate keeps the starts: the prototypes are the given points, clipped.
+  kept = maximize(linear_apply, weights, [0, 1], input_shape=SHAPE, key=KEY, objective="logit",
+                  optimizer=optax.sgd(0.0), steps=2, init=init, bounds=(-1.0, 1.0),
+                  progress=False)
+  np.testing.assert_array_equal(kept.x, np.clip(init, -1.0, 1.0))
+  with pytest.raises(ConfigError, match=r"init must have shape \(targets, starts, \*"):
+    maximize(linear_apply, weights, [0, 1], input_shape=SHAPE, key=KEY, init=init[:1],
+             progress=False)
+
+
 def test_divergence_names_the_target_and_step(weights):
   # The l2 prior with a negative effective curvature: the ascent runs off to infinity.
   with pytest.raises(DivergenceError, match=r"target 1 \(start 0\) became NaN or infinite at "

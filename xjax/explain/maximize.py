@@ -48,6 +48,14 @@ class DivergenceError(XjaxError):
   """The maximization produced a NaN or infinite value."""
 
 
+def diverged(targets: np.ndarray, num_starts: int, problem: int, step: int) -> DivergenceError:
+  """The error for problem `problem` (target-major, `num_starts` per target) at `step`."""
+  return DivergenceError(
+      f"Activation maximization diverged: target {int(targets[problem // num_starts])} "
+      f"(start {problem % num_starts}) became NaN or infinite at step {step}; lower the learning "
+      f"rate, raise the prior's weight, or set bounds.")
+
+
 @dataclasses.dataclass(frozen=True)
 class Prototypes:
   """What `maximize` found, one row per target (the best of its random starts).
@@ -194,6 +202,19 @@ def _check_options(prior, steps, num_starts, weight, jitter, scale, bounds, expe
                       "code_shape.")
 
 
+def _check_init(init: Any, num_targets: int, num_starts: int,
+                variable_shape: tuple[int, ...]) -> Array:
+  """`init` as the (targets x starts, *variable_shape) starting points of the problems."""
+  init = jnp.asarray(init, jnp.float32)
+  if num_starts == 1 and init.shape == (num_targets, *variable_shape):
+    init = init[:, None]
+  if init.shape != (num_targets, num_starts, *variable_shape):
+    raise ConfigError(f"init must have shape (targets, starts, *{variable_shape}) = "
+                      f"{(num_targets, num_starts, *variable_shape)} (or without the starts axis "
+                      f"for one start); got {tuple(init.shape)}.")
+  return init.reshape((num_targets * num_starts, *variable_shape))
+
+
 def _check_targets(target: Any, size: int, objective: str) -> np.ndarray:
   targets = np.atleast_1d(np.asarray(target))
   if targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
@@ -232,7 +253,7 @@ def maximize(apply_fn: Callable, params: Any, target: Any, *, input_shape: tuple
              optimizer: optax.GradientTransformation | None = None, num_starts: int = 1,
              init_scale: float = 0.1, bounds: tuple[float, float] | None = None,
              tv_weight: float = 0.0, jitter: int = 0, scale: tuple[float, float] | None = None,
-             segment_steps: int = 50, progress: bool = True) -> Prototypes:
+             init: Any = None, segment_steps: int = 50, progress: bool = True) -> Prototypes:
   """Activation maximization (Montavon et al., DSP 2018, Eqs. 3.1-3.3) of every target at once.
 
   Args:
@@ -261,6 +282,8 @@ def maximize(apply_fn: Callable, params: Any, target: Any, *, input_shape: tuple
     tv_weight: the weight of the total variation penalty on x.
     jitter: each step, shift the network's input by a random integer of up to `jitter` pixels.
     scale: each step, zoom the network's input by a random factor in (low, high).
+    init: the starting points instead of random ones: x (or z for "code") of shape
+      (targets, num_starts, *shape), or (targets, *shape) for one start; clipped into `bounds`.
     segment_steps: the steps run in one compiled `lax.scan` between progress and NaN checks.
     progress: show a progress bar.
 
@@ -305,27 +328,32 @@ def maximize(apply_fn: Callable, params: Any, target: Any, *, input_shape: tuple
       regularizer = -weight * jnp.sum(jnp.square(variable))
     if tv_weight:
       regularizer = regularizer - tv_weight * total_variation(x)
-    return value + regularizer, value
+    return value + regularizer, (value + regularizer, value)
 
   grad_fn = jax.grad(total_and_value, has_aux=True)
 
   def one_step(variable, opt_state, problem_target, step_key):
-    grad, _ = grad_fn(variable, problem_target, step_key)
+    grad, (total, value) = grad_fn(variable, problem_target, step_key)
     # Ascent: optax minimizes, so it is handed the negative gradient.
     updates, opt_state = optimizer.update(jax.tree.map(jnp.negative, grad), opt_state, variable)
     variable = optax.apply_updates(variable, updates)
     if bounds is not None and prior != "code":
       variable = jnp.clip(variable, bounds[0], bounds[1])
-    # The history is taken at the new point without the random transformation, so it is the
-    # objective of the prototype itself.
-    total, value = total_and_value(variable, problem_target, step_key)
+    if transform:
+      # The history is of the prototype itself, not of its transformed view: one more pass.
+      total, value = total_and_value(variable, problem_target, step_key)[1]
+    # Without transformations the gradient's own forward pass gives the objective, one step
+    # late (the point before this update); `maximize` shifts it back, saving a pass per step.
     return variable, opt_state, total, value
 
   problem_targets = jnp.asarray(np.repeat(targets, num_starts), jnp.int32)
   num_problems = problem_targets.shape[0]
   start_key, step_key = jax.random.split(key)
-  starts = jax.random.normal(start_key, (num_problems, *variable_shape), jnp.float32)
-  variables = starts if prior == "code" else init_scale * starts
+  if init is None:
+    starts = jax.random.normal(start_key, (num_problems, *variable_shape), jnp.float32)
+    variables = starts if prior == "code" else init_scale * starts
+  else:
+    variables = _check_init(init, len(targets), num_starts, variable_shape)
   if bounds is not None and prior != "code":
     variables = jnp.clip(variables, bounds[0], bounds[1])
   opt_states = jax.vmap(optimizer.init)(variables)
@@ -358,18 +386,24 @@ def maximize(apply_fn: Callable, params: Any, target: Any, *, input_shape: tuple
     if bad.any():
       step, problem = map(int, np.argwhere(bad)[0])
       bar.close()
-      raise DivergenceError(
-          f"Activation maximization diverged: target {int(targets[problem // num_starts])} "
-          f"(start {problem % num_starts}) became NaN or infinite at step {done + step + 1}; lower "
-          f"the learning rate, raise the prior's weight, or set bounds.")
+      raise diverged(targets, num_starts, problem, done + step + 1)
     totals.append(np.asarray(seg_totals))
     values.append(np.asarray(seg_values))
     done += length
     bar.update(length)
   bar.close()
 
-  totals = np.concatenate(totals).T.reshape(len(targets), num_starts, steps)
-  values = np.concatenate(values).T.reshape(len(targets), num_starts, steps)
+  totals, values = np.concatenate(totals), np.concatenate(values)
+  if not transform:  # the objective at the point after the last step, then shift by one
+    final_totals, final_values = jax.jit(jax.vmap(
+        lambda v, t: total_and_value(v, t, step_key)[1]))(variables, problem_targets)
+    if not np.all(np.isfinite(final_totals)):
+      problem = int(np.argwhere(~np.isfinite(np.asarray(final_totals)))[0, 0])
+      raise diverged(targets, num_starts, problem, steps)
+    totals = np.concatenate([totals[1:], np.asarray(final_totals)[None]])
+    values = np.concatenate([values[1:], np.asarray(final_values)[None]])
+  totals = totals.T.reshape(len(targets), num_starts, steps)
+  values = values.T.reshape(len(targets), num_starts, steps)
   best = np.argmax(totals[:, :, -1], axis=1)
   rows = np.arange(len(targets))
   kept = np.asarray(variables).reshape(len(targets), num_starts, *variable_shape)[rows, best]
