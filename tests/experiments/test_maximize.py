@@ -39,6 +39,12 @@ def test_three_runs_three_priors_and_every_method(maximized):
     assert len(p["probability"]) == 4 and all(0 <= q <= 1 for q in p["probability"])
     assert p["min_probability"] == pytest.approx(min(p["probability"]))
     assert np.all(np.isfinite(p["log_density"])) and min(p["nearest_distance"]) > 0
+  # The sweep at the configured lambda repeats the seeded optimization: the same numbers.
+  (swept,) = prototypes["sweep"]["expert"]
+  assert swept["weight"] == prototypes["expert"]["weight"] == 0.1
+  for key in ("min_probability", "mean_log_density", "mean_nearest_distance"):
+    assert swept[key] == pytest.approx(prototypes["expert"][key], rel=1e-5)
+  assert "The same at other lambdas" in (workdir / "results.md").read_text()
   methods = results["explanations"]["methods"]
   assert list(methods) == ["sensitivity", "gradient_x_input", "lrp:alpha1_beta0",
                            "lrp:alpha2_beta1", "lrp:alpha3_beta2", "random"]
@@ -75,6 +81,14 @@ def test_an_unknown_prior_fails_before_any_training(tmp_path):
   config = maximize_config.get_config("shapes,smoke")
   config.maximize.priors = ("l2", "gan")
   with pytest.raises(ConfigError, match="maximize.priors must name some of l2, expert, code"):
+    run_experiment(get_experiment("maximize"), config, tmp_path)
+  assert not any(tmp_path.iterdir())
+
+
+def test_a_negative_swept_lambda_fails_before_any_training(tmp_path):
+  config = maximize_config.get_config("shapes,smoke")
+  config.maximize.sweep = dict(code=(0.1, -1.0))
+  with pytest.raises(ConfigError, match="maximize.sweep lambdas must be >= 0; got code=-1.0"):
     run_experiment(get_experiment("maximize"), config, tmp_path)
   assert not any(tmp_path.iterdir())
 

@@ -105,6 +105,13 @@ class MaximizeProtocol(Protocol):
     missing = [p for p in config.maximize.priors if p not in config.maximize.weights]
     if missing:
       raise ConfigError(f"maximize.weights has no lambda for prior(s) {', '.join(missing)}.")
+    unknown = [p for p in config.maximize.sweep if p not in PRIORS]
+    if unknown:
+      raise ConfigError(f"maximize.sweep names unknown prior(s) {', '.join(unknown)}; expected "
+                        f"some of {', '.join(PRIORS)}.")
+    negative = [f"{p}={w}" for p, ws in config.maximize.sweep.items() for w in ws if w < 0]
+    if negative:
+      raise ConfigError(f"maximize.sweep lambdas must be >= 0; got {', '.join(negative)}.")
     for spec in config.explain.methods:
       canonical_spec(spec)  # an unknown method fails now, not after three trainings
 
@@ -152,13 +159,13 @@ class MaximizeProtocol(Protocol):
     expert = jax.jit(lambda x: expert_run.model.apply(expert_variables, x, method="log_prob"))
     generator = lambda z: generator_run.model.apply(generator_variables, z, method="decode")
     classes = np.arange(info.num_classes) if cfg.classes is None else np.asarray(cfg.classes)
-    numbers, found = {}, {}
-    for prior in cfg.priors:
+
+    def prototypes(prior: str, weight: float) -> tuple[dict, np.ndarray]:
       result = maximize(
           apply_fn, variables, classes, input_shape=info.image_shape,
-          key=jax.random.key(config.seed), prior=prior, weight=float(cfg.weights[prior]),
-          expert=expert, generator=generator, code_shape=(generator_run.model.code_size,),
-          steps=cfg.steps, optimizer=optax.adam(cfg.learning_rate), num_starts=cfg.num_starts,
+          key=jax.random.key(config.seed), prior=prior, weight=weight, expert=expert,
+          generator=generator, code_shape=(generator_run.model.code_size,), steps=cfg.steps,
+          optimizer=optax.adam(cfg.learning_rate), num_starts=cfg.num_starts,
           init_scale=cfg.init_scale, bounds=box if cfg.box_constraints else None,
           tv_weight=cfg.tv_weight, jitter=cfg.jitter)
       x = result.x
@@ -166,14 +173,24 @@ class MaximizeProtocol(Protocol):
                                                                           classes]
       log_density = np.asarray(expert(jnp.asarray(x)))
       distance = nearest_distances(x, classes, train_x, train_labels)
-      found[prior] = x
-      numbers[prior] = {
-          "probability": probabilities.tolist(), "log_density": log_density.tolist(),
-          "nearest_distance": distance.tolist(), "objective": result.objective.tolist(),
-          "min_probability": float(probabilities.min()),
-          "mean_probability": float(probabilities.mean()),
-          "mean_log_density": float(log_density.mean()),
-          "mean_nearest_distance": float(distance.mean())}
+      return {"weight": weight, "probability": probabilities.tolist(),
+              "log_density": log_density.tolist(), "nearest_distance": distance.tolist(),
+              "objective": result.objective.tolist(),
+              "min_probability": float(probabilities.min()),
+              "mean_probability": float(probabilities.mean()),
+              "mean_log_density": float(log_density.mean()),
+              "mean_nearest_distance": float(distance.mean())}, x
+
+    numbers, found = {}, {}
+    for prior in cfg.priors:
+      numbers[prior], found[prior] = prototypes(prior, float(cfg.weights[prior]))
+    # lambda is the paper's free parameter (Eqs. 3.1-3.3 give none): the trade-off between the
+    # class probability and how natural the prototype is, measured at each swept value.
+    summary = ("weight", "min_probability", "mean_probability", "mean_log_density",
+               "mean_nearest_distance")
+    numbers["sweep"] = {
+        prior: [{k: prototypes(prior, float(w))[0][k] for k in summary} for w in weights]
+        for prior, weights in cfg.sweep.items() if prior in cfg.priors}
     numbers["classes"] = classes.tolist()
     return numbers, found
 
@@ -256,6 +273,9 @@ class MaximizeProtocol(Protocol):
                  for i, c in enumerate(prototypes["classes"])]
     methods = [[spec, v["flipping_area"], v["flipping_area_std"], 1e3 * v["seconds_per_image"]]
                for spec, v in explained["methods"].items()]
+    sweep = [[prior, row["weight"], row["min_probability"], row["mean_probability"],
+              row["mean_log_density"], row["mean_nearest_distance"]]
+             for prior, swept in prototypes["sweep"].items() for row in swept]
     return [
         f"Classifier {config.model.name} on {config.data.name}: test accuracy "
         f"{classifier['test_accuracy']:.4f}. The paper (DSP 2018) has figures only; the numbers "
@@ -267,7 +287,11 @@ class MaximizeProtocol(Protocol):
         + report.markdown_table(["prior", "min p(class)", "mean p(class)", "mean log-density",
                                  "mean distance to nearest"], rows)
         + "\n\nPer class, p(class) / distance to the nearest training image:\n\n"
-        + report.markdown_table(["class", *config.maximize.priors], per_class),
+        + report.markdown_table(["class", *config.maximize.priors], per_class)
+        + ("\n\nThe same at other lambdas (the papers give none):\n\n"
+           + report.markdown_table(["prior", "lambda", "min p(class)", "mean p(class)",
+                                    "mean log-density", "mean distance to nearest"], sweep)
+           if sweep else ""),
         "## Pixel flipping (Sec. 4; Samek et al. 2017)\n\n"
         f"{explained['num_flipping']} test images, each explained for its label; "
         f"{explained['flipping_steps']} steps of flipping the most relevant pixels first to "
