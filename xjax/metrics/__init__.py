@@ -7,12 +7,27 @@ those the explanation method was called with (see `xjax.explain.targets`).
 
 * `pixel_flipping`: flip pixels in the order of relevance and record the explained output
   (Bach et al. 2015; Samek et al., IEEE TNNLS 2017); the area under the curve, lower is better.
+* localisation against a ground-truth `mask` (`localisation`): `pointing_game` (Zhang et al.,
+  ECCV 2016), `attribution_localisation` (Kohlbrenner et al., IJCNN 2020),
+  `relevance_mass_accuracy` and `relevance_rank_accuracy` (Arras et al., Information Fusion 2022);
+* complexity (`complexity`): `sparseness`, the Gini index (Chalasani et al., ICML 2020), and
+  `complexity`, the entropy of the relevance shares (Bhatt et al., IJCAI 2020).
+
+Where Quantus 0.6.0 (Hedstroem et al., JMLR 2023) computes the same metric, the scores are equal
+to its with its normalisation off; each docstring names the differences.
 
 This package registers the metrics in `METRICS` (`xjax.metrics.registry`, which imports no
 metric): importing any module of `xjax.metrics` imports this one first, so the registry is
 always complete.
 """
 
+from xjax.metrics.complexity import complexity, sparseness
+from xjax.metrics.localisation import (
+  attribution_localisation,
+  pointing_game,
+  relevance_mass_accuracy,
+  relevance_rank_accuracy,
+)
 from xjax.metrics.pixel_flipping import (
   BASELINES,
   ORDERS,
@@ -22,7 +37,7 @@ from xjax.metrics.pixel_flipping import (
   pixel_flipping,
 )
 from xjax.metrics.registry import METRICS, get_metric
-from xjax.registry import Check, in_range, one_of
+from xjax.registry import Check, in_range, non_negative, one_of
 
 _count = Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                "a Python int >= 1")
@@ -42,5 +57,43 @@ METRICS.register(
                 "and the area under it (Samek et al. 2017)",
     higher_is_better=False)
 
-__all__ = ["BASELINES", "METRICS", "ORDERS", "SCORES", "PixelFlippingResult", "flip_counts",
-           "get_metric", "pixel_flipping"]
+_flag = Check(lambda v: isinstance(v, bool), "True or False")
+
+METRICS.register(
+    "pointing_game", pointing_game,
+    checks={"tolerance": non_negative},
+    description="pointing game: 1 where the most relevant pixel lies within `tolerance` pixels of "
+                "the ground-truth mask (Zhang et al. 2016)",
+    higher_is_better=True)
+METRICS.register(
+    "attribution_localisation", attribution_localisation,
+    checks={"positive_only": _flag, "weighted": _flag},
+    description="attribution localisation: the share of the positive relevance inside the "
+                "ground-truth mask (Kohlbrenner et al. 2020)",
+    higher_is_better=True)
+METRICS.register(
+    "relevance_mass_accuracy", relevance_mass_accuracy,
+    description="relevance mass accuracy: the share of the (signed) relevance inside the "
+                "ground-truth mask (Arras et al. 2022)",
+    higher_is_better=True)
+METRICS.register(
+    "relevance_rank_accuracy", relevance_rank_accuracy,
+    description="relevance rank accuracy: the share of the K most relevant pixels inside the "
+                "ground-truth mask of K pixels (Arras et al. 2022)",
+    higher_is_better=True)
+METRICS.register(
+    "sparseness", sparseness,
+    checks={"sum_channels": _flag},
+    description="sparseness: the Gini index of the absolute relevance (Chalasani et al. 2020)",
+    higher_is_better=True)
+METRICS.register(
+    "complexity", complexity,
+    checks={"sum_channels": _flag},
+    description="complexity: the entropy of the shares of the absolute relevance (Bhatt et al. "
+                "2020)",
+    higher_is_better=False)
+
+__all__ = ["BASELINES", "METRICS", "ORDERS", "SCORES", "PixelFlippingResult",
+           "attribution_localisation", "complexity", "flip_counts", "get_metric",
+           "pixel_flipping", "pointing_game", "relevance_mass_accuracy",
+           "relevance_rank_accuracy", "sparseness"]

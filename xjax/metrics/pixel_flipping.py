@@ -26,6 +26,7 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_count, check_inputs, output_seed
+from xjax.metrics.relevance import checked_relevance
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -71,13 +72,6 @@ def flip_counts(num_pixels: int, steps: int, fraction: float = 1.0) -> np.ndarra
   """
   share = Fraction(fraction) * num_pixels / steps
   return np.array([math.floor(k * share + Fraction(1, 2)) for k in range(steps + 1)], np.int32)
-
-
-def _check_relevance(x: Array, relevance: Array) -> None:
-  shape = jnp.shape(relevance)
-  if shape not in (x.shape, x.shape[:3]):
-    raise ConfigError(f"relevance must have the shape of x {x.shape} or, summed over channels, "
-                      f"{x.shape[:3]}; got shape {shape}.")
 
 
 def _baseline_images(x: Array, baseline: Any, key: Array | None) -> Array:
@@ -179,10 +173,8 @@ def pixel_flipping(apply_fn: ApplyFn, params: Any, x: Array, target: Array, rele
       steps or max_batch not an int >= 1; fraction not in (0, 1] or flipping no pixel; an unknown
       baseline, order or score; baseline="uniform" without a key.
   """
-  if jnp.ndim(x) != 4:
-    raise ConfigError(f"x must be a batch of images (B, H, W, C); got shape {jnp.shape(x)}.")
+  relevance = checked_relevance(x, relevance)
   check_inputs(x, target)
-  _check_relevance(x, relevance)
   steps = check_count("steps", steps)
   fraction = _check_fraction(fraction)
   if order not in ORDERS:
