@@ -7,6 +7,8 @@ those the explanation method was called with (see `xjax.explain.targets`).
 
 * `pixel_flipping`: flip pixels in the order of relevance and record the explained output
   (Bach et al. 2015; Samek et al., IEEE TNNLS 2017); the area under the curve, lower is better.
+* `region_perturbation` (patches, Samek et al. 2017), `insertion_deletion` (Petsiuk et al.,
+  BMVC 2018) and `faithfulness_correlation` (Bhatt et al., IJCAI 2020): faithfulness;
 * localisation against a ground-truth `mask` (`localisation`): `pointing_game` (Zhang et al.,
   ECCV 2016), `attribution_localisation` (Kohlbrenner et al., IJCNN 2020),
   `relevance_mass_accuracy` and `relevance_rank_accuracy` (Arras et al., Information Fusion 2022);
@@ -22,6 +24,8 @@ always complete.
 """
 
 from xjax.metrics.complexity import complexity, sparseness
+from xjax.metrics.faithfulness_correlation import faithfulness_correlation
+from xjax.metrics.insertion_deletion import CANVASES, insertion_deletion
 from xjax.metrics.localisation import (
   attribution_localisation,
   pointing_game,
@@ -36,19 +40,23 @@ from xjax.metrics.pixel_flipping import (
   flip_counts,
   pixel_flipping,
 )
+from xjax.metrics.region_perturbation import region_perturbation
 from xjax.metrics.registry import METRICS, get_metric
-from xjax.registry import Check, in_range, non_negative, one_of
+from xjax.registry import Check, at_least, in_range, non_negative, one_of
 
 _count = Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                "a Python int >= 1")
+_max_batch = Check(lambda v: v is None or _count(v), "None or a Python int >= 1")
+_baseline = Check(lambda v: not isinstance(v, str) or v in BASELINES,
+                  f"a number, an array or one of {', '.join(BASELINES)}")
+_canvas = Check(lambda v: not isinstance(v, str) or v in CANVASES,
+                f"a number, an array or one of {', '.join(CANVASES)}")
 
 METRICS.register(
     "pixel_flipping", pixel_flipping,
     checks={"steps": _count,
             "fraction": in_range(0, 1, include_low=False),
-            "max_batch": Check(lambda v: v is None or _count(v), "None or a Python int >= 1"),
-            "baseline": Check(lambda v: not isinstance(v, str) or v in BASELINES,
-                              f"a number, an array or one of {', '.join(BASELINES)}"),
+            "max_batch": _max_batch, "baseline": _baseline,
             "order": one_of(*ORDERS),
             "score": one_of(*SCORES)},
     # higher_is_better is that of the default order, most relevant first; with
@@ -56,6 +64,34 @@ METRICS.register(
     description="pixel flipping: the explained output as the most relevant pixels are replaced, "
                 "and the area under it (Samek et al. 2017)",
     higher_is_better=False)
+
+METRICS.register(
+    "region_perturbation", region_perturbation,
+    checks={"patch_size": _count,
+            "steps": Check(lambda v: v is None or _count(v), "None or a Python int >= 1"),
+            "order": one_of(*ORDERS), "baseline": _canvas, "blur_sigma": at_least(0),
+            "score": one_of(*SCORES), "max_batch": _max_batch},
+    # The area under the most-relevant-first curve; the result's `aopc` is higher-is-better.
+    description="region perturbation: the explained output as the most relevant patches are "
+                "replaced, its area and AOPC (Samek et al. 2017)",
+    higher_is_better=False)
+METRICS.register(
+    "insertion_deletion", insertion_deletion,
+    checks={"steps": _count, "fraction": in_range(0, 1, include_low=False),
+            "deletion_baseline": _canvas, "insertion_baseline": _canvas,
+            "blur_sigma": at_least(0), "score": one_of(*SCORES), "max_batch": _max_batch},
+    # For the insertion area; the result's `deletion_area` is lower-is-better.
+    description="insertion and deletion: the class probability as the most relevant pixels are "
+                "inserted into a blurred canvas or deleted, and the areas (Petsiuk et al. 2018)",
+    higher_is_better=True)
+METRICS.register(
+    "faithfulness_correlation", faithfulness_correlation,
+    checks={"subset_size": _count,
+            "num_samples": Check(lambda v: _count(v) and v >= 2, "a Python int >= 2"),
+            "baseline": _baseline, "score": one_of(*SCORES), "max_batch": _max_batch},
+    description="faithfulness correlation: the Pearson correlation of the relevance of random "
+                "subsets and the drop of the output when they are removed (Bhatt et al. 2020)",
+    higher_is_better=True)
 
 _flag = Check(lambda v: isinstance(v, bool), "True or False")
 
@@ -94,6 +130,7 @@ METRICS.register(
     higher_is_better=False)
 
 __all__ = ["BASELINES", "METRICS", "ORDERS", "SCORES", "PixelFlippingResult",
-           "attribution_localisation", "complexity", "flip_counts", "get_metric",
+           "attribution_localisation", "complexity", "faithfulness_correlation", "flip_counts",
+           "get_metric", "insertion_deletion", "region_perturbation",
            "pixel_flipping", "pointing_game", "relevance_mass_accuracy",
            "relevance_rank_accuracy", "sparseness"]

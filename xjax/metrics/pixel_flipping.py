@@ -74,7 +74,7 @@ def flip_counts(num_pixels: int, steps: int, fraction: float = 1.0) -> np.ndarra
   return np.array([math.floor(k * share + Fraction(1, 2)) for k in range(steps + 1)], np.int32)
 
 
-def _baseline_images(x: Array, baseline: Any, key: Array | None) -> Array:
+def baseline_images(x: Array, baseline: Any, key: Array | None) -> Array:
   """The image each flipped pixel is taken from, (B, H, W, C) in x's dtype (see `pixel_flipping`).
 
   Raises:
@@ -190,31 +190,56 @@ def pixel_flipping(apply_fn: ApplyFn, params: Any, x: Array, target: Array, rele
   if counts[-1] == 0:
     raise ConfigError(f"fraction={fraction} flips no pixel of {height}x{width} images; raise it "
                       f"to at least {0.5 / num_pixels:.3g}.")
-  base = _baseline_images(x, baseline, key)
+  base = baseline_images(x, baseline, key)
   ranks = _pixel_ranks(relevance, order).reshape(batch, height, width, 1)
 
-  # Flat index i = k * B + b: image b after step k (steps-major, so that with the default chunk
-  # of B images one call of apply_fn evaluates one step). The last chunk is padded by repeating
-  # the last image; its scores are dropped.
-  total = batch * (steps + 1)
-  chunk = min(chunk, total)
+  counts_of = jnp.asarray(counts)
+
+  def flipped(step: Array, image: Array) -> Array:
+    return jnp.where(ranks[image] < counts_of[step][:, None, None, None], base[image], x[image])
+
+  curves = perturbed_scores(apply_fn, params, target, flipped, steps + 1, batch, score=score,
+                            max_batch=chunk)
+  fractions = jnp.asarray(counts / num_pixels, curves.dtype)
+  return PixelFlippingResult(curves, fractions, curve_area(curves, counts))
+
+
+# --------------------------------------------------------------------------------------------------
+# The evaluation loop and the area, shared with the other perturbation metrics.
+
+
+def perturbed_scores(apply_fn: ApplyFn, params: Any, target: Array,
+                     perturbed: Callable[[Array, Array], Array], steps: int, batch: int, *,
+                     score: str, max_batch: int) -> Array:
+  """(B, steps) the explained score of `perturbed(step, image)` for every step and image.
+
+  `perturbed` maps int vectors `step` (N,) and `image` (N,) to the N images to evaluate; it is
+  called on chunks of at most `max_batch` indices, so only that many perturbed images exist at
+  once. `score` is "logit" or "probability"; the score is `sum_c seed_c * s_c` with
+  `seed = output_seed(outputs, target[image])`.
+  """
+  # Flat index i = k * B + b: image b after step k (steps-major, so that with a chunk of B
+  # images one call of apply_fn evaluates one step). The last chunk is padded by repeating the
+  # last image; its scores are dropped.
+  total = batch * steps
+  chunk = min(max_batch, total)
   num_chunks = -(-total // chunk)
   flat = np.minimum(np.arange(num_chunks * chunk), total - 1).reshape(num_chunks, chunk)
-  counts_of = jnp.asarray(counts)
 
   def scores(indices: Array) -> Array:
     step, image = indices // batch, indices % batch
-    flipped = ranks[image] < counts_of[step][:, None, None, None]
-    outputs = apply_fn(params, jnp.where(flipped, base[image], x[image]))
+    outputs = apply_fn(params, perturbed(step, image))
     if score == "probability":
       outputs = jax.nn.softmax(outputs, axis=-1)
     return jnp.sum(output_seed(outputs, target[image]) * outputs, axis=-1)
 
   flat = jnp.asarray(flat, jnp.int32)
   values = scores(flat[0]) if num_chunks == 1 else jax.lax.map(scores, flat)
-  curves = values.reshape(-1)[:total].reshape(steps + 1, batch).T
-  fractions = jnp.asarray(counts / num_pixels, curves.dtype)
-  # The x axis rescaled to [0, 1], so that the area is the curve's average, in the score's units.
+  return values.reshape(-1)[:total].reshape(steps, batch).T
+
+
+def curve_area(curves: Array, counts: np.ndarray) -> Array:
+  """(B,) the trapezoid area under `curves` (B, K) against `counts` (K,) rescaled to [0, 1]: the
+  average of the piecewise-linear curve, in the score's units."""
   dx = jnp.asarray(np.diff(counts) / counts[-1], curves.dtype)
-  area = jnp.sum(dx * (curves[:, 1:] + curves[:, :-1]) / 2, axis=-1)
-  return PixelFlippingResult(curves, fractions, area)
+  return jnp.sum(dx * (curves[:, 1:] + curves[:, :-1]) / 2, axis=-1)
