@@ -1,16 +1,13 @@
-"""`runs.maximize` on its smoke config: prototypes, heatmaps and pixel flipping recomputed here."""
+"""The maximize experiment on its smoke config: prototypes, heatmaps and pixel flipping."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from runs.configs import maximize as maximize_config
-from tests.conftest import REPO
 from xjax.errors import ConfigError
 from xjax.experiments.maximize import nearest_distances
 from xjax.experiments.registry import get_experiment
@@ -19,12 +16,11 @@ from xjax.experiments.runner import run_experiment
 
 @pytest.fixture(scope="module")
 def maximized(tmp_path_factory):
+  # In process (the command line's own path is `runs.cli`, tested with the other experiments);
+  # that a second run resumes the three trained runs is the runner's, tested there and, for
+  # generative models, in tests/train/test_generative.py.
   workdir = tmp_path_factory.mktemp("maximize")
-  result = subprocess.run([sys.executable, "-m", "runs.maximize",
-                           "--config=runs/configs/maximize.py:shapes,smoke",
-                           f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  run_experiment(get_experiment("maximize"), maximize_config.get_config("shapes,smoke"), workdir)
   return workdir, json.loads((workdir / "results.json").read_text())
 
 
@@ -55,22 +51,6 @@ def test_three_runs_three_priors_and_every_method(maximized):
   for figure in ("prototypes.png", "explanations.png", "pixel_flipping.png"):
     assert (workdir / "figures" / figure).stat().st_size > 0
   assert "## Pixel flipping" in (workdir / "results.md").read_text()
-
-
-def test_a_second_run_trains_nothing_again(maximized):
-  workdir, results = maximized
-  # The analysis cut to one prior and one method (the trained runs do not depend on it), so that
-  # the rerun costs the resume and not the whole analysis again.
-  again = subprocess.run([sys.executable, "-m", "runs.maximize",
-                          "--config=runs/configs/maximize.py:shapes,smoke",
-                          "--config.maximize.priors=('code',)", "--config.maximize.sweep.expert=()",
-                          "--config.explain.methods=('sensitivity',)",
-                          f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert "train loss" not in again.stdout  # every run resumed at its end
-  second = json.loads((workdir / "results.json").read_text())
-  assert second["prototypes"]["code"] == results["prototypes"]["code"]  # seeded: the same
 
 
 def test_nearest_distance_by_hand():
