@@ -9,6 +9,10 @@ those the explanation method was called with (see `xjax.explain.targets`).
   (Bach et al. 2015; Samek et al., IEEE TNNLS 2017); the area under the curve, lower is better.
 * `region_perturbation` (patches, Samek et al. 2017), `insertion_deletion` (Petsiuk et al.,
   BMVC 2018) and `faithfulness_correlation` (Bhatt et al., IJCAI 2020): faithfulness;
+* `completeness` (Sundararajan et al., ICML 2017; conservation, Bach et al. 2015): the sum of
+  the relevance against the change of the output from a baseline;
+* `max_sensitivity`, `avg_sensitivity` (Yeh et al., NeurIPS 2019): robustness, the method re-run
+  on inputs with uniform noise (`explain=`);
 * localisation against a ground-truth `mask` (`localisation`): `pointing_game` (Zhang et al.,
   ECCV 2016), `attribution_localisation` (Kohlbrenner et al., IJCNN 2020),
   `relevance_mass_accuracy` and `relevance_rank_accuracy` (Arras et al., Information Fusion 2022);
@@ -23,6 +27,7 @@ metric): importing any module of `xjax.metrics` imports this one first, so the r
 always complete.
 """
 
+from xjax.metrics.completeness import completeness
 from xjax.metrics.complexity import complexity, sparseness
 from xjax.metrics.faithfulness_correlation import faithfulness_correlation
 from xjax.metrics.insertion_deletion import CANVASES, insertion_deletion
@@ -42,7 +47,8 @@ from xjax.metrics.pixel_flipping import (
 )
 from xjax.metrics.region_perturbation import region_perturbation
 from xjax.metrics.registry import METRICS, get_metric
-from xjax.registry import Check, at_least, in_range, non_negative, one_of
+from xjax.metrics.sensitivity import NORMS, avg_sensitivity, max_sensitivity
+from xjax.registry import Check, at_least, in_range, non_negative, one_of, positive
 
 _count = Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                "a Python int >= 1")
@@ -95,6 +101,32 @@ METRICS.register(
 
 _flag = Check(lambda v: isinstance(v, bool), "True or False")
 
+_broadcast_baseline = Check(lambda v: v is not None and not isinstance(v, (str, bytes)),
+                            "a number or an array broadcastable to x")
+_explain = Check(callable, "a function explain(params, x, target) -> relevance")
+
+METRICS.register(
+    "completeness", completeness,
+    checks={"baseline": _broadcast_baseline, "relative": _flag},
+    # A signed error, best at 0: neither higher nor lower is better.
+    description="completeness: the sum of the relevance minus the change of the explained output "
+                "from the baseline (Sundararajan et al. 2017; Bach et al. 2015)",
+    higher_is_better=None)
+METRICS.register(
+    "max_sensitivity", max_sensitivity,
+    checks={"explain": _explain, "radius": positive, "num_samples": _count,
+            "norm": one_of(*NORMS)},
+    description="max-sensitivity: the largest relative change of the explanation under uniform "
+                "input noise (Yeh et al. 2019)",
+    higher_is_better=False)
+METRICS.register(
+    "avg_sensitivity", avg_sensitivity,
+    checks={"explain": _explain, "radius": positive, "num_samples": _count,
+            "norm": one_of(*NORMS)},
+    description="avg-sensitivity: the mean relative change of the explanation under uniform "
+                "input noise (Yeh et al. 2019)",
+    higher_is_better=False)
+
 METRICS.register(
     "pointing_game", pointing_game,
     checks={"tolerance": non_negative},
@@ -129,8 +161,8 @@ METRICS.register(
                 "2020)",
     higher_is_better=False)
 
-__all__ = ["BASELINES", "METRICS", "ORDERS", "SCORES", "PixelFlippingResult",
-           "attribution_localisation", "complexity", "faithfulness_correlation", "flip_counts",
-           "get_metric", "insertion_deletion", "region_perturbation",
-           "pixel_flipping", "pointing_game", "relevance_mass_accuracy",
-           "relevance_rank_accuracy", "sparseness"]
+__all__ = ["BASELINES", "METRICS", "ORDERS", "PixelFlippingResult", "SCORES",
+           "attribution_localisation", "avg_sensitivity", "completeness", "complexity",
+           "faithfulness_correlation", "flip_counts", "get_metric", "insertion_deletion",
+           "max_sensitivity", "pixel_flipping", "pointing_game", "region_perturbation",
+           "relevance_mass_accuracy", "relevance_rank_accuracy", "sparseness"]
