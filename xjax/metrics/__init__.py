@@ -13,6 +13,8 @@ those the explanation method was called with (see `xjax.explain.targets`).
   the relevance against the change of the output from a baseline;
 * `max_sensitivity`, `avg_sensitivity` (Yeh et al., NeurIPS 2019): robustness, the method re-run
   on inputs with uniform noise (`explain=`);
+* `model_parameter_randomisation` (Adebayo et al., NeurIPS 2018) and `random_logit` (Sixt et
+  al., ICML 2020): randomisation sanity checks, the method re-run (`explain=`);
 * localisation against a ground-truth `mask` (`localisation`): `pointing_game` (Zhang et al.,
   ECCV 2016), `attribution_localisation` (Kohlbrenner et al., IJCNN 2020),
   `relevance_mass_accuracy` and `relevance_rank_accuracy` (Arras et al., Information Fusion 2022);
@@ -44,6 +46,13 @@ from xjax.metrics.pixel_flipping import (
   PixelFlippingResult,
   flip_counts,
   pixel_flipping,
+)
+from xjax.metrics.randomisation import (
+  LAYER_ORDERS,
+  SIMILARITIES,
+  RandomisationResult,
+  model_parameter_randomisation,
+  random_logit,
 )
 from xjax.metrics.region_perturbation import region_perturbation
 from xjax.metrics.registry import METRICS, get_metric
@@ -113,6 +122,22 @@ METRICS.register(
                 "from the baseline (Sundararajan et al. 2017; Bach et al. 2015)",
     higher_is_better=None)
 METRICS.register(
+    "model_parameter_randomisation", model_parameter_randomisation,
+    checks={"explain": _explain, "order": one_of(*LAYER_ORDERS),
+            "similarity": one_of(*SIMILARITIES), "cascade": _flag},
+    # The similarity to the original explanation as layers are randomised: lower is better.
+    description="model parameter randomisation: the similarity of the explanation to the "
+                "original as the layers are randomised from the top (Adebayo et al. 2018)",
+    higher_is_better=False)
+METRICS.register(
+    "random_logit", random_logit,
+    checks={"explain": _explain,
+            "num_classes": Check(lambda v: _count(v) and v >= 2, "a Python int >= 2"),
+            "similarity": one_of(*SIMILARITIES)},
+    description="random logit: the similarity of the explanation of a random other class to "
+                "that of the target (Sixt et al. 2020)",
+    higher_is_better=False)
+METRICS.register(
     "max_sensitivity", max_sensitivity,
     checks={"explain": _explain, "radius": positive, "num_samples": _count,
             "norm": one_of(*NORMS)},
@@ -161,8 +186,9 @@ METRICS.register(
                 "2020)",
     higher_is_better=False)
 
-__all__ = ["BASELINES", "METRICS", "ORDERS", "PixelFlippingResult", "SCORES",
-           "attribution_localisation", "avg_sensitivity", "completeness", "complexity",
+__all__ = ["BASELINES", "METRICS", "ORDERS", "PixelFlippingResult", "RandomisationResult",
+           "SCORES", "attribution_localisation", "avg_sensitivity", "completeness", "complexity",
            "faithfulness_correlation", "flip_counts", "get_metric", "insertion_deletion",
-           "max_sensitivity", "pixel_flipping", "pointing_game", "region_perturbation",
-           "relevance_mass_accuracy", "relevance_rank_accuracy", "sparseness"]
+           "max_sensitivity", "model_parameter_randomisation", "pixel_flipping", "pointing_game",
+           "random_logit", "region_perturbation", "relevance_mass_accuracy",
+           "relevance_rank_accuracy", "sparseness"]
