@@ -61,7 +61,10 @@ from xjax.registry import Check, at_least, in_range, non_negative, one_of, posit
 
 _count = Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                "a Python int >= 1")
-_max_batch = Check(lambda v: v is None or _count(v), "None or a Python int >= 1")
+_optional_count = Check(lambda v: v is None or _count(v), "None or a Python int >= 1")
+_at_least_two = Check(lambda v: _count(v) and v >= 2, "a Python int >= 2")
+_flag = Check(lambda v: isinstance(v, bool), "True or False")
+_explain = Check(callable, "a function explain(params, x, target) -> relevance")
 _baseline = Check(lambda v: not isinstance(v, str) or v in BASELINES,
                   f"a number, an array or one of {', '.join(BASELINES)}")
 _canvas = Check(lambda v: not isinstance(v, str) or v in CANVASES,
@@ -71,7 +74,7 @@ METRICS.register(
     "pixel_flipping", pixel_flipping,
     checks={"steps": _count,
             "fraction": in_range(0, 1, include_low=False),
-            "max_batch": _max_batch, "baseline": _baseline,
+            "max_batch": _optional_count, "baseline": _baseline,
             "order": one_of(*ORDERS),
             "score": one_of(*SCORES)},
     # higher_is_better is that of the default order, most relevant first; with
@@ -83,9 +86,9 @@ METRICS.register(
 METRICS.register(
     "region_perturbation", region_perturbation,
     checks={"patch_size": _count,
-            "steps": Check(lambda v: v is None or _count(v), "None or a Python int >= 1"),
+            "steps": _optional_count,
             "order": one_of(*ORDERS), "baseline": _canvas, "blur_sigma": at_least(0),
-            "score": one_of(*SCORES), "max_batch": _max_batch},
+            "score": one_of(*SCORES), "max_batch": _optional_count},
     # The area under the most-relevant-first curve; the result's `aopc` is higher-is-better.
     description="region perturbation: the explained output as the most relevant patches are "
                 "replaced, its area and AOPC (Samek et al. 2017)",
@@ -94,7 +97,7 @@ METRICS.register(
     "insertion_deletion", insertion_deletion,
     checks={"steps": _count, "fraction": in_range(0, 1, include_low=False),
             "deletion_baseline": _canvas, "insertion_baseline": _canvas,
-            "blur_sigma": at_least(0), "score": one_of(*SCORES), "max_batch": _max_batch},
+            "blur_sigma": at_least(0), "score": one_of(*SCORES), "max_batch": _optional_count},
     # For the insertion area; the result's `deletion_area` is lower-is-better.
     description="insertion and deletion: the class probability as the most relevant pixels are "
                 "inserted into a blurred canvas or deleted, and the areas (Petsiuk et al. 2018)",
@@ -102,17 +105,16 @@ METRICS.register(
 METRICS.register(
     "faithfulness_correlation", faithfulness_correlation,
     checks={"subset_size": _count,
-            "num_samples": Check(lambda v: _count(v) and v >= 2, "a Python int >= 2"),
-            "baseline": _baseline, "score": one_of(*SCORES), "max_batch": _max_batch},
+            "num_samples": _at_least_two,
+            "baseline": _baseline, "score": one_of(*SCORES), "max_batch": _optional_count},
     description="faithfulness correlation: the Pearson correlation of the relevance of random "
                 "subsets and the drop of the output when they are removed (Bhatt et al. 2020)",
     higher_is_better=True)
 
-_flag = Check(lambda v: isinstance(v, bool), "True or False")
-
 _broadcast_baseline = Check(lambda v: v is not None and not isinstance(v, (str, bytes)),
                             "a number or an array broadcastable to x")
-_explain = Check(callable, "a function explain(params, x, target) -> relevance")
+_sensitivity_checks = {"explain": _explain, "radius": positive, "num_samples": _count,
+                       "norm": one_of(*NORMS)}
 
 METRICS.register(
     "completeness", completeness,
@@ -132,22 +134,20 @@ METRICS.register(
 METRICS.register(
     "random_logit", random_logit,
     checks={"explain": _explain,
-            "num_classes": Check(lambda v: _count(v) and v >= 2, "a Python int >= 2"),
+            "num_classes": _at_least_two,
             "similarity": one_of(*SIMILARITIES)},
     description="random logit: the similarity of the explanation of a random other class to "
                 "that of the target (Sixt et al. 2020)",
     higher_is_better=False)
 METRICS.register(
     "max_sensitivity", max_sensitivity,
-    checks={"explain": _explain, "radius": positive, "num_samples": _count,
-            "norm": one_of(*NORMS)},
+    checks=_sensitivity_checks,
     description="max-sensitivity: the largest relative change of the explanation under uniform "
                 "input noise (Yeh et al. 2019)",
     higher_is_better=False)
 METRICS.register(
     "avg_sensitivity", avg_sensitivity,
-    checks={"explain": _explain, "radius": positive, "num_samples": _count,
-            "norm": one_of(*NORMS)},
+    checks=_sensitivity_checks,
     description="avg-sensitivity: the mean relative change of the explanation under uniform "
                 "input noise (Yeh et al. 2019)",
     higher_is_better=False)

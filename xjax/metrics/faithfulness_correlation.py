@@ -23,8 +23,9 @@ import jax.numpy as jnp
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_count, check_inputs
+from xjax.metrics.correlation import pearson
 from xjax.metrics.pixel_flipping import SCORES, ApplyFn, baseline_images, perturbed_scores
-from xjax.metrics.relevance import pixel_relevance
+from xjax.metrics.relevance import check_images, pixel_relevance
 
 Array = jax.Array
 
@@ -80,14 +81,7 @@ def subset_correlation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                               max_batch=chunk)
   drops = original - perturbed_scores(apply_fn, params, target, perturbed, num_samples, batch,
                                       score=score, max_batch=chunk)  # (B, S)
-  return _pearson(inside.T, drops)
-
-
-def _pearson(a: Array, b: Array) -> Array:
-  """(B,) the Pearson correlation of the rows of a and b (B, S), centred first for accuracy."""
-  a = a - a.mean(-1, keepdims=True)
-  b = b - b.mean(-1, keepdims=True)
-  return jnp.sum(a * b, -1) / jnp.sqrt(jnp.sum(a * a, -1) * jnp.sum(b * b, -1))
+  return pearson(inside.T, drops)
 
 
 def faithfulness_correlation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
@@ -126,8 +120,7 @@ def faithfulness_correlation(apply_fn: ApplyFn, params: Any, x: Array, target: A
       num_samples not an int >= 2; an unknown score or baseline; no key; max_batch not an
       int >= 1.
   """
-  if jnp.ndim(x) != 4:
-    raise ConfigError(f"x must be a batch of images (B, H, W, C); got shape {jnp.shape(x)}.")
+  check_images(x)
   batch, height, width, _ = jnp.shape(x)
   num_pixels = height * width
   subset_size = check_count("subset_size", subset_size)

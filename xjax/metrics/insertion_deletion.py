@@ -28,6 +28,7 @@ from xjax.metrics.pixel_flipping import (
   baseline_images,
   pixel_flipping,
 )
+from xjax.metrics.relevance import check_images
 
 Array = jax.Array
 
@@ -152,8 +153,7 @@ def insertion_deletion(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
   if score not in SCORES:
     raise ConfigError(f"Unknown score {score!r}; known: {', '.join(SCORES)}.")
   # The checks of x, target and relevance are pixel_flipping's; the canvases need a 4-D x first.
-  if jnp.ndim(x) != 4:
-    raise ConfigError(f"x must be a batch of images (B, H, W, C); got shape {jnp.shape(x)}.")
+  check_images(x)
   keys = (None, None) if key is None else tuple(jax.random.split(key))
   x = jnp.asarray(x)
   deleted = canvas_images(x, deletion_baseline, keys[0], blur_sigma)

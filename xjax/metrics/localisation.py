@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.metrics.relevance import pixel_relevance
+from xjax.metrics.relevance import pixel_relevance, relevance_ranks
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -269,9 +269,7 @@ def relevance_rank_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Ar
   ground_truth = _check_mask(x, mask)
   batch = scores.shape[0]
   flat, inside = scores.reshape(batch, -1), ground_truth.reshape(batch, -1)
-  # argsort of the negated relevance lists the pixels most relevant first; argsort of that list
-  # inverts the permutation, giving each pixel its rank (0 = most relevant).
-  ranks = jnp.argsort(jnp.argsort(-flat, axis=-1, stable=True), axis=-1, stable=True)
+  ranks = relevance_ranks(flat, "most_relevant_first")  # 0 = the most relevant pixel
   size = inside.sum(-1)
   hits = jnp.sum(inside & (ranks < size[:, None]), axis=-1)
   # An empty mask gives 0 / 0 = NaN by itself.

@@ -26,7 +26,7 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_count, check_inputs, output_seed
-from xjax.metrics.relevance import checked_relevance
+from xjax.metrics.relevance import checked_relevance, relevance_ranks
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -107,16 +107,9 @@ def baseline_images(x: Array, baseline: Any, key: Array | None) -> Array:
 
 
 def _pixel_ranks(relevance: Array, order: str) -> Array:
-  """(B, H*W) the step rank of each pixel: 0 is flipped first. Ties go to the lower pixel index.
-
-  `argsort` of the (negated) pixel relevance lists the pixels in flipping order; `argsort` of
-  that list inverts the permutation, giving each pixel its position. Both sorts are stable, so
-  equal relevance is broken by the row-major pixel index in either order.
-  """
+  """(B, H*W) the step rank of each pixel, by the sum of its channels' relevance."""
   per_pixel = relevance.sum(-1) if relevance.ndim == 4 else relevance
-  per_pixel = per_pixel.reshape(per_pixel.shape[0], -1)
-  key = -per_pixel if order == "most_relevant_first" else per_pixel
-  return jnp.argsort(jnp.argsort(key, axis=-1, stable=True), axis=-1, stable=True)
+  return relevance_ranks(per_pixel.reshape(per_pixel.shape[0], -1), order)
 
 
 # --------------------------------------------------------------------------------------------------

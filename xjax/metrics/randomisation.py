@@ -36,7 +36,8 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_inputs
-from xjax.metrics.relevance import checked_relevance
+from xjax.metrics.correlation import pearson, ranks
+from xjax.metrics.relevance import check_explain, checked_relevance, recomputed_relevance
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -54,26 +55,11 @@ class RandomisationResult(NamedTuple):
 
 
 def _pearson(a: Array, b: Array) -> Array:
-  """(B,) the Pearson correlation of the rows of `a` and `b` (B, N)."""
-  a = a - a.mean(-1, keepdims=True)
-  b = b - b.mean(-1, keepdims=True)
-  r = (a * b).sum(-1) / jnp.sqrt((a * a).sum(-1) * (b * b).sum(-1))
-  # An unchanged explanation scores exactly 1: rounding (XLA rewrites the division by a square
-  # root as a multiplication by rsqrt) would otherwise give 1 - 6e-8, and "similarity 1 at every
-  # layer" is the verdict the check exists to give for a model-blind explanation.
-  return jnp.where((a == b).all(-1), jnp.ones_like(r), r)
-
-
-def _ranks(a: Array) -> Array:
-  """(B, N) the 1-based ranks of each row of `a`, ties given their average rank (as scipy's
-  `rankdata(method="average")`); sorting and two binary searches, O(N log N), not O(N^2)."""
-  def row(v):
-    s = jnp.sort(v)
-    below = jnp.searchsorted(s, v, side="left")
-    upto = jnp.searchsorted(s, v, side="right")
-    # The tied values hold ranks below+1 .. upto; their mean.
-    return (below + upto + 1) / 2.0
-  return jax.vmap(row)(a)
+  """`pearson`, with an unchanged explanation scoring exactly 1: rounding (XLA rewrites the
+  division by a square root as a multiplication by rsqrt) would otherwise give 1 - 6e-8, and
+  "similarity 1 at every layer" is the verdict the check exists to give for a model-blind
+  explanation."""
+  return jnp.where((a == b).all(-1), 1.0, pearson(a, b))
 
 
 def similarity_of(a: Array, b: Array, similarity: str = "spearman") -> Array:
@@ -90,16 +76,14 @@ def similarity_of(a: Array, b: Array, similarity: str = "spearman") -> Array:
 def _similarity(a: Array, b: Array, similarity: str) -> Array:
   # One compiled function rather than a dozen eagerly dispatched ops per call.
   if similarity == "spearman":
-    a, b = _ranks(a), _ranks(b)
+    a, b = ranks(a), ranks(b)
   return _pearson(a, b)
 
 
 def _check_common(x, target, relevance, explain, key, similarity):
   relevance = checked_relevance(x, relevance)
   check_inputs(x, target)
-  if not callable(explain):
-    raise ConfigError(f"explain must be a function explain(params, x, target) -> relevance; "
-                      f"got {explain!r}.")
+  check_explain(explain)
   if similarity not in SIMILARITIES:
     raise ConfigError(f"Unknown similarity {similarity!r}; expected one of "
                       f"{', '.join(SIMILARITIES)}.")
@@ -110,13 +94,7 @@ def _check_common(x, target, relevance, explain, key, similarity):
 
 def _compare(explained: Any, x: Array, relevance: Array, similarity: str) -> Array:
   """(B,) the similarity of a recomputed explanation with the original `relevance`."""
-  explained = jnp.asarray(explained)
-  if explained.shape == jnp.shape(x) and relevance.ndim == 3:
-    explained = explained.sum(-1)  # pixel relevance: compare like with like
-  if explained.shape != relevance.shape:
-    raise ConfigError(f"explain returned shape {explained.shape}; expected the relevance's "
-                      f"shape {relevance.shape}.")
-  return similarity_of(explained, relevance, similarity)
+  return similarity_of(recomputed_relevance(explained, x, relevance), relevance, similarity)
 
 
 def _rebuild(original: Mapping, entries: dict) -> Any:

@@ -29,7 +29,7 @@ from xjax.metrics.pixel_flipping import (
   curve_area,
   perturbed_scores,
 )
-from xjax.metrics.relevance import pixel_relevance
+from xjax.metrics.relevance import pixel_relevance, relevance_ranks
 
 Array = jax.Array
 
@@ -147,10 +147,8 @@ def region_perturbation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
   # (B, N) the relevance of each patch: a segment sum over the flat pixels.
   sums = jax.vmap(lambda r: jax.ops.segment_sum(r, ids.reshape(-1), num_patches))(
       per_pixel.reshape(batch, -1))
-  sort_key = -sums if order == "most_relevant_first" else sums
-  # Each patch's position in the order (stable argsort, inverted), then each pixel's: its patch's.
-  patch_ranks = jnp.argsort(jnp.argsort(sort_key, axis=-1, stable=True), axis=-1, stable=True)
-  ranks = patch_ranks[:, ids][..., None]  # (B, H, W, 1)
+  # Each patch's position in the order, then each pixel's: its patch's.
+  ranks = relevance_ranks(sums, order)[:, ids][..., None]  # (B, H, W, 1)
 
   def perturbed(step: Array, image: Array) -> Array:
     return jnp.where(ranks[image] < step[:, None, None, None], base[image], x[image])

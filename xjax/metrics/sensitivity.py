@@ -40,7 +40,7 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_count, check_inputs
-from xjax.metrics.relevance import checked_relevance
+from xjax.metrics.relevance import check_explain, checked_relevance, recomputed_relevance
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -65,9 +65,7 @@ def sensitivities(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relev
   del apply_fn
   relevance = checked_relevance(x, relevance)
   check_inputs(x, target)
-  if not callable(explain):
-    raise ConfigError(f"explain must be a function explain(params, x, target) -> relevance; "
-                      f"got {explain!r}.")
+  check_explain(explain)
   if (isinstance(radius, bool) or not isinstance(radius, (int, float, np.floating))
       or not np.isfinite(radius) or radius <= 0):
     raise ConfigError(f"radius must be a finite Python number > 0 (the half-width of the "
@@ -85,13 +83,7 @@ def sensitivities(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relev
   # Samples stacked into the batch (sample-major): one call of `explain`, however it is built.
   perturbed = (x[None] + noise).reshape(num_samples * batch, *x.shape[1:])
   targets = jnp.tile(target, (num_samples,) + (1,) * (target.ndim - 1))
-  explained = jnp.asarray(explain(params, perturbed, targets))
-  if explained.shape == perturbed.shape and relevance.ndim == 3:
-    explained = explained.sum(-1)  # pixel relevance: compare like with like
-  if explained.shape != (num_samples * batch, *relevance.shape[1:]):
-    raise ConfigError(f"explain returned shape {explained.shape} for {num_samples * batch} "
-                      f"perturbed images; expected the relevance's per-example shape "
-                      f"{relevance.shape[1:]}.")
+  explained = recomputed_relevance(explain(params, perturbed, targets), perturbed, relevance)
   flat = relevance.reshape(batch, -1)
   change = explained.reshape(num_samples, batch, -1) - flat[None]
   return _norm(change, norm) / _norm(flat, norm)
