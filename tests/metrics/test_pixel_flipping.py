@@ -217,6 +217,11 @@ def test_channel_summed_relevance_gives_the_same_result():
     (dict(relevance=np.zeros((B, H, W, 3))), r"relevance must have the shape of x"),
     (dict(relevance=np.zeros((B, P))), r"relevance must have the shape of x"),
     (dict(target=TARGET[:2]), r"target must be class indices"),
+    # An index past the model's K outputs would one-hot to a zero seed: every curve flat at 0.
+    (dict(target=np.array([0, K, -1])), rf"target must be class indices in \[0, {K}\) \(the "
+     rf"model's outputs\); got \[{K}, -1\] at example\(s\) \[1, 2\]"),
+    (dict(relevance=np.where(np.arange(B)[:, None, None, None] == 1, np.nan, TRUE_RELEVANCE)),
+     r"relevance holds NaN or infinity in example\(s\) \[1\]: the method failed on them"),
     (dict(steps=0), r"steps must be a Python int >= 1"),
     (dict(steps=2.0), r"steps must be a Python int >= 1"),
     (dict(fraction=0.0), r"fraction must be a Python number in \(0, 1\]"),

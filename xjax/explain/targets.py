@@ -44,6 +44,28 @@ def check_inputs(x: Array, target: Array, num_outputs: int | None = None) -> Non
   if len(t_shape) == 2 and num_outputs is not None and t_shape[1] != num_outputs:
     raise ConfigError(f"target has {t_shape[1]} outputs per image but the model has "
                       f"{num_outputs}.")
+  if len(t_shape) == 1 and num_outputs is not None and not isinstance(target, jax.core.Tracer):
+    # A class index out of range would one-hot to a zero seed and explain nothing, silently.
+    # Only a concrete target can be looked at; under jax.jit the caller checks it.
+    values = np.asarray(target)
+    bad = np.flatnonzero((values < 0) | (values >= num_outputs))
+    if bad.size:
+      raise ConfigError(f"target must be class indices in [0, {num_outputs}) (the model's "
+                        f"outputs); got {values[bad[:5]].tolist()} at example(s) "
+                        f"{bad[:5].tolist()}.")
+
+
+def check_model_target(apply_fn, params: Any, x: Array, target: Array) -> None:
+  """`check_inputs` with the model's number of outputs, found by tracing `apply_fn` (no compile).
+
+  For the functions that run the model on altered inputs (the metrics): a concrete class index
+  outside the model's outputs is an error here rather than a zero seed later.
+  """
+  check_inputs(x, target)
+  if jnp.ndim(target) == 1 and not isinstance(target, jax.core.Tracer):
+    outputs = jax.eval_shape(apply_fn, params,
+                             jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)))
+    check_inputs(x, target, outputs.shape[-1])
 
 
 def output_seed(outputs: Array, target: Array) -> Array:

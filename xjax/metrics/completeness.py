@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.explain.targets import check_inputs, output_seed
+from xjax.explain.targets import check_model_target, output_seed
 from xjax.metrics.relevance import checked_relevance
 
 Array = jax.Array
@@ -69,7 +69,7 @@ def completeness(apply_fn: ApplyFn, params: Any, x: Array, target: Array, releva
       or `relative` not a bool.
   """
   relevance = checked_relevance(x, relevance)
-  check_inputs(x, target)
+  check_model_target(apply_fn, params, x, target)
   if not isinstance(relative, bool):
     raise ConfigError(f"relative must be True or False; got {relative!r}.")
   x = jnp.asarray(x)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from xjax.errors import ConfigError
-from xjax.explain.targets import check_count, check_inputs
+from xjax.explain.targets import check_count, check_model_target
 from xjax.metrics.correlation import pearson
 from xjax.metrics.pixel_flipping import SCORES, ApplyFn, baseline_images, perturbed_scores
 from xjax.metrics.relevance import check_images, pixel_relevance
@@ -55,7 +55,7 @@ def subset_correlation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
   defined), as Quantus's `scipy.stats.pearsonr`.
   """
   per_pixel = pixel_relevance(x, relevance)
-  check_inputs(x, target)
+  check_model_target(apply_fn, params, x, target)
   if score not in SCORES:
     raise ConfigError(f"Unknown score {score!r}; known: {', '.join(SCORES)}.")
   x, target, subsets = jnp.asarray(x), jnp.asarray(target), jnp.asarray(subsets)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.explain.targets import check_count, check_inputs, output_seed
+from xjax.explain.targets import check_count, check_model_target, output_seed
 from xjax.metrics.relevance import checked_relevance, relevance_ranks
 
 Array = jax.Array
@@ -167,7 +167,7 @@ def pixel_flipping(apply_fn: ApplyFn, params: Any, x: Array, target: Array, rele
       baseline, order or score; baseline="uniform" without a key.
   """
   relevance = checked_relevance(x, relevance)
-  check_inputs(x, target)
+  check_model_target(apply_fn, params, x, target)
   steps = check_count("steps", steps)
   fraction = _check_fraction(fraction)
   if order not in ORDERS:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.explain.targets import check_count, check_inputs
+from xjax.explain.targets import check_count, check_model_target
 from xjax.metrics.insertion_deletion import canvas_images
 from xjax.metrics.pixel_flipping import (
   ORDERS,
@@ -127,7 +127,7 @@ def region_perturbation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
       baseline="uniform" without a key; max_batch not an int >= 1.
   """
   per_pixel = pixel_relevance(x, relevance)
-  check_inputs(x, target)
+  check_model_target(apply_fn, params, x, target)
   if order not in ORDERS:
     raise ConfigError(f"Unknown order {order!r}; known: {', '.join(ORDERS)}.")
   if score not in SCORES:

@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xjax.errors import ConfigError
 
@@ -24,13 +25,22 @@ def checked_relevance(x: Any, relevance: Any) -> jax.Array:
   """`relevance` as a float array after checking it fits the images `x`.
 
   Raises:
-    ConfigError: x not (B, H, W, C), or relevance neither x's shape nor (B, H, W).
+    ConfigError: x not (B, H, W, C); relevance neither x's shape nor (B, H, W); a concrete
+      relevance (outside `jax.jit`) holding NaN or infinity (the message lists the examples).
   """
   check_images(x)
   x_shape, shape = tuple(jnp.shape(x)), tuple(jnp.shape(relevance))
   if shape not in (x_shape, x_shape[:3]):
     raise ConfigError(f"relevance must have the shape of x {x_shape} or, summed over channels, "
                       f"{x_shape[:3]}; got shape {shape}.")
+  if not isinstance(relevance, jax.core.Tracer):
+    # A NaN would sort anywhere in a ranking and spread through every sum: the score would be
+    # quietly meaningless. A traced relevance cannot be inspected (its NaNs reach the scores).
+    finite = np.isfinite(np.asarray(relevance, np.float64)).reshape(shape[0], -1).all(-1)
+    if not finite.all():
+      bad = np.flatnonzero(~finite)
+      raise ConfigError(f"relevance holds NaN or infinity in example(s) {bad[:10].tolist()}"
+                        f"{' ...' if bad.size > 10 else ''}: the method failed on them.")
   relevance = jnp.asarray(relevance)
   if not jnp.issubdtype(relevance.dtype, jnp.floating):
     relevance = relevance.astype(jnp.float32)
