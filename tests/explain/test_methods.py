@@ -60,9 +60,22 @@ def test_the_registry_names_every_method_of_the_brief():
   assert set(m.METHODS) == {
       "saliency", "gradient", "sensitivity", "gradient_x_input", "smoothgrad",
       "integrated_gradients", "lrp", "cam", "gradcam", "excitation_backprop",
-      "contrastive_excitation_backprop"}
+      "contrastive_excitation_backprop", "random"}
   assert m.is_conservative("lrp:dtd") and m.is_conservative("lrp")
   assert not m.is_conservative("saliency")
+
+
+def test_random_control_is_seeded_blind_to_the_model_and_the_same_in_any_batch():
+  method = m.get_method("random", key=jax.random.key(3))
+  noise = np.asarray(method(tiny_cnn, PARAMS, X, TARGET))
+  assert noise.shape == X.shape and 0 <= noise.min() and noise.max() < 1
+  assert not np.allclose(noise[0], noise[1])  # each image its own map ...
+  for i in range(len(X)):  # ... and the same one alone as in the batch
+    close(method(tiny_cnn, PARAMS, X[i:i + 1], TARGET[i:i + 1])[0], noise[i])
+  other = jax.tree.map(jnp.zeros_like, PARAMS)
+  close(m.get_method("random", key=jax.random.key(3))(None, other, X, 1 - TARGET), noise)
+  assert not np.allclose(m.get_method("random", key=jax.random.key(4))(tiny_cnn, PARAMS, X,
+                                                                      TARGET), noise)
 
 
 # --- errors ---------------------------------------------------------------------------------------

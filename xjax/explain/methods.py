@@ -14,6 +14,7 @@ A spec is `NAME` or `NAME:OPTION`:
 | `cam` / `gradcam` | class activation maps (`xjax.explain.cam`) |
 | `excitation_backprop` | excitation backprop (`xjax.explain.excitation`) |
 | `contrastive_excitation_backprop` | the same with `contrastive=True` |
+| `random` | uniform noise from `key`: a control, the chance level of every metric |
 
 Every method comes back as `method(apply_fn, params, x, target) -> relevance (shape of x)`, with
 its options bound, so a caller can `jax.jit(lambda p, x, t: method(apply_fn, p, x, t))`.
@@ -126,6 +127,32 @@ METHODS.register("excitation_backprop", _excitation_method("excitation_backprop"
 METHODS.register("contrastive_excitation_backprop",
                  _excitation_method("contrastive_excitation_backprop", True),
                  description="contrastive excitation backprop (Zhang et al. 2016)")
+
+
+@METHODS.register("random", description="uniform noise in [0, 1): the chance level of every "
+                  "metric (a control, not an explanation)")
+def _random(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
+  del option, bounds
+  key = jax.random.key(0) if key is None else key
+
+  def random(apply_fn: Callable, params: Any, x: jax.Array, target: jax.Array) -> jax.Array:
+    del apply_fn, params, target  # blind to the model: what a metric gives an uninformed map
+    # Each image's noise comes from the key folded with the bits of three of its pixels: the
+    # same image gets the same map in any batch (an evaluation in batches of 32 and one in 64
+    # agree), and different images get different maps.
+    flat = jax.numpy.reshape(x, (jax.numpy.shape(x)[0], -1)).astype(jax.numpy.float32)
+    picks = flat[:, jax.numpy.array([0, flat.shape[1] // 2, flat.shape[1] - 1])]
+    bits = jax.lax.bitcast_convert_type(picks, jax.numpy.uint32)
+
+    def one(image_bits):
+      k = key
+      for b in image_bits:
+        k = jax.random.fold_in(k, b)
+      return jax.random.uniform(k, jax.numpy.shape(x)[1:])
+
+    return jax.vmap(one)(bits)
+
+  return random
 
 
 def _option_names() -> dict[str, str]:
