@@ -465,3 +465,52 @@ def test_a_scale_that_varies_over_positions_is_applied_in_the_output_space(name)
   got = lrp(apply_fn, kernel, jnp.asarray(x), jnp.asarray(target), composites.uniform(RULES[name]))
   y = np.asarray(apply_fn(kernel, x))
   assert_matches_reference(name, got, x, y, target, matrix, np.zeros(y.shape[1]), rtol=5e-4)
+
+
+@pytest.mark.parametrize("name", ["epsilon_plus", "dtd", "by_output", "epsilon"])
+def test_a_bias_after_layout_ops_is_merged_as_in_the_batched_model(name):
+  """Single-example layers under vmap (as Equinox's) put a reshape after the convolution and a
+  transpose after the dot_general, before the bias: the layer must still hold the bias (z+
+  ignores it, the epsilon rules weigh it) and the classifier must be the output layer."""
+  import dataclasses
+
+  from xjax.explain.lrp import trace
+
+  x = jnp.asarray(RNG.uniform(-1.0, 1.0, size=(3, 2, 5, 5)), jnp.float32)  # NCHW
+  p = {"kernel": jnp.asarray(RNG.normal(size=(4, 2, 3, 3)), jnp.float32),  # OIHW
+       "bias": jnp.asarray(RNG.normal(size=(4,)), jnp.float32),
+       "scale": jnp.asarray(RNG.normal(size=(4,)), jnp.float32),  # per channel, mixed signs
+       "weight": jnp.asarray(RNG.normal(size=(3, 4 * 5 * 5)), jnp.float32),  # (out, in)
+       "dense_bias": jnp.asarray(RNG.normal(size=(3,)), jnp.float32)}
+
+  def one(p, image):  # (C, H, W) -> (classes,)
+    z = jax.lax.conv(image[None], p["kernel"], (1, 1), "SAME").reshape(4, 5, 5)
+    h = jnp.maximum((z + p["bias"][:, None, None]) * p["scale"][:, None, None], 0)
+    return p["weight"] @ h.reshape(-1) + p["dense_bias"]
+
+  def vmapped(p, x):
+    return jax.vmap(one, in_axes=(None, 0))(p, x)
+
+  def batched(p, x):
+    z = jax.lax.conv(x, p["kernel"], (1, 1), "SAME")
+    h = jnp.maximum((z + p["bias"][:, None, None]) * p["scale"][:, None, None], 0)
+    return h.reshape(x.shape[0], -1) @ p["weight"].T + p["dense_bias"]
+
+  program = trace(vmapped, p, x)
+  assert [eqn.primitive.name for layer in program.layers for eqn in layer.layout] == [
+      "reshape", "reshape", "transpose"]  # the vmapped conv's and the reshape; the dot's
+  assert program.layers[0].feature_axes == (1, 0)  # the BatchNorm-like scale still folds
+  assert [info.is_output for info in program.infos] == [False, True]
+  # The same layers, shapes included (the names differ: vmap adds a "vmap()" scope).
+  assert ([dataclasses.replace(info, name="") for info in layers(vmapped, p, x)]
+          == layers(batched, p, x))
+  np.testing.assert_allclose(vmapped(p, x), batched(p, x), rtol=1e-5, atol=1e-5)
+  composite = {"epsilon_plus": composites.epsilon_plus(), "dtd": composites.dtd(-1.0, 1.0),
+               "epsilon": composites.uniform(rules.Epsilon(0.1)),
+               "by_output": lambda info: (rules.Epsilon(0.25) if info.is_output
+                                          else rules.ZPlus(ignore_bias=True))}[name]
+  target = jnp.array([0, 2, 1])
+  reference = lrp(batched, p, x, target, composite)
+  assert np.abs(np.asarray(reference)).max() > 1e-2
+  np.testing.assert_allclose(lrp(vmapped, p, x, target, composite), reference, rtol=1e-5,
+                             atol=1e-5)

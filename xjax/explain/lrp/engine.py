@@ -94,20 +94,32 @@ def _valid_conv_as_cropped_same(eqn, x: Array, weight: Array) -> Array:
   return out[tuple(index)]
 
 
+def _rearrange(layer: Layer, z: Array) -> Array:
+  """Applies the layer's layout ops (reshape, transpose, ... of a vmapped layer) to `z`."""
+  for eqn in layer.layout:
+    z = bind(eqn, [z])[0]
+  return z
+
+
 def _linear(layer: Layer, x: Array, weight: Array) -> Array:
-  """The layer's dense / convolution op (no bias): the model's own op, or the same sums faster."""
+  """The layer's dense / convolution op (no bias): the model's own op, or the same sums faster.
+
+  Its layout ops are applied too, so the result has the shape of the layer's output; they only
+  rearrange, so this stays linear in `x` (the rules' `jax.linear_transpose` passes them).
+  """
   eqn = layer.linear
   if _valid_conv_is_slow(eqn):
-    return _valid_conv_as_cropped_same(eqn, x, weight)
+    return _rearrange(layer, _valid_conv_as_cropped_same(eqn, x, weight))
   args = [x, weight] if layer.input_position == 0 else [weight, x]
-  return bind(eqn, args)[0]
+  return _rearrange(layer, bind(eqn, args)[0])
 
 
 class LayerCall:
   """A layer during the backward pass: what a rule needs to compute the layer's relevance.
 
   The layer computes `y = A * linear(x, W) + B`, where `A` and `B` come from the elementwise
-  affine operations merged into it (bias, inference-mode BatchNorm). The rules work with the
+  affine operations merged into it (bias, inference-mode BatchNorm) and `linear` includes the
+  layout ops between the dense / convolution op and them (`Layer.layout`). The rules work with the
   effective weights `A * W`: `forward(x, "pos")` applies their positive part, which is
   `A+ * linear(x, W+) + A- * linear(x, W-)` (A broadcast over the output).
   """
@@ -188,7 +200,7 @@ class LayerCall:
 
 def _chain_operands(layer: Layer) -> list[list[Any]]:
   """For each merged equation, its constant operands (None marks the running value)."""
-  running, operands = layer.linear.outvars[0], []
+  running, operands = layer.product, []
   for eqn in layer.chain:
     operands.append([None if v == running else v for v in eqn.invars])
     running = eqn.outvars[0]
@@ -365,7 +377,7 @@ def evaluate(program: Program, param_leaves: Sequence[Any], x: Array, *,
                     for v in operands if v is not None and not isinstance(v, Lit)]
       if rules is None:
         args = [read(v) for v in linear.invars]
-        outs = [_run_chain(layer, bind(linear, args)[0], chain_args)]
+        outs = [_run_chain(layer, _rearrange(layer, bind(linear, args)[0]), chain_args)]
       else:
         use_probe = x_var in twins
         fn = _layer_with_rule(layer, rules[layer.info.index], use_probe)

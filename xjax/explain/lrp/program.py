@@ -7,7 +7,11 @@ to a jaxpr, calls (`jit`, `custom_jvp_call`, ...) are inlined, and the analysis 
   and constant weights, together with the chain of elementwise affine operations with constant
   operands that follows it (bias, inference-mode BatchNorm). The chain is merged into the layer
   (canonization): the layer computes `y = A * (x @ W) + B`, and the rules see the effective
-  weights `A * W` and bias `B`, so BatchNorm after a convolution conserves relevance;
+  weights `A * W` and bias `B`, so BatchNorm after a convolution conserves relevance. Ops that
+  only rearrange the linear op's output one-to-one (reshape, squeeze, transpose, a broadcast
+  that adds unit axes) may stand between it and the chain, as in a vmapped single-example layer
+  (Equinox: `conv -> reshape -> squeeze -> + b`, `dot_general -> transpose -> + b`); they join
+  the linear op (`x @ W` is then the rearranged product, still linear in `x` and `W`);
 * which values depend on the input `x`, which are statically non-negative (ReLU outputs and what
   pooling or reshaping makes of them; the rules skip the negative-input terms there), and which
   layers read the input itself (`LayerInfo.is_input`, for first-layer rules such as z^B);
@@ -54,6 +58,10 @@ _PROPORTIONAL = _LAYOUT | {
 PASS_ACTIVATIONS = {"tanh", "logistic", "erf"}
 # Elementwise affine ops with one constant operand, merged into the layer before them.
 _AFFINE_CHAIN = {"add", "sub", "mul", "div", "neg", "convert_element_type"}
+# One-operand ops that can join a linear op when they rearrange its output one-to-one (same
+# number of elements; `broadcast_in_dim` then only adds unit axes): the layer stays linear in x,
+# and each output element is still one element of the product, so the chain stays elementwise.
+_REARRANGE = {"reshape", "squeeze", "transpose", "broadcast_in_dim", "copy", "copy_p"}
 # Ops whose output is >= 0 when all their input-dependent operands are.
 _KEEPS_NONNEG = _LAYOUT | {"concatenate", "slice", "dynamic_slice", "gather", "rev", "add",
                            "add_any", "reduce_sum", "reduce_window_sum", "reduce_max",
@@ -109,16 +117,28 @@ class LayerInfo:
 
 @dataclasses.dataclass
 class Layer:
-  """A linear op and the affine chain merged into it: `y = chain(linear(x, w))`."""
+  """A linear op and the affine chain merged into it: `y = chain(layout(linear(x, w)))`."""
   info: LayerInfo
   linear: Eqn
   input_position: int  # which operand of `linear` is the input (the other is the weight)
+  # Ops that rearrange `linear`'s output before the chain (vmapped layers); part of the product.
+  layout: list[Eqn]
   chain: list[Eqn]
   output: int  # the variable holding y
   scaled: bool  # the chain multiplies or divides (so A != 1)
   # (axis of y, axis of the weight) of the output features when every scaling in the chain is
   # per output feature (BatchNorm), so A can be folded into the weight; else None.
   feature_axes: tuple[int, int] | None = None
+
+  @property
+  def eqns(self) -> list[Eqn]:
+    """The merged equations, in evaluation order."""
+    return [self.linear, *self.layout, *self.chain]
+
+  @property
+  def product(self) -> int:
+    """The variable holding `layout(linear(x, w))`, which the chain starts from."""
+    return (self.layout or [self.linear])[-1].outvars[0]
 
 
 class Program:
@@ -220,13 +240,16 @@ class Program:
         raise UnsupportedOperationError(
             f"LRP cannot propagate relevance through {eqn.describe()}: its kernel depends on "
             "the input.")
-      chain, out, scaled = [], eqn.outvars[0], False
-      merged.add(id(eqn))
+      layout, chain, out, scaled = [], [], eqn.outvars[0], False
       while True:
         users = self.uses.get(out, [])
         if len(users) != 1 or out == self.output_var:
           break
         user = users[0]
+        if not chain and self._rearranges(user):
+          layout.append(user)
+          out = user.outvars[0]
+          continue
         if (user.primitive.name not in _AFFINE_CHAIN or not self._constant_operand(user)
             or (user.primitive.name == "div" and user.invars[0] != out)
             or self.avals[user.outvars[0]].shape != self.avals[out].shape):
@@ -234,8 +257,11 @@ class Program:
         scaled |= user.primitive.name in ("mul", "div", "neg") or (
             user.primitive.name == "sub" and user.invars[1] == out)
         chain.append(user)
-        merged.add(id(user))
         out = user.outvars[0]
+      if layout and not chain and out != self.output_var:
+        # Nothing to merge after the rearrangement: leave it outside, so the layer's output (the
+        # feature maps CAM reads) keeps the linear op's layout.
+        layout, out = [], eqn.outvars[0]
       x_var = eqn.invars[position]
       info = LayerInfo(
           index=len(self.layers),
@@ -243,17 +269,50 @@ class Program:
           name=eqn.name, is_input=x_var in self.reads_input, is_output=out == self.output_var,
           input_nonnegative=x_var in self.nonnegative, input_shape=tuple(self.avals[x_var].shape),
           output_shape=tuple(self.avals[out].shape))
-      self.layers.append(Layer(info, eqn, position, chain, out, scaled,
-                               self._feature_axes(eqn, position, chain) if scaled else None))
+      layer = Layer(info, eqn, position, layout, chain, out, scaled)
+      if scaled:
+        layer.feature_axes = self._feature_axes(layer)
+      self.layers.append(layer)
+      merged.update(id(e) for e in layer.eqns)
     self.merged = merged
     # A layer is evaluated where its last merged equation was (its constants, e.g. a reshaped
     # bias, may be computed after the linear op); its other equations are skipped.
-    self.layer_at = {id((layer.chain or [layer.linear])[-1]): layer for layer in self.layers}
-    self.chain_eqns = {id(e) for layer in self.layers for e in [layer.linear, *layer.chain]}
+    self.layer_at = {id(layer.eqns[-1]): layer for layer in self.layers}
+    self.chain_eqns = {id(e) for layer in self.layers for e in layer.eqns}
     self.chain_eqns -= set(self.layer_at)
 
-  def _feature_axes(self, eqn: Eqn, position: int, chain: list[Eqn]) -> tuple[int, int] | None:
+  def _rearranges(self, eqn: Eqn) -> bool:
+    """True for an op that moves the elements of its one operand one-to-one (see _REARRANGE)."""
+    if eqn.primitive.name not in _REARRANGE or len(eqn.invars) != 1 or len(eqn.outvars) != 1:
+      return False
+    before, after = self.avals[eqn.invars[0]], self.avals[eqn.outvars[0]]
+    return before.dtype == after.dtype and before.size == after.size
+
+  def _layout_axis(self, eqn: Eqn, axis: int) -> int | None:
+    """Where the rearrangement `eqn` moves axis `axis` of its operand; None if it is merged
+    with others or the feature axis has size 1 (then unit axes cannot be told apart)."""
+    shape = self.avals[eqn.invars[0]].shape
+    if shape[axis] == 1:
+      return None
+    name = eqn.primitive.name
+    if name == "transpose":
+      return list(eqn.params["permutation"]).index(axis)
+    if name == "squeeze":
+      return axis - sum(d < axis for d in eqn.params["dimensions"])
+    if name == "broadcast_in_dim":
+      return int(eqn.params["broadcast_dimensions"][axis])
+    if name == "reshape":  # only adding or removing unit axes keeps an axis whole
+      new_shape = self.avals[eqn.outvars[0]].shape
+      if eqn.params.get("dimensions") is not None or (
+          [n for n in shape if n != 1] != [n for n in new_shape if n != 1]):
+        return None
+      rank = sum(n != 1 for n in shape[:axis])  # the axis is the rank-th non-unit one
+      return [i for i, n in enumerate(new_shape) if n != 1][rank]
+    return axis  # copy
+
+  def _feature_axes(self, layer: Layer) -> tuple[int, int] | None:
     """(y axis, weight axis) of the output features if the chain scales per feature only."""
+    eqn, position, chain = layer.linear, layer.input_position, layer.chain
     if eqn.primitive.name == "conv_general_dilated":
       dims = eqn.params["dimension_numbers"]
       axes = (dims.out_spec[1], dims.rhs_spec[0])
@@ -266,6 +325,11 @@ class Program:
           0, (x_rank - 1,), (0,), (), (), 2):
         return None
       axes = (x_rank - 1, 1)
+    for op in layer.layout:
+      y_axis = self._layout_axis(op, axes[0])
+      if y_axis is None:
+        return None
+      axes = (y_axis, axes[1])
     for user in chain:
       if user.primitive.name not in ("mul", "div"):
         continue
