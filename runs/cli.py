@@ -3,6 +3,8 @@
   run(main)                  `main(config, workdir)` from --config=FILE[:VARIANT] and --workdir
   experiment(name)           the registered experiment `name` through `run_experiment`
   explain()                  `python -m runs.explain --workdir=W --methods=... --n=N`
+  evaluate()                 `python -m runs.evaluate`: the `evaluate` experiment with --config,
+                             or any trained workdir scored with --methods and --metrics
 
 Every entrypoint imports the plug-ins (`xjax.plugins`), so any registered model, loss term or
 method works from any of them; a user error (`XjaxError`, a bad flag or config key) prints
@@ -67,8 +69,8 @@ def _start(argv: list[str], required: tuple[str, ...]) -> None:
     jax.distributed.initialize()
 
 
-def run(main: Callable[..., object]) -> None:
-  """`app.run` with `main(config, workdir)` from --config and --workdir."""
+def _config_main(main: Callable[..., object]) -> Callable[[list[str]], None]:
+  """The absl main of `main(config, workdir)` from --config and --workdir."""
 
   def absl_main(argv):
     _start(argv, ("config", "workdir"))
@@ -81,13 +83,25 @@ def run(main: Callable[..., object]) -> None:
       _fail(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}")
     _guarded(lambda: main(config, _WORKDIR.value))
 
-  app.run(absl_main, flags_parser=_parse_flags)
+  return absl_main
+
+
+def run(main: Callable[..., object]) -> None:
+  """`app.run` with `main(config, workdir)` from --config and --workdir."""
+  app.run(_config_main(main), flags_parser=_parse_flags)
+
+
+def _experiment_main(name: str) -> Callable[..., object]:
+  def main(config, workdir):
+    from xjax.experiments import get_experiment, run_experiment
+    return run_experiment(get_experiment(name), config, workdir)
+
+  return main
 
 
 def experiment(name: str) -> None:
   """The command of the registered experiment `name` (`xjax.experiments`)."""
-  from xjax.experiments import get_experiment, run_experiment
-  run(lambda config, workdir: run_experiment(get_experiment(name), config, workdir))
+  run(_experiment_main(name))
 
 
 def explain() -> None:
@@ -110,5 +124,66 @@ def explain() -> None:
     _guarded(lambda: explain_workdir(_WORKDIR.value, methods.value, n=n.value, split=split.value,
                                      target=target.value, batch_size=batch_size.value,
                                      seed=seed.value))
+
+  app.run(absl_main, flags_parser=_parse_flags)
+
+
+def metric_options(items: list[str]) -> dict[str, dict]:
+  """`["pixel_flipping.steps=32", ...]` -> `{"pixel_flipping": {"steps": 32}}` (Python literals;
+  anything else is kept as a string, e.g. `baseline=mean`)."""
+  import ast
+
+  from xjax.errors import ConfigError
+  options: dict[str, dict] = {}
+  for item in items:
+    name, dot, rest = item.partition(".")
+    option, equals, text = rest.partition("=")
+    if not (dot and equals and name and option):
+      raise ConfigError(f"--options takes METRIC.OPTION=VALUE items; got {item!r}.")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    options.setdefault(name, {})[option] = value
+  return options
+
+
+def evaluate() -> None:
+  """`python -m runs.evaluate`: with --config the `evaluate` experiment, else
+  `xjax.experiments.evaluate.evaluate_workdir` on --workdir from flags."""
+  from xjax.experiments.explain import TARGETS
+  from xjax.metrics import METRICS
+
+  methods = flags.DEFINE_list(
+      "methods", ["saliency", "gradient_x_input", "integrated_gradients", "lrp:epsilon_plus",
+                  "gradcam", "random"],
+      "Comma-separated method specs (see python -m runs.explain --help); `random` is the "
+      "chance level.")
+  metrics = flags.DEFINE_list(
+      "metrics", None, f"Comma-separated metrics: {', '.join(METRICS)}. Default: the "
+      f"faithfulness and complexity metrics, and the localisation ones where the data has masks.")
+  options = flags.DEFINE_list(
+      "options", [], "Metric options, METRIC.OPTION=VALUE, e.g. pixel_flipping.steps=32.")
+  n = flags.DEFINE_integer("n", 64, "Score the first n images of the split.")
+  split = flags.DEFINE_string("split", "test", "The split: train, validation or test.")
+  target = flags.DEFINE_enum("target", "label", TARGETS,
+                             "Explain the true label or the predicted class.")
+  batch_size = flags.DEFINE_integer("batch_size", 32, "Images per compiled call.")
+  seed = flags.DEFINE_integer("seed", 0, "The seed of the methods' and metrics' randomness.")
+  out = flags.DEFINE_string("out", None, "Where to write; default WORKDIR/evaluation.")
+
+  def absl_main(argv):
+    if _CONFIG.value is not None:  # --config: the experiment, in --workdir
+      return _config_main(_experiment_main("evaluate"))(argv)
+    _start(argv, ("workdir",))
+
+    def body():
+      from xjax.experiments.evaluate import evaluate_workdir
+      evaluate_workdir(_WORKDIR.value, methods.value, metrics.value,
+                       options=metric_options(options.value), n=n.value, split=split.value,
+                       target=target.value, batch_size=batch_size.value, seed=seed.value,
+                       out=out.value)
+
+    _guarded(body)
 
   app.run(absl_main, flags_parser=_parse_flags)

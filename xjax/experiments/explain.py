@@ -20,6 +20,7 @@ the object.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 
 from xjax.data import batching, pipeline
 from xjax.errors import ConfigError
-from xjax.experiments.loading import load_run
+from xjax.experiments.loading import LoadedRun, load_run
 from xjax.explain import heatmaps
 from xjax.explain import methods as registry
 from xjax.plot.heatmaps import plot_explanations
@@ -55,6 +56,78 @@ def run_method(method: Callable, apply_fn: Callable, variables, x: np.ndarray,
                                    batch_size=batch_size)
   seconds_per_image = (time.perf_counter() - started) / len(x)
   return relevance, compile_seconds, seconds_per_image
+
+
+def checked_specs(specs: Sequence[str]) -> list[str]:
+  """The method specs in canonical form, without repeats; a ConfigError for an unknown one."""
+  specs = list(dict.fromkeys(registry.canonical_spec(s) for s in specs))  # fails fast on names
+  if not specs:
+    raise ConfigError(f"No methods given; known methods: {', '.join(registry.METHODS)}.")
+  return specs
+
+
+@dataclasses.dataclass
+class Examples:
+  """The first `n` images of a run's split, as training saw them, and the model's outputs."""
+
+  run: LoadedRun
+  records: dict  # the source's fields of the n examples (image, label, mask, ...)
+  x: np.ndarray  # (n, H, W, C) normalised as in training
+  logits: np.ndarray  # (n, num_classes)
+  targets: np.ndarray  # (n,) the explained classes
+  bounds: tuple  # the input box of the normalised data (for z^B rules)
+
+  @property
+  def n(self) -> int:
+    return len(self.x)
+
+  @property
+  def images(self) -> np.ndarray:
+    return self.records["image"]
+
+  @property
+  def labels(self) -> np.ndarray:
+    return np.asarray(self.records["label"], np.int32)
+
+  @property
+  def predictions(self) -> np.ndarray:
+    return self.logits.argmax(-1).astype(np.int32)
+
+  @property
+  def target_logits(self) -> np.ndarray:
+    return self.logits[np.arange(self.n), self.targets]
+
+
+def load_examples(workdir: str | Path, split: str = "test", n: int = 16,
+                  target: str = "predicted", batch_size: int = 16,
+                  log: Callable[[str], None] = print) -> Examples:
+  """The run of `workdir` (its `best` parameters) and the first `n` images of `split`.
+
+  Raises:
+    XjaxError: a missing workdir / config / checkpoint, an unknown split or target, n or
+      batch_size < 1.
+  """
+  if target not in TARGETS:
+    raise ConfigError(f"Unknown target {target!r}; expected one of {TARGETS}.")
+  if n < 1 or batch_size < 1:
+    raise ConfigError(f"--n and --batch_size must be >= 1; got {n} and {batch_size}.")
+  run = load_run(Path(workdir), split)
+  config, source, apply_fn, variables = run.config, run.source, run.apply_fn, run.variables
+  info, normalization = source.info, config.data.normalization
+  if n > len(source):
+    log(f"note: the {split} split has only {len(source)} images; using all of them.")
+    n = len(source)
+  records = source.read_batch(np.arange(n))
+  x = pipeline.normalize(records["image"],
+                         *pipeline.normalization_constants(info, normalization))
+  logits_of = jax.jit(apply_fn)
+  logits = batching.map_batches(lambda xb: logits_of(variables, xb), x,
+                                batch_size=min(batch_size, n))
+  labels = np.asarray(records["label"], np.int32)
+  targets = logits.argmax(-1).astype(np.int32) if target == "predicted" else labels
+  log(f"{workdir}: {config.model.name} on {info.name} ({split}), {n} images, target = {target}, "
+      f"accuracy on them {np.mean(logits.argmax(-1) == labels):.3f}")
+  return Examples(run, records, x, logits, targets, pipeline.input_bounds(info, normalization))
 
 
 def pointing_game(heatmaps_: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -86,36 +159,17 @@ def explain_workdir(workdir: str | Path, specs: Sequence[str], *, n: int = 16, s
   Raises:
     XjaxError: a missing workdir / config / checkpoint, an unknown method, split or target.
   """
-  specs = list(dict.fromkeys(registry.canonical_spec(s) for s in specs))  # fails fast on names
-  if not specs:
-    raise ConfigError(f"No methods given; known methods: {', '.join(registry.METHODS)}.")
-  if target not in TARGETS:
-    raise ConfigError(f"Unknown target {target!r}; expected one of {TARGETS}.")
-  if n < 1 or batch_size < 1:
-    raise ConfigError(f"--n and --batch_size must be >= 1; got {n} and {batch_size}.")
-  workdir = Path(workdir)
-  run = load_run(workdir, split)
-  config, source, apply_fn, variables = run.config, run.source, run.apply_fn, run.variables
-  info, normalization = source.info, config.data.normalization
-  bounds = pipeline.input_bounds(info, normalization)
-  chosen = {s: registry.get_method(s, bounds=bounds, key=jax.random.key(seed)) for s in specs}
-
-  # ---------------------------------------------------------------- data and predictions
-  if n > len(source):
-    log(f"note: the {split} split has only {len(source)} images; explaining all of them.")
-    n = len(source)
+  specs = checked_specs(specs)
+  examples = load_examples(workdir, split, n, target, batch_size, log)
+  run, n = examples.run, examples.n
+  apply_fn, variables, info = run.apply_fn, run.variables, run.source.info
   batch_size = min(batch_size, n)
-  records = source.read_batch(np.arange(n))
-  images, labels = records["image"], np.asarray(records["label"], np.int32)
-  x = pipeline.normalize(images, *pipeline.normalization_constants(info, normalization))
-  logits_of = jax.jit(apply_fn)
-  logits = batching.map_batches(lambda xb: logits_of(variables, xb), x, batch_size=batch_size)
-  predictions = logits.argmax(-1).astype(np.int32)
-  targets = predictions if target == "predicted" else labels
-  target_logits = logits[np.arange(n), targets]
-  mask = records.get("mask")
-  log(f"{workdir}: {config.model.name} on {info.name} ({split}), {n} images, target = {target}, "
-      f"accuracy on them {np.mean(predictions == labels):.3f}")
+  chosen = {s: registry.get_method(s, bounds=examples.bounds, key=jax.random.key(seed))
+            for s in specs}
+  images, labels, x = examples.images, examples.labels, examples.x
+  targets, predictions = examples.targets, examples.predictions
+  target_logits, mask = examples.target_logits, examples.records.get("mask")
+  workdir = Path(workdir)
 
   # ---------------------------------------------------------------- explain
   arrays = {"images": images, "labels": labels, "targets": targets, "predictions": predictions,

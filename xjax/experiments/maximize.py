@@ -43,7 +43,8 @@ from xjax.explain.methods import canonical_spec, get_method
 from xjax.metrics.pixel_flipping import pixel_flipping
 from xjax.nn.registry import logits_fn
 from xjax.plot.heatmaps import plot_explanations
-from xjax.plot.maximize import plot_flipping_curves, plot_prototypes
+from xjax.plot.maximize import plot_prototypes
+from xjax.plot.metrics import plot_flipping_curves
 from xjax.train import report
 
 RUNS = ("classifier", "expert", "generator")

@@ -13,7 +13,8 @@ from xjax.registry import Registry
 EXPERIMENTS = Registry("experiment", modules=("xjax.experiments.xnet",
                                               "xjax.experiments.separable",
                                               "xjax.experiments.tour",
-                                              "xjax.experiments.maximize"))
+                                              "xjax.experiments.maximize",
+                                              "xjax.experiments.evaluate"))
 
 
 def get_experiment(name: str) -> Protocol:

@@ -1,10 +1,8 @@
-"""Figures of activation maximization and pixel flipping (Montavon, Samek, Mueller, DSP 2018).
+"""Figures of activation maximization (Montavon, Samek, Mueller, DSP 2018).
 
-* `plot_prototypes`: one row per prior (l2, expert, code space), one column per class, each
-  prototype titled with the classifier's probability of its class: Fig. 3.1's comparison;
-* `plot_flipping_curves`: the explained score against the share of pixels flipped, one line per
-  explanation method (Samek et al. 2017, "Evaluating the visualization of what a deep neural
-  network has learned", Fig. 4).
+`plot_prototypes`: one row per prior (l2, expert, code space), one column per class, each
+prototype titled with the classifier's probability of its class: Fig. 3.1's comparison. (The
+pixel-flipping curves are `xjax.plot.metrics.plot_flipping_curves`.)
 """
 
 from __future__ import annotations
@@ -50,25 +48,5 @@ def plot_prototypes(prototypes: Mapping[str, np.ndarray], path: str | Path, *,
         ax.set_ylabel(name, fontsize=9)
       if captions is not None:
         ax.set_xlabel(captions[name][c], fontsize=7)
-  fig.tight_layout()
-  return save_figure(fig, path, dpi)
-
-
-def plot_flipping_curves(fractions: np.ndarray, curves: Mapping[str, np.ndarray],
-                         path: str | Path, *, areas: Mapping[str, float] | None = None,
-                         ylabel: str = "score of the explained class", title: str = "",
-                         dpi: int = 100) -> Path:
-  """Saves the mean pixel-flipping curve of each method (legend: its area under the curve)."""
-  fig = Figure(figsize=(5.5, 4.0))
-  ax = fig.subplots()
-  for name, curve in curves.items():
-    label = name if areas is None else f"{name} (area {areas[name]:.3f})"
-    ax.plot(np.asarray(fractions), np.asarray(curve), marker=".", label=label)
-  ax.set_xlabel("share of pixels flipped, most relevant first")
-  ax.set_ylabel(ylabel)
-  if title:
-    ax.set_title(title, fontsize=10)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
   fig.tight_layout()
   return save_figure(fig, path, dpi)

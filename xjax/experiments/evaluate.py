@@ -1,0 +1,324 @@
+"""Scoring explanation methods by metrics: on any trained run, and the ground-truth benchmark.
+
+Two entry points, both behind `python -m runs.evaluate`:
+
+* `evaluate_workdir(workdir, methods, metrics, n=...)` (`runs.evaluate --workdir=W --methods=...
+  --metrics=... --n=N`) scores the explanations of the first `n` images of any trained run
+  (`xjax.experiments.scoring`) and writes, into `W/evaluation/` (a run's own results are never
+  touched):
+
+    results.json   the methods x metrics table (mean, standard error, count per score column),
+                   the time per image of each method and metric, the options
+    results.md     the same table, arrows giving each column's better direction
+    scores.npz     per example: `<method>/<column>`, `<method>/<metric>/<curve>` (curves),
+                   `<metric>/fractions` (their x axis), images, labels, targets
+    figures/       curves.png (the mean curves of every method, one panel per curve metric) and
+                   heatmaps.png (the first images, one column per method)
+
+* the `evaluate` experiment (`runs.evaluate --config=runs/configs/evaluate.py[:VARIANT]
+  --workdir=W`): a network trained on built-in `shapes` (one object per image, its exact mask
+  known) and the same network fine-tuned with the block-wise L1 penalty of the separable-
+  explanations paper (Rieger et al. 2018, "Structuring neural networks for more explainable
+  predictions", Eq. 5-6). On the baseline, every method explains the label of the test images
+  and is scored by localisation on the object's mask and by faithfulness: `results.md` has the
+  table. Then, as that paper asks of a network trained on one digit per image, both runs see
+  test images with a second, smaller object of another class: every method explains that
+  *non-dominant* class, and `attribution_localisation` on the second object's mask gives the
+  share of the positive relevance that falls on it; the share of the image that object covers
+  is the chance level.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from xjax.data import pipeline
+from xjax.errors import ConfigError
+from xjax.experiments import scoring
+from xjax.experiments.explain import checked_specs, load_examples
+from xjax.experiments.protocol import Protocol, Run, TrainedRun
+from xjax.experiments.registry import EXPERIMENTS
+from xjax.experiments.runner import copy_config
+from xjax.explain import heatmaps
+from xjax.explain import methods as method_registry
+from xjax.methods import separable  # noqa: F401 (registers the block_l1 loss term)
+from xjax.nn.registry import logits_fn
+from xjax.plot.heatmaps import plot_explanations
+from xjax.plot.metrics import plot_metric_curves
+from xjax.train.loop import load_sources
+
+# The x axis of each curve metric's panel.
+CURVE_AXES = {"pixel_flipping": "share of pixels replaced",
+              "region_perturbation": "share of patches replaced",
+              "insertion_deletion": "share of pixels inserted / deleted",
+              "model_parameter_randomisation": "layers randomised"}
+
+
+def _mean_curves(scores: Mapping[str, scoring.MethodScores], fractions: Mapping[str, np.ndarray]
+                 ) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray], str]]:
+  """Plot panels: per curve metric (and curve field), each method's mean curve."""
+  panels = {}
+  for metric, x_axis in fractions.items():
+    fields = next(iter(scores.values())).curves[metric]
+    for field in fields:
+      title = metric if len(fields) == 1 else f"{metric}: {field}"
+      panels[title] = (x_axis, {spec: np.nanmean(s.curves[metric][field], 0)
+                                for spec, s in scores.items()}, CURVE_AXES.get(metric, "step"))
+  return panels
+
+
+def write_figures(directory: Path, images: np.ndarray, scores: Mapping[str, scoring.MethodScores],
+                  fractions: Mapping[str, np.ndarray], *, row_labels: Sequence[str] | None = None,
+                  num_images: int = 6, prefix: str = "") -> None:
+  """`curves.png` (when a metric has curves) and `heatmaps.png` in `directory`."""
+  if fractions:
+    plot_metric_curves(_mean_curves(scores, fractions), directory / f"{prefix}curves.png")
+  k = min(num_images, len(images))
+  maps = {spec: np.asarray(heatmaps.channel_sum(s.relevance[:k])) for spec, s in scores.items()}
+  plot_explanations(images[:k], maps, directory / f"{prefix}heatmaps.png",
+                    labels=None if row_labels is None else list(row_labels[:k]))
+
+
+def timing(scores: Mapping[str, scoring.MethodScores]) -> dict:
+  """Seconds per image of each method and seconds of each metric over all the examples."""
+  return {spec: {"compile_seconds": s.compile_seconds, "seconds_per_image": s.seconds_per_image,
+                 "metric_seconds": s.metric_seconds} for spec, s in scores.items()}
+
+
+def default_metrics(has_masks: bool) -> list[str]:
+  """The faithfulness and complexity metrics, and the localisation ones where there are masks."""
+  localisation = ["pointing_game", "attribution_localisation", "relevance_mass_accuracy",
+                  "relevance_rank_accuracy"]
+  return ([*localisation] if has_masks else []) + [
+      "pixel_flipping", "region_perturbation", "insertion_deletion", "faithfulness_correlation",
+      "sparseness", "complexity"]
+
+
+def _plans(names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None
+           ) -> list[scoring.MetricPlan]:
+  options = dict(options or {})
+  unused = sorted(set(options) - set(names))
+  if unused:
+    raise ConfigError(f"options given for metrics that are not scored: {', '.join(unused)} "
+                      f"(scored: {', '.join(names)}).")
+  return scoring.plan_metrics({name: options.get(name, {}) for name in names})
+
+
+def evaluate_workdir(workdir: str | Path, methods: Sequence[str],
+                     metrics: Sequence[str] | None = None, *,
+                     options: Mapping[str, Mapping[str, Any]] | None = None, n: int = 64,
+                     split: str = "test", target: str = "label",
+                     batch_size: int = 32, seed: int = 0, out: str | Path | None = None,
+                     log: Callable[[str], None] = print) -> dict:
+  """Scores `methods` by `metrics` on the first `n` images of a trained run (module docstring).
+
+  Args:
+    workdir: a training run's directory (config.json, checkpoints/).
+    methods: method specs (`xjax.explain.methods`), e.g. ["saliency", "lrp:epsilon_plus"].
+    metrics: metric names (`xjax.metrics.METRICS`); None: `default_metrics`.
+    options: metric name -> its options, e.g. {"pixel_flipping": {"steps": 32}}.
+    n: the number of images.
+    split: "train", "validation" or "test".
+    target: "label" (the true class) or "predicted".
+    batch_size: images per compiled call.
+    seed: the seed of SmoothGrad's noise, the random control and the metrics' randomness.
+    out: where to write; default `workdir/evaluation`.
+    log: where progress goes.
+
+  Returns:
+    The contents of results.json.
+
+  Raises:
+    XjaxError: a missing run or checkpoint, an unknown method or metric or option, a metric that
+      needs masks on data without them, a method whose explanations hold NaN.
+  """
+  specs = checked_specs(methods)
+  if metrics is not None:  # names and options checked before the run is loaded
+    plans = _plans(metrics, options)
+  examples = load_examples(workdir, split, n, target, batch_size, log)
+  run = examples.run
+  if metrics is None:
+    plans = _plans(default_metrics("mask" in examples.records), options)
+  chosen = {s: method_registry.get_method(s, bounds=examples.bounds, key=jax.random.key(seed))
+            for s in specs}
+  ground_truth = {"mask": examples.records["mask"]} if "mask" in examples.records else {}
+  scores, fractions = scoring.score_methods(
+      run.apply_fn, run.variables, examples.x, examples.targets, chosen, plans,
+      ground_truth=ground_truth, batch_size=batch_size, seed=seed, log=log)
+  table = scoring.mean_table(scores)
+  out = Path(workdir) / "evaluation" if out is None else Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  results = {"workdir": str(workdir), "model": run.config.model.name,
+             "data": run.source.info.name, "split": split, "n": examples.n, "target": target,
+             "accuracy_on_them": float(np.mean(examples.predictions == examples.labels)),
+             "metrics": {p.name: p.options for p in plans}, "table": table,
+             "timing": timing(scores)}
+  (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+  (out / "results.md").write_text(
+      f"# Evaluation of {workdir}\n\n{run.config.model.name} on {run.source.info.name} "
+      f"({split}, the first {examples.n} images, explaining the {target}); mean ± standard "
+      f"error over the images; ↑ higher is better, ↓ lower.\n\n"
+      f"{scoring.markdown_table(table)}\n")
+  np.savez_compressed(out / "scores.npz", **scoring.score_arrays(scores),
+                      **{f"{m}/fractions": f for m, f in fractions.items()},
+                      images=examples.images, labels=examples.labels, targets=examples.targets)
+  names = run.source.info.class_names or tuple(map(str, range(run.source.info.num_classes)))
+  write_figures(out / "figures", examples.images, scores, fractions,
+                row_labels=[f"{names[t]}" for t in examples.targets])
+  log(f"wrote {out / 'results.md'}, results.json, scores.npz and figures/")
+  return results
+
+
+# --------------------------------------------------------------------------------------------------
+# The ground-truth benchmark on two-object shapes.
+
+
+def _examples(config, source) -> dict[str, Any]:
+  """The first `evaluate.num_examples` images of `source`, normalised, with their records."""
+  n = min(config.evaluate.num_examples, len(source))
+  records = source.read_batch(np.arange(n))
+  info, normalization = source.info, config.data.normalization
+  x = pipeline.normalize(records["image"], *pipeline.normalization_constants(info, normalization))
+  return {"records": records, "x": x, "bounds": pipeline.input_bounds(info, normalization)}
+
+
+def two_object_source(config):
+  """The test split of the config's shapes with a second, smaller object of another class."""
+  if config.data.name != "shapes":
+    raise ConfigError(f"the evaluate experiment needs the built-in shapes data (exact masks of "
+                      f"two objects); got data.name = {config.data.name!r}.")
+  data = copy_config(config).data
+  data.options = {**dict(data.options), "second_object": True}
+  return load_sources(data, splits=("test",))["test"]
+
+
+class EvaluateProtocol(Protocol):
+  title = ("every method scored against ground truth: localisation and faithfulness on the "
+           "class's object, and the share on the non-dominant object with and without block-wise "
+           "L1")
+  sections = ("evaluate",)
+
+  def check(self, config) -> None:
+    checked_specs(config.evaluate.methods)
+    scoring.plan_metrics(config.evaluate.metrics.to_dict())
+    if config.evaluate.block_l1 <= 0:
+      raise ConfigError(f"evaluate.block_l1 must be > 0 (the penalty's weight); got "
+                        f"{config.evaluate.block_l1}.")
+
+  def runs(self, config, sources) -> list[Run]:
+    tuned = copy_config(config, name=f"{config.name}/block_l1")
+    tuned.losses["block_l1"] = {"weight": config.evaluate.block_l1,
+                                "num_classes": sources["train"].info.num_classes,
+                                "layers": None, "channel_blocks": ()}
+    tuned.train.epochs = config.evaluate.finetune_epochs
+    return [Run("baseline", config, description="the network, cross-entropy alone"),
+            Run("block_l1", tuned, init_from="baseline",
+                description=f"fine-tuned with block-wise L1 (weight {config.evaluate.block_l1})")]
+
+  def analyse(self, config, run: TrainedRun, sources) -> dict:
+    data = _examples(config, sources["test"])
+    records, x = data["records"], data["x"]
+    apply_fn, variables = logits_fn(run.model), run.variables("best")
+    key = jax.random.key(config.seed)
+    chosen = {s: method_registry.get_method(s, bounds=data["bounds"], key=key)
+              for s in checked_specs(config.evaluate.methods)}
+    batch = config.evaluate.batch_size
+    out = {"test_accuracy": run.trained["test_accuracy"], "num_examples": len(x)}
+    arrays = {}
+    if run.name == "baseline":
+      print(f"-- {run.name}: every metric, explaining the label", flush=True)
+      scores, fractions = scoring.score_methods(
+          apply_fn, variables, x, records["label"], chosen,
+          scoring.plan_metrics(config.evaluate.metrics.to_dict()),
+          ground_truth={"mask": records["mask"]}, batch_size=batch, seed=config.seed)
+      out["table"] = scoring.mean_table(scores)
+      out["timing"] = timing(scores)
+      out["object_area_share"] = float(np.mean(records["mask"]))
+      out["_scores"], out["_fractions"] = scores, fractions
+      arrays.update(scoring.score_arrays(scores))
+      arrays.update({f"{m}/fractions": f for m, f in fractions.items()})
+    print(f"-- {run.name}: two-object images, explaining the second object's class", flush=True)
+    data = _examples(config, two_object_source(config))
+    records, x = data["records"], data["x"]
+    second = records["second_label"]
+    shares, _ = scoring.score_methods(
+        apply_fn, variables, x, second, chosen, scoring.plan_metrics(["attribution_localisation"]),
+        ground_truth={"mask": records["second_mask"]}, batch_size=batch, seed=config.seed)
+    logits = np.asarray(jax.jit(apply_fn)(variables, x))
+    out["second_object"] = {
+        spec: s.columns["attribution_localisation"].mean().item() for spec, s in shares.items()}
+    out["second_object_area_share"] = float(np.mean(records["second_mask"]))
+    out["second_class_logit_mean"] = float(np.mean(logits[np.arange(len(x)), second]))
+    out["second_class_is_top2"] = float(np.mean(np.argsort(-logits, 1)[:, 1] == second))
+    out["_second"] = shares
+    arrays.update({f"second/{k}": v for k, v in scoring.score_arrays(shares).items()})
+    np.savez_compressed(run.workdir / "scores.npz", **arrays, second_labels=second)
+    return out
+
+  def checks(self, config, analysed) -> dict:
+    table, base = analysed["baseline"]["table"], analysed["baseline"]
+    control = "random" if "random" in table else None
+    checks = {}
+    if control is not None:
+      for metric in ("pointing_game", "attribution_localisation", "relevance_mass_accuracy"):
+        if metric in table[control]:
+          chance = table[control][metric]["mean"]
+          checks[f"{metric}_above_random"] = sorted(
+              spec for spec in table if spec != control and table[spec][metric]["mean"] > chance)
+    rises = [spec for spec, share in base["second_object"].items()
+             if analysed["block_l1"]["second_object"][spec] > share]
+    checks["second_object_share_rises_with_block_l1"] = sorted(rises)
+    return checks
+
+  def tables(self, config, analysed, checks) -> list[str]:
+    base, tuned = analysed["baseline"], analysed["block_l1"]
+    main = (f"## Ground truth: every method explaining the label\n\nThe baseline network "
+            f"(test accuracy {base['test_accuracy']:.3f}) on the first {base['num_examples']} "
+            f"test images; localisation against the mask of the label's object (it covers "
+            f"{base['object_area_share']:.3f} of the image; a second, smaller object of another "
+            f"class is the distractor); faithfulness from the model's outputs. Mean ± standard "
+            f"error; ↑ higher is better, ↓ lower. `random` is uniform noise: the chance level.\n\n"
+            f"{scoring.markdown_table(base['table'])}\n")
+    rows = ["| method | baseline | block-wise L1 | change |", "|---|---|---|---|"]
+    for spec, share in base["second_object"].items():
+      after = tuned["second_object"][spec]
+      rows.append(f"| {spec} | {share:.3f} | {after:.3f} | {after - share:+.3f} |")
+    second = (f"## The non-dominant class: the share of its explanation on its object\n\n"
+              f"Every method explains the class of the second (smaller) object, and "
+              f"attribution localisation on that object's mask gives the share of the positive "
+              f"relevance on it (Rieger et al. 2018 ask this of DTD). The object covers "
+              f"{base['second_object_area_share']:.3f} of the image (the share of a uniform "
+              f"map). Block-wise L1: weight {config.evaluate.block_l1}, test accuracy "
+              f"{tuned['test_accuracy']:.3f}; the second class is the runner-up class on "
+              f"{base['second_class_is_top2']:.2f} (baseline) and "
+              f"{tuned['second_class_is_top2']:.2f} (block-wise L1) of the images, its mean "
+              f"logit {base['second_class_logit_mean']:.2f} and "
+              f"{tuned['second_class_logit_mean']:.2f}.\n\n" + "\n".join(rows) + "\n")
+    return [main, second]
+
+  def figures(self, config, analysed, sources, directory: Path) -> None:
+    base, k = analysed["baseline"], config.evaluate.figure_examples
+    records = sources["test"].read_batch(np.arange(k))
+    names = sources["test"].info.class_names
+    write_figures(directory, records["image"], base["_scores"], base["_fractions"],
+                  row_labels=[names[c] for c in records["label"]], num_images=k)
+    records = two_object_source(config).read_batch(np.arange(k))
+    for name, run in analysed.items():
+      write_figures(directory, records["image"], run["_second"], {}, prefix=f"second_{name}_",
+                    row_labels=[f"second: {names[c]}" for c in records["second_label"]],
+                    num_images=config.evaluate.figure_examples)
+
+  def summary(self, config, analysed, checks) -> dict:
+    return {"baseline_test_accuracy": analysed["baseline"]["test_accuracy"],
+            "block_l1_test_accuracy": analysed["block_l1"]["test_accuracy"], **checks}
+
+
+EXPERIMENTS.register("evaluate", EvaluateProtocol,
+                     description="every explanation method scored against ground truth on "
+                     "two-object shapes (runs.evaluate)")

@@ -1,0 +1,286 @@
+"""Every method scored by every metric on the same examples: the table of `runs.evaluate`.
+
+`score_methods(apply_fn, variables, x, targets, methods, metrics, ground_truth=...)` explains the
+examples with each method (one compiled call per method, in batches), then scores each
+explanation with each metric of `xjax.metrics`. A metric is compiled once and reused for every
+method whose relevance it scores (the relevance is an argument, not a constant), so the cost of
+compilation grows with the number of metrics, not with methods x metrics; only the metrics that
+re-run the method (sensitivity, randomisation) compile once per method.
+
+What a metric needs beyond `(apply_fn, params, x, target, relevance)` is read from its
+signature and filled in here:
+
+  mask          the ground truth of the localisation metrics: `ground_truth["mask"]`, one (H, W)
+                mask per example; a metric that needs it on data without masks is a ConfigError
+  key           a PRNG key (noise, random subsets, random weights): `seed`, the same in every batch
+  explain       the method itself, `explain(params, x, target)`, for the metrics that re-run it
+  num_classes   the model's number of outputs (`random_logit`)
+
+Each metric's result becomes per-example score columns (`score_columns`): the metric's name for
+its main score (an array metric's value; the `area` of the curve metrics; the `insertion_area`
+of insertion / deletion; the similarity after the last randomisation step) and
+`<metric>.<field>` for the others (e.g. `region_perturbation.aopc`, `insertion_deletion.
+deletion_area`). Curves (`curves`, `insertion`, `deletion`) are kept per example for the
+figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xjax.data import batching
+from xjax.errors import ConfigError
+from xjax.experiments.explain import run_method
+from xjax.metrics import METRICS, RandomisationResult, get_metric
+from xjax.metrics.relevance import checked_relevance
+
+# The fields of a metric's result that are curves, one row per example (kept for the figures).
+CURVE_FIELDS = ("curves", "insertion", "deletion")
+# The field that is the metric's score, in the order they are looked for (an array result is
+# its own score); every other (B,) field becomes a column `<metric>.<field>`.
+MAIN_FIELDS = ("area", "insertion_area", "similarity")
+
+
+# What `score_methods` fills in, with the stand-ins that pass the registry's checks of a plan.
+FILLED = {"mask": None, "key": None, "explain": lambda params, x, target: x, "num_classes": 2}
+
+
+@dataclasses.dataclass
+class MetricPlan:
+  """A metric with its options, and what this module fills in (see the module docstring)."""
+
+  name: str
+  options: dict[str, Any]
+  needs: tuple[str, ...]  # of "mask", "key", "explain", "num_classes"
+
+  @property
+  def reruns_method(self) -> bool:
+    return "explain" in self.needs
+
+
+def plan_metrics(metrics: Sequence[str] | Mapping[str, Mapping[str, Any]]) -> list[MetricPlan]:
+  """Metric names (or name -> options) as checked plans, in the order of the registry
+  (faithfulness, axiomatic, randomisation, robustness, localisation, complexity), whatever the
+  order given (a config's dict may sort its keys).
+
+  Raises:
+    ConfigError: no metric, an unknown name, or an option the metric does not take (checked by
+      `get_metric` before any model runs).
+  """
+  items = (list(metrics.items()) if isinstance(metrics, Mapping)
+           else [(name, {}) for name in metrics])
+  if not items:
+    raise ConfigError(f"No metrics given; known metrics: {', '.join(METRICS)}.")
+  order = {name: i for i, name in enumerate(METRICS)}
+  items.sort(key=lambda item: order.get(item[0], len(order)))  # unknown names fail below
+  plans = []
+  for name, options in items:
+    options = dict(options or {})
+    metric = METRICS[name]  # an unknown name fails here, listing the known ones
+    parameters = inspect.signature(metric).parameters
+    needs = tuple(need for need in FILLED if need in parameters and need not in options)
+    # The registry's checks of the options, with stand-ins for what is filled in later.
+    get_metric(name, **options, **{need: FILLED[need] for need in needs})
+    plans.append(MetricPlan(name, options, needs))
+  return plans
+
+
+def score_columns(name: str, result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(columns, curves) of one metric's result: per-example scores and per-example curves.
+
+  The curves come with "fractions", their x axis (the perturbed fraction, or the randomisation
+  step), broadcast to one row per example so that it passes through `map_batches`.
+  """
+  if isinstance(result, RandomisationResult):
+    # One row per randomisation step: the score is the similarity once every layer is randomised
+    # (cascading: the whole model; independent: the last layer), each step kept as a curve.
+    similarity = result.similarity.T  # (B, steps)
+    steps = jnp.arange(1, similarity.shape[1] + 1, dtype=similarity.dtype)
+    return ({name: similarity[:, -1]},
+            {"similarity": similarity, "fractions": jnp.broadcast_to(steps, similarity.shape)})
+  if not hasattr(result, "_fields"):
+    return {name: result}, {}
+  fields = result._asdict()
+  main = next(field for field in MAIN_FIELDS if field in fields)
+  columns = {name: fields[main]}
+  curves = {}
+  for field, value in fields.items():
+    if field in CURVE_FIELDS:
+      curves[field] = value
+    elif field != main and np.ndim(value) == 1 and field != "fractions":
+      columns[f"{name}.{field}"] = value
+  if curves:
+    batch = next(iter(curves.values())).shape[0]
+    curves["fractions"] = jnp.broadcast_to(fields["fractions"], (batch, *np.shape(
+        fields["fractions"])))
+  return columns, curves
+
+
+@dataclasses.dataclass
+class MethodScores:
+  """One method's explanations and scores on the examples (arrays over the N examples)."""
+
+  relevance: np.ndarray  # (N, H, W, C)
+  columns: dict[str, np.ndarray]  # score column -> (N,)
+  curves: dict[str, dict[str, np.ndarray]]  # metric -> curve field -> (N, steps + 1)
+  compile_seconds: float
+  seconds_per_image: float
+  metric_seconds: dict[str, float]
+
+
+def _bound_metric(plan: MetricPlan, apply_fn: Callable, method: Callable | None,
+                  num_classes: int, seed: int) -> Callable:
+  """`fn(params, x, target, relevance, mask) -> (columns, curves)` with the plan's extras bound."""
+  extras = {}
+  if "key" in plan.needs:
+    extras["key"] = jax.random.key(seed)
+  if "num_classes" in plan.needs:
+    extras["num_classes"] = num_classes
+  if "explain" in plan.needs:
+    extras["explain"] = lambda params, x, target: method(apply_fn, params, x, target)
+  metric = functools.partial(METRICS[plan.name], apply_fn, **plan.options, **extras)
+
+  def scored(params, x, target, relevance, mask):
+    kwargs = {"mask": mask} if "mask" in plan.needs else {}
+    return score_columns(plan.name, metric(params, x, target, relevance, **kwargs))
+
+  return jax.jit(scored)
+
+
+def score_methods(apply_fn: Callable, variables: Any, x: np.ndarray, targets: np.ndarray,
+                  methods: Mapping[str, Callable], metrics: Sequence[MetricPlan], *,
+                  ground_truth: Mapping[str, np.ndarray] | None = None, batch_size: int = 32,
+                  seed: int = 0, log: Callable[[str], None] = print
+                  ) -> tuple[dict[str, MethodScores], dict[str, np.ndarray]]:
+  """Explains `x` with every method and scores every explanation with every metric.
+
+  Args:
+    apply_fn, variables: the model, `apply_fn(variables, x) -> (N, C)` logits.
+    x: (N, H, W, C) the inputs as the model takes them.
+    targets: (N,) the explained classes.
+    methods: spec -> method (`xjax.explain.methods.get_method`).
+    metrics: `plan_metrics(...)`.
+    ground_truth: {"mask": (N, H, W)} where the data has masks.
+    batch_size: examples per compiled call (methods and metrics).
+    seed: the key of the metrics that draw noise, subsets or weights.
+    log: where one line per method goes.
+
+  Returns:
+    ({spec: MethodScores}, {metric: fractions}) the scores, and each curve metric's x axis.
+
+  Raises:
+    ConfigError: a metric that needs masks without them, targets outside the model's outputs,
+      a method whose relevance holds NaN or infinity (naming the method).
+  """
+  ground_truth = dict(ground_truth or {})
+  missing = [plan.name for plan in metrics if "mask" in plan.needs and "mask" not in ground_truth]
+  if missing:
+    raise ConfigError(f"the metrics {', '.join(missing)} need ground-truth masks (mask=), and "
+                      f"these data have none; choose others or data with masks (e.g. shapes).")
+  targets = np.asarray(targets, np.int32)
+  num_classes = int(jax.eval_shape(apply_fn, variables, x[:1]).shape[-1])
+  if targets.min() < 0 or targets.max() >= num_classes:
+    raise ConfigError(f"targets must be classes in [0, {num_classes}); got values in "
+                      f"[{targets.min()}, {targets.max()}].")
+  mask = np.asarray(ground_truth.get("mask", np.ones(x.shape[:3], bool)), bool)
+  shared = {plan.name: _bound_metric(plan, apply_fn, None, num_classes, seed)
+            for plan in metrics if not plan.reruns_method}
+  fractions: dict[str, np.ndarray] = {}
+  scores = {}
+  for spec, method in methods.items():
+    relevance, compile_seconds, per_image = run_method(method, apply_fn, variables, x, targets,
+                                                       batch_size)
+    try:
+      checked_relevance(x, relevance)
+    except ConfigError as e:
+      raise ConfigError(f"method {spec}: {e}") from None
+    columns, curves, seconds = {}, {}, {}
+    for plan in metrics:
+      fn = shared.get(plan.name) or _bound_metric(plan, apply_fn, method, num_classes, seed)
+      started = time.perf_counter()
+      out_columns, out_curves = batching.map_batches(
+          lambda xb, tb, rb, mb, fn=fn: fn(variables, xb, tb, rb, mb), x, targets, relevance,
+          mask, batch_size=batch_size)
+      seconds[plan.name] = time.perf_counter() - started
+      columns.update(out_columns)
+      if out_curves:
+        # Every row of "fractions" is the same x axis, broadcast to pass through map_batches.
+        fractions[plan.name] = out_curves.pop("fractions")[0]
+        curves[plan.name] = out_curves
+    scores[spec] = MethodScores(relevance, columns, curves, compile_seconds, per_image, seconds)
+    log(f"{spec:<32} {1e3 * per_image:8.2f} ms/image  " + "  ".join(
+        f"{name}={np.nanmean(value):.4g}" for name, value in columns.items() if "." not in name))
+  return scores, fractions
+
+
+def mean_table(scores: Mapping[str, MethodScores]) -> dict[str, dict[str, dict[str, float]]]:
+  """{spec: {column: {"mean", "sem", "n"}}}: each column's mean over the examples (NaN skipped)
+  and its standard error."""
+  table = {}
+  for spec, method_scores in scores.items():
+    row = {}
+    for column, values in method_scores.columns.items():
+      values = np.asarray(values, np.float64)
+      finite = values[np.isfinite(values)]
+      row[column] = {
+          "mean": float(finite.mean()) if finite.size else None,
+          "sem": float(finite.std(ddof=1) / np.sqrt(finite.size)) if finite.size > 1 else None,
+          "n": int(finite.size)}
+    table[spec] = row
+  return table
+
+
+def direction(column: str) -> str:
+  """"↑" (higher is better), "↓" or "" for a score column, from the metric's registration."""
+  name, _, field = column.partition(".")
+  better = METRICS.metadata(name).get("higher_is_better")
+  if field in ("aopc",):
+    better = True
+  elif field == "deletion_area":
+    better = False
+  return "" if better is None else ("↑" if better else "↓")
+
+
+def markdown_table(table: Mapping[str, Mapping[str, Mapping[str, float]]],
+                   columns: Sequence[str] | None = None) -> str:
+  """The methods x score columns table in markdown: mean ± standard error, arrows of direction."""
+  specs = list(table)
+  if columns is None:
+    columns = list(dict.fromkeys(c for spec in specs for c in table[spec]))
+  lines = ["| method | " + " | ".join(f"{c} {direction(c)}".rstrip() for c in columns) + " |",
+           "|---|" + "---|" * len(columns)]
+  for spec in specs:
+    cells = []
+    for column in columns:
+      entry = table[spec].get(column)
+      if entry is None or entry["mean"] is None:
+        cells.append("-")
+      elif entry["sem"] is None:
+        cells.append(f"{entry['mean']:.3g}")
+      else:
+        cells.append(f"{entry['mean']:.3g} ± {entry['sem']:.2g}")
+    lines.append(f"| {spec} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def score_arrays(scores: Mapping[str, MethodScores]) -> dict[str, np.ndarray]:
+  """Per-example arrays for an `.npz`: `<method>/<column>` and `<method>/<metric>/<curve>`."""
+  arrays = {}
+  for spec, method_scores in scores.items():
+    for column, values in method_scores.columns.items():
+      arrays[f"{spec}/{column}"] = np.asarray(values)
+    for metric, curves in method_scores.curves.items():
+      for field, values in curves.items():
+        arrays[f"{spec}/{metric}/{field}"] = np.asarray(values)
+  return arrays
+
+
