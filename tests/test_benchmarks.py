@@ -2,7 +2,8 @@
 
 Runs only the benchmarks' correctness checks (no timing): the train-step benchmark (xjax against
 PyTorch) for the CIFAR10 CNN at batch 4, which needs torch, and the XNet benchmark (the library's
-vmapped drop loss against k full forward passes) on a tiny XNet, which does not.
+vmapped drop loss against k full forward passes) on a tiny XNet, which does not, and the metrics
+benchmark (xjax's metrics against Quantus 0.6.0's on the same batch), which needs quantus.
 """
 
 from __future__ import annotations
@@ -53,3 +54,38 @@ def test_xnet_step_check_vmap_equals_naive_passes():
   assert check["params_l2_rel_diff"] < TOLERANCE, check["params_l2_rel_diff"]
   assert check["update_l2_rel_diff"] < UPDATE_TOLERANCE, check["update_l2_rel_diff"]
   assert check["update_rel_size"] > 100 * UPDATE_TOLERANCE, check["update_rel_size"]
+
+
+def test_metrics_check_xjax_equals_quantus():
+  # The metrics benchmark's check on 4 shapes images (no timing): every metric scored by xjax
+  # and by Quantus 0.6.0 (on the PyTorch twin of the MNIST CNN, same weights) with the parity
+  # tests' settings; the scores agree to those tests' tolerances, the pointing game exactly.
+  import importlib.util
+
+  if importlib.util.find_spec("quantus") is None:
+    pytest.skip("quantus is not installed (optional: pip install quantus==0.6.0); the metrics "
+                "benchmark cannot be checked")
+  torch = pytest.importorskip("torch", reason="torch is not installed (optional: pip install "
+                              "xjax[bench]); Quantus needs a torch model")
+  try:
+    from benchmarks.metrics import TOLERANCE, Setup, check_metrics, make_metrics
+  except ImportError as e:  # e.g. another Quantus version: the parity is pinned to 0.6.0
+    pytest.skip(f"the metrics benchmark does not import: {e}")
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)  # a tiny model on a shared machine: one thread is fastest
+  try:
+    setup = Setup(4)
+    checks = check_metrics(setup, make_metrics(setup, num_samples=10))
+  finally:
+    torch.set_num_threads(threads)
+  assert set(checks) == set(TOLERANCE)
+  for name, check in checks.items():
+    assert check["nonfinite"] == 0, (name, check)
+    assert check["agree"], (name, check)
+    # The scores are not all zero (a comparison of zeros would pass anything).
+    assert check["scale"] > 1e-3, (name, check)
+  assert checks["pointing_game"]["max_abs_diff"] == 0.0
+  for name in ("pixel_flipping", "region_perturbation", "faithfulness_correlation"):
+    assert checks[name]["max_abs_diff"] < 1e-4 * max(1.0, checks[name]["scale"]), checks[name]
+  assert checks["pixel_flipping"]["shape"] == (4, 49)  # 784 pixels, 16 a step
+  assert checks["region_perturbation"]["shape"] == (4, 49)  # 7 x 7 patches of 4 x 4
