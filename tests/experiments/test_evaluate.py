@@ -19,6 +19,7 @@ from xjax.experiments import run_experiment
 from xjax.experiments.evaluate import EvaluateProtocol, evaluate_workdir, two_object_source
 from xjax.explain import heatmaps
 from xjax.explain.gradients import saliency
+from xjax.explain.methods import get_method
 from xjax.nn.registry import logits_fn
 from xjax.train.checkpoint import load_variables
 from xjax.train.loop import build_model
@@ -57,10 +58,11 @@ def test_results_hold_the_table_and_the_second_object_shares(finished):
   assert tuned_config["train"]["init_from"] == str(workdir / "baseline")
   assert tuned_config["losses"]["block_l1"]["weight"] == config.evaluate.block_l1
   assert set(saved["checks"]) >= {"pointing_game_above_random",
-                                  "second_object_share_rises_with_block_l1"}
+                                  "second_object_share_rises_with_block_l1",
+                                  "second_object_abs_share_rises_with_block_l1"}
   text = (workdir / "results.md").read_text()
   assert "| method | pixel_flipping ↓ |" in text and "| saliency |" in text
-  assert "| method | baseline | block-wise L1 | change |" in text
+  assert "| method | R+ share, baseline | R+ share, block-wise L1 | abs share, baseline |" in text
   for name in ("curves", "heatmaps", "second_baseline_heatmaps", "second_block_l1_heatmaps"):
     assert (workdir / "figures" / f"{name}.png").stat().st_size > 5000
 
@@ -84,6 +86,15 @@ def test_second_object_share_equals_an_independent_computation(finished):
     np.testing.assert_allclose(scores["second/saliency/attribution_localisation"], share,
                                rtol=1e-4)
     np.testing.assert_array_equal(scores["second_labels"], batch["second_label"])
+    # Saliency is |gradient| >= 0: the share of |R| is the share of R+.
+    np.testing.assert_allclose(scores["second/saliency/abs_share"], share, rtol=1e-4)
+    lrp = np.asarray(get_method("lrp:epsilon_plus")(apply_fn, variables, x,
+                                                    batch["second_label"])).sum(-1)
+    abs_share = (np.abs(lrp) * batch["second_mask"]).sum((1, 2)) / np.abs(lrp).sum((1, 2))
+    np.testing.assert_allclose(scores["second/lrp:epsilon_plus/abs_share"], abs_share,
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(results[run]["second_object_abs"]["lrp:epsilon_plus"],
+                               abs_share.mean(), rtol=1e-4)
   scores = np.load(workdir / "baseline" / "scores.npz")
   assert scores["saliency/pixel_flipping/curves"].shape == (N, 17)
   np.testing.assert_allclose(scores["pixel_flipping/fractions"], np.linspace(0, 1, 17),
