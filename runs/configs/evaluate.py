@@ -10,8 +10,8 @@ explanations paper's question about the non-dominant class), with and without th
 
 Variants (`--config=runs/configs/evaluate.py:VARIANT[,MODIFIER]`):
   shapes  (default) 32 x 32 shapes of 4 classes, 6000 images, 4 epochs, 64 test images scored.
-  full    (a modifier) the robustness and randomisation metrics too (max- and avg-sensitivity,
-          model parameter randomisation, random logit), which re-run every method many times.
+  full    (a modifier) the metrics that re-run every method too: max- and avg-sensitivity,
+          model parameter randomisation, random logit, diffusion.
   smoke   (a modifier) a tiny run for tests: 256 images, 1 + 1 epochs, 3 methods, 8 images.
 """
 
@@ -47,6 +47,7 @@ FULL_METRICS = {
     "avg_sensitivity": {"radius": 0.05, "num_samples": 8},
     "model_parameter_randomisation": {},
     "random_logit": {},
+    "diffusion": {},
 }
 
 

@@ -15,11 +15,18 @@ those the explanation method was called with (see `xjax.explain.targets`).
   on inputs with uniform noise (`explain=`);
 * `model_parameter_randomisation` (Adebayo et al., NeurIPS 2018) and `random_logit` (Sixt et
   al., ICML 2020): randomisation sanity checks, the method re-run (`explain=`);
+* `diffusion` (Rieger et al. 2018, Eq. 7): the distance between the explanations of the target
+  and of the runner-up class, the method re-run (`explain=`);
 * localisation against a ground-truth `mask` (`localisation`): `pointing_game` (Zhang et al.,
   ECCV 2016), `attribution_localisation` (Kohlbrenner et al., IJCNN 2020),
   `relevance_mass_accuracy` and `relevance_rank_accuracy` (Arras et al., Information Fusion 2022);
 * complexity (`complexity`): `sparseness`, the Gini index (Chalasani et al., ICML 2020), and
   `complexity`, the entropy of the relevance shares (Bhatt et al., IJCAI 2020).
+
+The seeds' other measures are not scores of one explanation per example and live with their
+methods: XNet's drop losses of each neuron and category (`xjax.methods.xnet.drop_loss_matrix`,
+a dataset-level matrix), and the dataset-level location instability (explainer networks) and
+F_reg / locality (SRAE), which those papers' experiments add.
 
 Where Quantus 0.6.0 (Hedstroem et al., JMLR 2023) computes the same metric, the scores are equal
 to its with its normalisation off; each docstring names the differences.
@@ -31,6 +38,7 @@ always complete.
 
 from xjax.metrics.completeness import completeness
 from xjax.metrics.complexity import complexity, sparseness
+from xjax.metrics.diffusion import diffusion
 from xjax.metrics.faithfulness_correlation import faithfulness_correlation
 from xjax.metrics.insertion_deletion import CANVASES, insertion_deletion
 from xjax.metrics.localisation import (
@@ -140,6 +148,12 @@ METRICS.register(
                 "that of the target (Sixt et al. 2020)",
     higher_is_better=False)
 METRICS.register(
+    "diffusion", diffusion,
+    checks={"explain": _explain, "unit": _flag},
+    description="diffusion: the distance between the (unit) explanations of the target and the "
+                "runner-up class (Rieger et al. 2018, Eq. 7)",
+    higher_is_better=True)
+METRICS.register(
     "max_sensitivity", max_sensitivity,
     checks=_sensitivity_checks,
     description="max-sensitivity: the largest relative change of the explanation under uniform "
@@ -188,7 +202,8 @@ METRICS.register(
 
 __all__ = ["BASELINES", "METRICS", "ORDERS", "PixelFlippingResult", "RandomisationResult",
            "SCORES", "attribution_localisation", "avg_sensitivity", "completeness", "complexity",
-           "faithfulness_correlation", "flip_counts", "get_metric", "insertion_deletion",
+           "diffusion", "faithfulness_correlation", "flip_counts", "get_metric",
+           "insertion_deletion",
            "max_sensitivity", "model_parameter_randomisation", "pixel_flipping", "pointing_game",
            "random_logit", "region_perturbation", "relevance_mass_accuracy",
            "relevance_rank_accuracy", "sparseness"]
