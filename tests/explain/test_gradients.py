@@ -160,6 +160,39 @@ def test_ig_chunked_equals_unchunked(chunk_size):
         atol=1e-6)
 
 
+def test_points_per_call_from_the_memory_bound():
+  # linear: x (1, D) @ w (D, C) + b: the traced program's values for one input are the product
+  # (C), the bias broadcast to (1, C) and the sum (C): twice that for the backward pass (and at
+  # least twice the input's D floats).
+  per_input = g.bytes_per_input(linear, LINEAR, X)
+  assert per_input == 2 * 4 * max(3 * C, D)
+  per_point = B * per_input  # bytes of one point's stacked batch
+  assert g.points_per_call(linear, LINEAR, X, 50, None, 10 * per_point / 2**20) == 10
+  assert g.points_per_call(linear, LINEAR, X, 50, None, 0.5 * per_point / 2**20) == 1
+  assert g.points_per_call(linear, LINEAR, X, 50, None, 1e6) == 50
+  assert g.points_per_call(linear, LINEAR, X, 50, None, None) == 50
+  assert g.points_per_call(linear, LINEAR, X, 50, 7, 1e-9) == 7  # chunk_size wins
+
+
+@pytest.mark.parametrize("megabytes", [1e-9, 3 * B * 2 * 4 * D / 2**20])
+def test_memory_bounded_chunks_equal_one_pass(megabytes):
+  # 1e-9 MB: one point per pass (a scan of 7 passes); the other: 3 points per pass, a remainder.
+  kwargs = dict(steps=7, method="riemann_trapezoid")
+  full = g.integrated_gradients(tanh_mlp, MLP, X, TARGET, max_megabytes=None, **kwargs)
+  close(g.integrated_gradients(tanh_mlp, MLP, X, TARGET, max_megabytes=megabytes, **kwargs),
+        full, atol=1e-6)
+  sg = dict(key=KEY, num_samples=7, noise_scale=0.3)
+  close(g.smoothgrad(tanh_mlp, MLP, X, TARGET, max_megabytes=megabytes, **sg),
+        g.smoothgrad(tanh_mlp, MLP, X, TARGET, max_megabytes=None, **sg), atol=1e-6)
+
+
+def test_stacked_gradient_is_each_points_own_gradient():
+  points = jnp.stack([X, 2 * X, -X])  # (3, B, D)
+  stacked = g.stacked_gradient(tanh_mlp, MLP, points, TARGET)
+  for k in range(3):
+    close(stacked[k], per_example_grads(tanh_mlp, MLP, points[k], TARGET))
+
+
 # --- SmoothGrad -----------------------------------------------------------------------------------
 
 KEY = jax.random.key(42)
@@ -249,6 +282,8 @@ def test_all_zero_input_is_finite(name):
     lambda: g.smoothgrad(linear, LINEAR, X, TARGET, key=KEY, base="grad_cam"),
     lambda: g.smoothgrad(linear, LINEAR, X, TARGET, key=KEY, noise_scale=-0.1),
     lambda: g.smoothgrad(linear, LINEAR, X, TARGET, key=None),
+    lambda: g.smoothgrad(linear, LINEAR, X, TARGET, key=KEY, max_megabytes=0),
+    lambda: g.integrated_gradients(linear, LINEAR, X, TARGET, max_megabytes="1GB"),
 ])
 def test_bad_inputs_raise_config_error(call):
   with pytest.raises(ConfigError):
