@@ -61,10 +61,10 @@ batch (torch's NCHW transposed to NHWC); asserted below `TOLERANCE`. The LRP hea
 checked for conservation: with z+ on every hidden layer, dtd relevance sums to the explained logit.
 
 Run: `python -m benchmarks.explain [--models cnn_cifar10,resnet18] [--batch 64] [--rounds 3]
-[--ig_steps 32] [--ig_chunk 8] [--round_s 1.0]`. On 2 shared CPU cores `--rounds 2` took 7
-minutes, most of it ResNet-18's Integrated Gradients (about a minute per call in xjax). Numbers
-from a machine shared with other processes are noisy: compare the ratios rather than the absolute
-rates, and look at the spread of the rounds (printed as min..max).
+[--ig_steps 32] [--ig_chunk 8] [--round_s 1.0] [--torch_device cpu|cuda]`. On 2 shared CPU
+cores `--rounds 2` took 7 minutes, most of it ResNet-18's Integrated Gradients (about a minute
+per call in xjax). Numbers from a machine shared with other processes are noisy: compare the
+ratios rather than the absolute rates, and look at the spread of the rounds (printed as min..max).
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def to_nchw(x_nhwc: np.ndarray) -> torch.Tensor:
 
 
 def to_nhwc(t: torch.Tensor) -> np.ndarray:
-  return t.detach().permute(0, 2, 3, 1).numpy()
+  return t.detach().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def relative_l2(a: np.ndarray, b: np.ndarray) -> float:
@@ -373,7 +373,8 @@ class Setup:
   """
 
   def __init__(self, name: str, batch: dict[str, np.ndarray], ig_steps: int = 32,
-               ig_chunk: int | None = 8, methods: tuple[str, ...] = METHODS, seed: int = 0):
+               ig_chunk: int | None = 8, methods: tuple[str, ...] = METHODS, seed: int = 0,
+               device: str = "cpu"):
     self.name, self.methods = name, methods
     image_size = batch["image"].shape[1]
     self.model, self.variables = model_and_variables(name, image_size, seed)
@@ -396,9 +397,10 @@ class Setup:
             apply_fn, xjax_composite(composite, self.low, self.high))
 
     # PyTorch: the twin with the same weights; captum on it, zennit on copies.
-    self.twin = torch_twin(name, self.variables, image_size)
-    self.x_torch = to_nchw(batch["image"])
-    self.target_torch = torch.from_numpy(batch["label"].astype(np.int64))
+    self.device = torch.device(device)
+    self.twin = torch_twin(name, self.variables, image_size).to(self.device)
+    self.x_torch = to_nchw(batch["image"]).to(self.device)
+    self.target_torch = torch.from_numpy(batch["label"].astype(np.int64)).to(self.device)
     self.zennit = {c: ZennitLRP(self.twin, zennit_composite(c, name, self.low, self.high))
                    for c in LRP_COMPOSITES if f"lrp_{c}" in methods}
     self.torch: dict[str, Callable] = {
@@ -412,7 +414,10 @@ class Setup:
     return jax.block_until_ready(self.xjax[method](self.params, self.x, self.target))
 
   def run_torch(self, method: str) -> torch.Tensor:
-    return self.torch[method](self.x_torch, self.target_torch)
+    out = self.torch[method](self.x_torch, self.target_torch)
+    if self.device.type == "cuda":  # CUDA is asynchronous: the call ends when the result is there
+      torch.cuda.synchronize(self.device)
+    return out
 
   def logits(self) -> np.ndarray:
     return np.asarray(jax.jit(logits_fn(self.model))(self.params, self.x))
@@ -486,11 +491,12 @@ def _timed(fn: Callable[[], Any], calls: int) -> float:
 
 
 def benchmark_model(name: str, batch: dict[str, np.ndarray], rounds: int, ig_steps: int,
-                    ig_chunk: int | None, round_s: float) -> dict[str, float]:
+                    ig_chunk: int | None, round_s: float, device: str = "cpu"
+                    ) -> dict[str, float]:
   """Check, then alternating timed rounds; prints the table and returns the model's ratios."""
   size = batch["image"].shape[0]
   t0 = time.perf_counter()
-  setup = Setup(name, batch, ig_steps=ig_steps, ig_chunk=ig_chunk)
+  setup = Setup(name, batch, ig_steps=ig_steps, ig_chunk=ig_chunk, device=device)
   try:
     check = check_explain(name, batch, setup)
     print(f"{name}: {setup.num_params:,} params; correctness check (same weights and batch; "
@@ -553,7 +559,8 @@ def benchmark_model(name: str, batch: dict[str, np.ndarray], rounds: int, ig_ste
   return ratios
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+  """Runs the benchmark; returns each model's ratios (those of the last line printed)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default="cnn_cifar10,resnet18",
                       help=f"comma list of {', '.join(MODEL_KWARGS)}")
@@ -565,6 +572,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--round_s", type=float, default=1.0,
                       help="seconds per method, round and framework (the slower one), about")
   parser.add_argument("--image_size", type=int, default=32)
+  parser.add_argument("--torch_device", default="cpu",
+                      help="the PyTorch side's device (captum, zennit), e.g. cuda (default cpu)")
   args = parser.parse_args(argv)
   models = [m.strip() for m in args.models.split(",") if m.strip()]
   unknown = [m for m in models if m not in MODEL_KWARGS]
@@ -579,9 +588,10 @@ def main(argv: list[str] | None = None) -> None:
   ratios = {}
   for name in models:
     ratios[name] = benchmark_model(name, batch, args.rounds, args.ig_steps, args.ig_chunk,
-                                   args.round_s)
+                                   args.round_s, args.torch_device)
   print(" | ".join(f"{name}: " + " ".join(f"{k}={v:.2f}" for k, v in r.items())
                    for name, r in ratios.items()))
+  return ratios
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ the frameworks' gradients is a few percent of the update; measured, Adam's proto
 The last line printed: `vmapped/one_class=... ten_calls/vmapped=... torch/vmapped=...`; the
 acceptance for the first is at most 2.
 
-Run: `python -m benchmarks.maximize [--steps 500] [--rounds 3] [--check_steps 20]`.
+Run: `python -m benchmarks.maximize [--steps 500] [--rounds 3] [--check_steps 20]
+[--torch_device cpu|cuda]`.
 """
 
 from __future__ import annotations
@@ -63,13 +64,14 @@ TOLERANCE = 1e-4
 class Setup:
   """The tutorial CNN in both frameworks with the same weights, and the shared starting points."""
 
-  def __init__(self, seed: int = 0):
+  def __init__(self, seed: int = 0, device: str = "cpu"):
     model = get_model("sumpool_cnn", num_classes=NUM_CLASSES, pool_scale=0.5)
     self.variables = nonzero_biases(init_variables(model, jax.random.key(seed), SHAPE), seed)
     self.apply_fn = logits_fn(model)
     twin = make_torch_model("sumpool_cnn", num_classes=NUM_CLASSES, pool_scale=0.5,
                             in_channels=SHAPE[-1])
-    self.twin = flax_to_torch("sumpool_cnn", self.variables, twin).eval()
+    self.device = torch.device(device)
+    self.twin = flax_to_torch("sumpool_cnn", self.variables, twin).eval().to(self.device)
     rng = np.random.default_rng(seed)
     self.init = np.clip(0.1 * rng.standard_normal((NUM_CLASSES, *SHAPE)), *BOUNDS).astype(
         np.float32)
@@ -82,9 +84,9 @@ class Setup:
                     init=self.init[classes], progress=False).x
 
   def torch(self, classes: list[int], steps: int, adam: bool = True) -> np.ndarray:
-    x = to_nchw(self.init[classes]).requires_grad_(True)
-    targets = torch.as_tensor(classes)
-    rows = torch.arange(len(classes))
+    x = to_nchw(self.init[classes]).to(self.device).requires_grad_(True)
+    targets = torch.as_tensor(classes, device=self.device)
+    rows = torch.arange(len(classes), device=self.device)
     optimizer = (torch.optim.Adam if adam else torch.optim.SGD)([x], lr=LEARNING_RATE)
     for _ in range(steps):
       optimizer.zero_grad()
@@ -109,20 +111,23 @@ def timed(fn) -> float:
   return time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+  """Runs the benchmark; returns the median seconds per call of each run and the ratios."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--steps", type=int, default=500,
                       help="optimizer steps per maximization (the experiment's)")
   parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
   parser.add_argument("--check_steps", type=int, default=20,
                       help="steps of the correctness check, xjax against torch")
+  parser.add_argument("--torch_device", default="cpu",
+                      help="the PyTorch side's device, e.g. cuda (default cpu)")
   args = parser.parse_args(argv)
   if args.steps < 1 or args.rounds < 1 or args.check_steps < 1:
     parser.error("--steps, --rounds and --check_steps must be at least 1")
 
   torch.set_num_threads(os.cpu_count())
   print_header()
-  setup = Setup()
+  setup = Setup(device=args.torch_device)
   classes = list(range(NUM_CLASSES))
   difference = relative_l2(setup.xjax(classes, args.check_steps, adam=False),
                            setup.torch(classes, args.check_steps, adam=False))
@@ -149,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
   vmapped, one, ten, eager = (median[name] for name in runs)
   print(f"vmapped/one_class={vmapped / one:.2f} ten_calls/vmapped={ten / vmapped:.2f} "
         f"torch/vmapped={eager / vmapped:.2f}")
+  return {"vmapped_s": vmapped, "one_class_s": one, "ten_calls_s": ten, "torch_s": eager,
+          "vmapped/one_class": vmapped / one, "ten_calls/vmapped": ten / vmapped,
+          "torch/vmapped": eager / vmapped}
 
 
 if __name__ == "__main__":

@@ -80,22 +80,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib
 import io
 import math
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import torch
 
+from benchmarks.quantus_loader import hidden, import_quantus
 from benchmarks.torch_models import flax_to_torch, make_torch_model
 from xjax.data.shapes import render_batch
 from xjax.explain.gradients import gradient_x_input
@@ -117,7 +116,6 @@ MODEL = "cnn_mnist"
 IMAGE_SIZE = 28
 NUM_CLASSES = 4
 SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
-QUANTUS_VERSION = "0.6.0"
 # The parity tests' tolerances: the metrics that run the model (float32 logits of XLA and torch
 # convolutions) to 1e-4, those that only read the relevance to 1e-5; the pointing game exactly.
 MODEL_TOLERANCE = dict(atol=1e-4, rtol=1e-4)
@@ -134,42 +132,6 @@ TOLERANCE: dict[str, dict[str, float]] = {
     "complexity": RELEVANCE_TOLERANCE,
 }
 ACCEPTANCE = ("pixel_flipping", "region_perturbation")
-
-
-# --------------------------------------------------------------------------------------------------
-# Importing Quantus.
-
-
-@contextlib.contextmanager
-def hidden(names: Iterable[str]):
-  """Makes the modules `names` look uninstalled (`find_spec` -> None) inside the block.
-
-  As tests/metrics/test_quantus_parity.py `_hidden`: Quantus imports TensorFlow (to wrap Keras
-  models, ~4 s) and zennit (which fails without torchvision) only if it finds them, and looks
-  for TensorFlow again when it wraps a model; this benchmark uses neither. Modules already
-  imported are left alone, and the entries are removed again afterwards.
-  """
-  hide = [name for name in names if name not in sys.modules]
-  sys.modules.update(dict.fromkeys(hide))
-  try:
-    yield
-  finally:
-    for name in hide:
-      sys.modules.pop(name, None)
-
-
-def import_quantus():
-  """`import quantus` with TensorFlow, Keras, zennit and tf_explain hidden.
-
-  Raises:
-    ImportError: if Quantus is not installed, or is not version 0.6.0 (the parity is pinned).
-  """
-  with hidden(("tensorflow", "keras", "zennit", "tf_explain")):
-    quantus = importlib.import_module("quantus")
-  if quantus.__version__ != QUANTUS_VERSION:
-    raise ImportError(f"the parity is pinned to quantus {QUANTUS_VERSION}; found "
-                      f"{quantus.__version__}")
-  return quantus
 
 
 quantus = import_quantus()
@@ -407,7 +369,9 @@ def _timed(fn: Callable[[], Any], calls: int) -> float:
   return (time.perf_counter() - start) / calls
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+  """Runs the benchmark; returns per metric the median seconds per call of each side, and
+  quantus/xjax of the medians and of the minima."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batch", type=int, default=32, help="images in the batch")
   parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
@@ -477,6 +441,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{max(theirs):.5f})  of minima {best[name]:.1f}  quantus/xjax={ratios[name]:.1f}")
   print(" ".join(f"{name} quantus/xjax={ratios[name]:.1f} (of minima {best[name]:.1f})"
                  for name in ACCEPTANCE))
+  return {name: {"xjax_s": statistics.median(ours), "quantus_s": statistics.median(theirs),
+                 "ratio": ratios[name], "of_minima": best[name]}
+          for name, (ours, theirs) in times.items()}
 
 
 if __name__ == "__main__":

@@ -38,27 +38,55 @@ Run: `python -m benchmarks.train_step [--models cnn_cifar10,resnet18] [--batch 1
 (one ResNet-18 step at batch 128 takes ~5 s on 2 cores; `--steps` sets both); with 3 rounds the
 default run takes about 4 minutes on 2 shared cores. Numbers from a machine shared with other
 processes are noisy: compare the ratio rather than the absolute rates, and look at the spread of
-the rounds (printed as min..max).
+the rounds (printed as min..max). `--quick`: batch 32, 1 round of 2 steps (no timing worth
+quoting; a smoke run). `--torch_device cuda` runs the PyTorch side on the GPU (default `cpu`);
+xjax runs on JAX's default device.
+
+Per-layer profile (`--profile`): where a train step's time goes, layer by layer, xjax beside
+PyTorch. The layers are read from the model itself: `model.apply` in training mode is traced
+(`jax.make_jaxpr`) with a Flax method interceptor, which records every Conv, Dense and BatchNorm
+module called with its input shape; the traced program adds the pooling between them (max / average
+`reduce_window`, and the global mean of ResNet-18), in program order. Each layer is then timed in
+isolation at the benchmark's batch size on its actual input shape (random standard-normal inputs and
+output cotangents): xjax the `jax.jit`-compiled Flax module (`module.apply`; BatchNorm in training
+mode, its running statistics updated) or `lax` pooling, PyTorch the twin's module of the same name
+(`train()` mode) or `torch.nn.functional` pooling on the same shapes in NCHW. Three times per layer:
+forward; input gradient; weight gradient (kernel and bias, or scale and bias). The gradients are
+timed as a backward pass on a recorded forward: xjax jits the pullback of `jax.vjp` (residuals
+computed outside the timing), PyTorch calls `torch.autograd.grad(y, [x] or params, g,
+retain_graph=True)` on a `y` computed outside the timing. The first layer's input gradient is not
+part of a train step (the images need none) and is not timed. `--rounds` alternating rounds (each
+op xjax then torch, a few calls each, about `--round_s` s), medians printed in ms per call, with the
+total over layers, xjax/torch (speed: torch time / xjax time, > 1: xjax faster) and each layer's
+share of xjax's total; below, the whole train step measured as in the benchmark, for what the
+layers leave out (activations, dropout, residual additions, loss, optimizer, XLA's fusion across
+layers). Run: `python -m benchmarks.train_step --profile [--models ...] [--batch 128] [--rounds 3]
+[--quick]` (`--quick`: batch 32, one round, no whole-step row).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax
+import flax.linen as fnn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
 from torch import nn
 
 from benchmarks.torch_models import flax_to_torch, make_torch_model
-from xjax.nn.registry import MODELS, count_params, get_model, model_fields
+from xjax.nn.registry import MODELS, count_params, get_model, init_variables, model_fields
 from xjax.train.losses import build_loss_terms
 from xjax.train.optim import make_optimizer
 from xjax.train.sharding import make_mesh, replicated, shard_batch
@@ -141,16 +169,17 @@ class TorchRunner:
   """The PyTorch twin with the given Flax variables, SGD with momentum and cross-entropy."""
 
   def __init__(self, name: str, kwargs: dict[str, Any], variables: dict,
-               batch: dict[str, np.ndarray]):
+               batch: dict[str, np.ndarray], device: str = "cpu"):
     torch_kwargs = dict(kwargs)
     if name == "cnn_cifar10":
       torch_kwargs["image_size"] = batch["image"].shape[1]
+    self.device = torch.device(device)
     self.model = flax_to_torch(name, variables, make_torch_model(name, **torch_kwargs))
-    self.model.train()
+    self.model.to(self.device).train()
     self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
     self.loss_fn = nn.CrossEntropyLoss()
-    self.x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
-    self.y = torch.from_numpy(batch["label"].astype(np.int64))
+    self.x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(self.device)
+    self.y = torch.from_numpy(batch["label"].astype(np.int64)).to(self.device)
     self.loss = None
 
   def step(self) -> None:
@@ -163,7 +192,14 @@ class TorchRunner:
     t0 = time.perf_counter()
     for _ in range(steps):
       self.step()
+    _sync(self.device)
     return time.perf_counter() - t0
+
+
+def _sync(device: torch.device) -> None:
+  """Waits for the device's queued work (CUDA is asynchronous; PyTorch eager on CPU is not)."""
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)
 
 
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -173,11 +209,11 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _torch_params(model: nn.Module) -> dict[str, np.ndarray]:
-  return {k: v.detach().numpy().astype(np.float64) for k, v in model.named_parameters()}
+  return {k: v.detach().cpu().numpy().astype(np.float64) for k, v in model.named_parameters()}
 
 
 def check_correctness(name: str, batch: dict[str, np.ndarray],
-                      runner: XjaxRunner | None = None) -> dict[str, Any]:
+                      runner: XjaxRunner | None = None, device: str = "cpu") -> dict[str, Any]:
   """Two steps of both frameworks, dropout off, from the same weights on the same batch.
 
   Returns:
@@ -192,15 +228,16 @@ def check_correctness(name: str, batch: dict[str, np.ndarray],
     (`worst_update` names it), and `update_l2_rel_diff`, ||u_xjax - u_torch|| / ||u_torch||
     over all parameters together. Comparing buffers rather than `new - old` weights avoids float32
     cancellation, which alone gives ~1e-4 on updates 1e-4 the size of the weights.
-  `runner` may be a dropout-free XjaxRunner of `name` to reuse (it is reset afterwards).
+  `runner` may be a dropout-free XjaxRunner of `name` to reuse (it is reset afterwards);
+  `device` is the PyTorch twin's (the results are numpy either way).
   """
   kwargs = model_kwargs(name, dropout=False)
   xj = runner if runner is not None else XjaxRunner(name, kwargs, batch)
   xj.reset()
   variables0 = xj.variables()
-  tr = TorchRunner(name, kwargs, variables0, batch)
+  tr = TorchRunner(name, kwargs, variables0, batch, device)
   kernel = f"{FIRST_CONV[name]}.weight"
-  kernel_init = tr.model.get_parameter(kernel).detach().numpy().copy()
+  kernel_init = tr.model.get_parameter(kernel).detach().cpu().numpy().copy()
 
   xj.step()
   tr.step()
@@ -211,7 +248,7 @@ def check_correctness(name: str, batch: dict[str, np.ndarray],
   params_x = _torch_params(TorchRunner(name, kwargs, variables1, batch).model)
   trace_x = _torch_params(TorchRunner(name, kwargs, {**variables1, "params": trace}, batch).model)
   params_t = _torch_params(tr.model)
-  trace_t = {k: tr.optimizer.state[p]["momentum_buffer"].numpy().astype(np.float64)
+  trace_t = {k: tr.optimizer.state[p]["momentum_buffer"].cpu().numpy().astype(np.float64)
              for k, p in tr.model.named_parameters()}
   xj.step()
   tr.step()
@@ -245,8 +282,8 @@ def print_header() -> None:
         f"{torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
 
 
-def benchmark_model(name: str, batch: dict[str, np.ndarray], steps: int, rounds: int
-                    ) -> tuple[float, float]:
+def benchmark_model(name: str, batch: dict[str, np.ndarray], steps: int, rounds: int,
+                    device: str = "cpu") -> tuple[float, float]:
   """Correctness check, then alternating timed rounds; returns median (xjax, torch) images/s."""
   size = batch["image"].shape[0]
   timed_kwargs = model_kwargs(name, dropout=True)
@@ -255,7 +292,7 @@ def benchmark_model(name: str, batch: dict[str, np.ndarray], steps: int, rounds:
   t0 = time.perf_counter()
   xj = XjaxRunner(name, timed_kwargs, batch)
   compile_runner = None if has_dropout else xj  # no dropout: the check reuses the compiled step
-  check = check_correctness(name, batch, compile_runner)
+  check = check_correctness(name, batch, compile_runner, device)
   print(f"{name}: {count_params(xj.state.params):,} params; correctness check (dropout 0, same "
         f"weights and batch, 2 steps):\n"
         f"  step-1 loss  xjax {check['loss_xjax']:.6f}  torch {check['loss_torch']:.6f}  "
@@ -273,7 +310,7 @@ def benchmark_model(name: str, batch: dict[str, np.ndarray], steps: int, rounds:
     assert check[key] < bound, f"{name}: {key} = {check[key]:.3g} >= {bound}"
 
   # Timed models: the default dropout, as in training. Warm up (xjax: compile) untimed.
-  tr = TorchRunner(name, timed_kwargs, xj.variables(), batch)
+  tr = TorchRunner(name, timed_kwargs, xj.variables(), batch, device)
   warmup = 2 if has_dropout else 1  # without dropout the check already compiled and ran xj's step
   xj.run(warmup)
   tr.run(warmup)
@@ -290,31 +327,337 @@ def benchmark_model(name: str, batch: dict[str, np.ndarray], steps: int, rounds:
   return x, t
 
 
-def main(argv: list[str] | None = None) -> None:
+# --------------------------------------------------------------------------------------------------
+# Per-layer profile (`--profile`; see the module docstring).
+
+LAYER_MODULES = {fnn.Conv: "conv", fnn.Dense: "dense", fnn.BatchNorm: "batch_norm"}
+POOL_PRIMITIVES = {"reduce_window_max": "max_pool", "reduce_window_sum": "avg_pool"}
+
+
+@dataclasses.dataclass
+class Layer:
+  """One layer of a model as the profile times it.
+
+  `name`: the Flax module path joined by "." (the twin's submodule of that name), or
+  "<kind><i>" for the i-th pooling of that kind; `kind`: conv, dense, batch_norm, max_pool,
+  avg_pool or mean (global average pooling); `input_shape`: the layer's input in the xjax model
+  (NHWC, or (B, features)); `weight_shape`: the kernel (HWIO / (in, out)) or the batch-norm
+  scale, None for pooling; `module`, `variables`: the unbound Flax module and its variables
+  (layers) or None (pooling); `options`: pooling's window, strides and padding (per spatial
+  axis), or the reduced axes of the mean.
+  """
+
+  name: str
+  kind: str
+  input_shape: tuple[int, ...]
+  weight_shape: tuple[int, ...] | None = None
+  module: fnn.Module | None = None
+  variables: dict | None = None
+  options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _subtree(tree: dict, path: tuple[str, ...]) -> dict | None:
+  """`tree[path[0]][path[1]]...`, or None where a key is missing."""
+  for key in path:
+    if key not in tree:
+      return None
+    tree = tree[key]
+  return tree
+
+
+def profile_layers(name: str, batch_size: int, image_size: int = 32, seed: int = 0
+                   ) -> list[Layer]:
+  """The layers of model `name` (the benchmark's fields, training mode) in program order."""
+  model = get_model(name, **model_kwargs(name, dropout=True))
+  variables = init_variables(model, jax.random.key(seed), (image_size, image_size, 3))
+  calls: dict[tuple[str, ...], tuple[fnn.Module, tuple[int, ...]]] = {}
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name == "__call__" and type(module) in LAYER_MODULES:
+      calls.setdefault(tuple(module.path), (module.clone(parent=None), tuple(args[0].shape)))
+    return next_fun(*args, **kwargs)
+
+  def apply(v, x):
+    return model.apply(v, x, train=True, mutable=["batch_stats"],
+                       rngs={"dropout": jax.random.key(seed)})
+
+  x = jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32)
+  with fnn.intercept_methods(record):
+    jaxpr = jax.make_jaxpr(apply)(variables, x).jaxpr
+  top = type(model).__name__
+  layers, seen, counts = [], set(), {}
+  for eqn in jaxpr.eqns:
+    scope = tuple(str(eqn.source_info.name_stack).split("/"))
+    path = scope[1:] if scope[:1] == (top,) else scope
+    if path in calls and path not in seen:  # the first operation of a recorded module
+      seen.add(path)
+      module, shape = calls[path]
+      own = {c: _subtree(variables[c], path) for c in variables}
+      own = {c: v for c, v in own.items() if v is not None}
+      weight = own["params"].get("kernel", own["params"].get("scale"))
+      layers.append(Layer(".".join(path), LAYER_MODULES[type(module)], shape,
+                          tuple(weight.shape), module, own))
+      continue
+    if any(path[:len(p)] == p for p in calls):
+      continue  # inside a recorded module (its bias, batch statistics, ...)
+    prim = eqn.primitive.name
+    shape = tuple(eqn.invars[0].aval.shape)
+    if prim in POOL_PRIMITIVES:
+      kind = POOL_PRIMITIVES[prim]
+      options = {"window": eqn.params["window_dimensions"][1:-1],
+                 "strides": eqn.params["window_strides"][1:-1],
+                 "padding": tuple(eqn.params["padding"][1:-1])}
+    elif prim == "reduce_sum" and len(shape) == 4 and tuple(eqn.params["axes"]) == (1, 2):
+      kind, options = "mean", {"axes": (1, 2)}
+    else:
+      continue
+    counts[kind] = counts.get(kind, 0) + 1
+    layers.append(Layer(f"{kind}{counts[kind]}", kind, shape, options=options))
+  missing = sorted(".".join(p) for p in set(calls) - seen)
+  if missing:
+    raise RuntimeError(f"{name}: modules not found in the traced program: {missing}")
+  return layers
+
+
+def _pool_fn(layer: Layer) -> Callable[[jax.Array], jax.Array]:
+  """The xjax pooling of a pooling layer (the model's own Flax / jnp functions)."""
+  o = layer.options
+  if layer.kind == "mean":
+    return lambda x: jnp.mean(x, axis=o["axes"])
+  pool = fnn.max_pool if layer.kind == "max_pool" else fnn.avg_pool
+  return lambda x: pool(x, o["window"], strides=o["strides"], padding=o["padding"])
+
+
+def _torch_pool(layer: Layer) -> Callable[[torch.Tensor], torch.Tensor]:
+  """The same pooling in torch, NCHW (symmetric padding, as the models use)."""
+  o = layer.options
+  if layer.kind == "mean":
+    return lambda x: x.mean(dim=(2, 3))
+  padding = tuple(lo for lo, _ in o["padding"])
+  if any(lo != hi for lo, hi in o["padding"]):
+    raise ValueError(f"{layer.name}: asymmetric padding {o['padding']} has no torch pooling twin")
+  pool = torch.nn.functional.max_pool2d if layer.kind == "max_pool" else (
+      lambda x, k, s, p: torch.nn.functional.avg_pool2d(x, k, s, p, count_include_pad=True))
+  return lambda x: pool(x, o["window"], o["strides"], padding)
+
+
+def _nchw_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  return (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else shape
+
+
+def layer_ops(layer: Layer, twin: nn.Module, device: torch.device, input_grad: bool = True,
+              seed: int = 0) -> dict[tuple[str, str], Callable[[], Any]]:
+  """The six timed calls of a layer: (op, framework) -> a blocking call, op in fwd, dx, dw.
+
+  dx is left out without `input_grad`, dw for layers without weights (pooling).
+  """
+  rng = np.random.default_rng(seed)
+  x_np = rng.standard_normal(layer.input_shape, np.float32)
+  x = jnp.asarray(x_np)
+  ops: dict[tuple[str, str], Callable[[], Any]] = {}
+
+  # xjax: the Flax module (or pooling), jit-compiled; gradients as pullbacks of jax.vjp.
+  if layer.module is None:
+    fn = _pool_fn(layer)
+    forward = jax.jit(fn)
+    apply = lambda x, p: fn(x)
+    params = {}
+  else:
+    module, variables = layer.module, layer.variables
+    state = {c: v for c, v in variables.items() if c != "params"}
+    if state:  # batch norm in training mode: the output, and the new running statistics
+      forward = jax.jit(lambda x, p: module.apply({"params": p, **state}, x, mutable=list(state)))
+      apply = lambda x, p: module.apply({"params": p, **state}, x, mutable=list(state))[0]
+    else:
+      forward = jax.jit(lambda x, p: module.apply({"params": p}, x))
+      apply = lambda x, p: module.apply({"params": p}, x)
+    params = jax.device_put(variables["params"])
+  y_shape = jax.eval_shape(apply, x, params).shape
+  g_np = rng.standard_normal(y_shape, np.float32)
+  g = jnp.asarray(g_np)
+  pull = jax.jit(lambda vjp_fn, g: vjp_fn(g))
+  ops["fwd", "xjax"] = (lambda: jax.block_until_ready(forward(x))) if layer.module is None else (
+      lambda: jax.block_until_ready(forward(x, params)))
+  if input_grad:
+    _, vjp_x = jax.jit(lambda x, p: jax.vjp(lambda x_: apply(x_, p), x))(x, params)
+    ops["dx", "xjax"] = lambda: jax.block_until_ready(pull(vjp_x, g))
+  if layer.module is not None:
+    _, vjp_p = jax.jit(lambda x, p: jax.vjp(lambda p_: apply(x, p_), p))(x, params)
+    ops["dw", "xjax"] = lambda: jax.block_until_ready(pull(vjp_p, g))
+
+  # PyTorch: the twin's module of the same name (train mode), or functional pooling, NCHW.
+  if layer.module is None:
+    module_t = _torch_pool(layer)
+    weights = []
+  else:
+    module_t = twin.get_submodule(layer.name).train()
+    weights = list(module_t.parameters())
+  to_torch = lambda a: torch.from_numpy(
+      np.ascontiguousarray(a.transpose(0, 3, 1, 2) if a.ndim == 4 else a)).to(device)
+  xt = to_torch(x_np).requires_grad_(True)
+  gt = to_torch(g_np)
+  if tuple(xt.shape) != _nchw_shape(layer.input_shape):
+    raise AssertionError((layer.name, tuple(xt.shape)))
+
+  def timed_torch(fn):
+    def call():
+      out = fn()
+      _sync(device)
+      return out
+    return call
+
+  ops["fwd", "torch"] = timed_torch(lambda: module_t(xt))  # records the graph, as in training
+  yt = module_t(xt)
+  if tuple(yt.shape) != tuple(gt.shape):
+    raise AssertionError(f"{layer.name}: torch output {tuple(yt.shape)}, xjax "
+                         f"{_nchw_shape(y_shape)}")
+  if input_grad:
+    ops["dx", "torch"] = timed_torch(lambda: torch.autograd.grad(yt, [xt], gt, retain_graph=True))
+  if weights:
+    ops["dw", "torch"] = timed_torch(lambda: torch.autograd.grad(yt, weights, gt,
+                                                                 retain_graph=True))
+  return ops
+
+
+def _per_call(fn: Callable[[], Any], calls: int) -> float:
+  t0 = time.perf_counter()
+  for _ in range(calls):
+    fn()
+  return (time.perf_counter() - t0) / calls
+
+
+def profile_model(name: str, batch_size: int, rounds: int, round_s: float = 0.05,
+                  image_size: int = 32, device: str = "cpu", whole_step: bool = True,
+                  step_rounds: int | None = None) -> dict[str, Any]:
+  """Times every layer of `name` in both frameworks; prints the markdown table, returns it.
+
+  Returns `{"layers": [(Layer, {(op, framework): median seconds})], "total": {framework: s},
+  "step": {framework: s per whole train step} (empty without `whole_step`), "table": str}`.
+  """
+  t0 = time.perf_counter()
+  device_t = torch.device(device)
+  layers = profile_layers(name, batch_size, image_size)
+  kwargs = dict(model_kwargs(name, dropout=True))
+  if name == "cnn_cifar10":
+    kwargs["image_size"] = image_size
+  variables = init_variables(get_model(name, **model_kwargs(name)), jax.random.key(0),
+                             (image_size, image_size, 3))
+  twin = flax_to_torch(name, jax.device_get(variables), make_torch_model(name, **kwargs))
+  twin.to(device_t)
+  all_ops = [layer_ops(layer, twin, device_t, input_grad=i > 0) for i, layer in enumerate(layers)]
+  calls = []
+  for ops in all_ops:  # compile and warm up (untimed); calls per round from the warm-up
+    for fn in ops.values():
+      fn()
+    calls.append({key: max(1, math.ceil(round_s / max(_per_call(fn, 1), 1e-6)))
+                  for key, fn in ops.items()})
+  print(f"{name}: {len(layers)} layers at batch {batch_size}; compile and warm-up took "
+        f"{time.perf_counter() - t0:.1f} s; timing {rounds} rounds (about {round_s} s per op, "
+        f"framework and round)")
+  times = [{key: [] for key in ops} for ops in all_ops]
+  for _ in range(rounds):
+    for ops, n, t in zip(all_ops, calls, times):
+      for op in ("fwd", "dx", "dw"):
+        for side in ("xjax", "torch"):
+          if (op, side) in ops:
+            t[op, side].append(_per_call(ops[op, side], n[op, side]))
+  medians = [{key: statistics.median(v) for key, v in t.items()} for t in times]
+  totals = {side: sum(v for m in medians for (_, s), v in m.items() if s == side)
+            for side in ("xjax", "torch")}
+  step: dict[str, float] = {}
+  if whole_step:
+    batch = make_batch(batch_size, image_size)
+    xj = XjaxRunner(name, model_kwargs(name, dropout=True), batch)
+    tr = TorchRunner(name, model_kwargs(name, dropout=True), xj.variables(), batch, device)
+    xj.run(1)
+    tr.run(1)
+    runs = {"xjax": [], "torch": []}
+    for _ in range(step_rounds or rounds):
+      runs["xjax"].append(xj.run(1))
+      runs["torch"].append(tr.run(1))
+    step = {side: statistics.median(v) for side, v in runs.items()}
+  table = profile_table(name, batch_size, layers, medians, totals, step)
+  print(table)
+  return {"layers": list(zip(layers, medians)), "total": totals, "step": step, "table": table}
+
+
+def profile_table(name: str, batch_size: int, layers: list[Layer],
+                  medians: list[dict[tuple[str, str], float]], totals: dict[str, float],
+                  step: dict[str, float]) -> str:
+  """The markdown table of `profile_model` (ms per call; xjax/torch = torch time / xjax time)."""
+  ms = lambda s: "-" if s is None else f"{1e3 * s:.2f}"
+  head = ("| layer | op | input | fwd xjax | fwd torch | dx xjax | dx torch | dw xjax | dw torch "
+          "| total xjax | total torch | xjax/torch | % of xjax |")
+  rows = [f"{name}, batch {batch_size}: ms per call, median over rounds (xjax/torch > 1: xjax "
+          f"faster)", "", head, "|" + "---|" * (head.count("|") - 1)]
+  for layer, m in zip(layers, medians):
+    x = sum(v for (_, s), v in m.items() if s == "xjax")
+    t = sum(v for (_, s), v in m.items() if s == "torch")
+    shape = "x".join(str(d) for d in layer.input_shape)
+    rows.append(f"| {layer.name} | {layer.kind} | {shape} | " + " | ".join(
+        ms(m.get((op, side))) for op in ("fwd", "dx", "dw") for side in ("xjax", "torch"))
+        + f" | {ms(x)} | {ms(t)} | {t / x:.2f} | {100 * x / totals['xjax']:.1f} |")
+  op_total = {key: sum(m.get(key, 0.0) for m in medians)
+              for key in [(op, side) for op in ("fwd", "dx", "dw") for side in ("xjax", "torch")]}
+  rows.append("| **total** | | | " + " | ".join(ms(v) for v in op_total.values())
+              + f" | {ms(totals['xjax'])} | {ms(totals['torch'])} | "
+              f"{totals['torch'] / totals['xjax']:.2f} | 100 |")
+  if step:
+    rows.append(f"| whole train step | measured | | | | | | | | {ms(step['xjax'])} | "
+                f"{ms(step['torch'])} | {step['torch'] / step['xjax']:.2f} | "
+                f"{100 * step['xjax'] / totals['xjax']:.0f} |")
+  return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
+  """Runs the benchmark (or with `--profile` the per-layer profile); returns per model
+  `{"xjax": img/s, "torch": img/s, "ratio": xjax/torch}` (profile: `profile_model`'s dict)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default="cnn_cifar10,resnet18",
                       help=f"comma list of {', '.join(MODEL_KWARGS)}")
-  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--batch", type=int, default=None, help="batch size (default 128)")
   parser.add_argument("--steps", type=int, default=None,
                       help=f"timed steps per round (default per model: {DEFAULT_STEPS})")
-  parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per framework")
+  parser.add_argument("--rounds", type=int, default=None,
+                      help="alternating rounds per framework (default 3)")
   parser.add_argument("--image_size", type=int, default=32)
+  parser.add_argument("--torch_device", default="cpu",
+                      help="the PyTorch side's device, e.g. cuda (default cpu)")
+  parser.add_argument("--profile", action="store_true",
+                      help="per-layer profile (forward, input and weight gradient) instead")
+  parser.add_argument("--round_s", type=float, default=0.05,
+                      help="--profile: seconds per op, framework and round, about")
+  parser.add_argument("--quick", action="store_true",
+                      help="batch 32, one round of 2 steps (profile: no whole-step row)")
   args = parser.parse_args(argv)
   models = [m.strip() for m in args.models.split(",") if m.strip()]
   unknown = [m for m in models if m not in MODEL_KWARGS]
   if unknown:
     parser.error(f"unknown model(s) {unknown}; choose from {list(MODEL_KWARGS)}")
+  batch_size = args.batch or (32 if args.quick else 128)
+  rounds = args.rounds or (1 if args.quick else 3)
+  steps = {m: args.steps or (2 if args.quick else DEFAULT_STEPS[m]) for m in models}
 
   torch.set_num_threads(os.cpu_count())
   print_header()
-  batch = make_batch(args.batch, args.image_size)
-  print(f"batch {args.batch} x {args.image_size}x{args.image_size}x3, rounds {args.rounds}, "
-        f"steps per round " + ", ".join(f"{m}={args.steps or DEFAULT_STEPS[m]}" for m in models))
-  ratios = {}
+  print(f"torch device: {args.torch_device}")
+  if args.profile:
+    print(f"per-layer profile: batch {batch_size} x {args.image_size}x{args.image_size}x3, "
+          f"rounds {rounds}")
+    return {name: profile_model(name, batch_size, rounds, args.round_s, args.image_size,
+                                args.torch_device, whole_step=not args.quick)
+            for name in models}
+  batch = make_batch(batch_size, args.image_size)
+  print(f"batch {batch_size} x {args.image_size}x{args.image_size}x3, rounds {rounds}, "
+        f"steps per round " + ", ".join(f"{m}={steps[m]}" for m in models))
+  results = {}
   for name in models:
-    x, t = benchmark_model(name, batch, args.steps or DEFAULT_STEPS[name], args.rounds)
-    ratios[name] = x / t
-  print("xjax/torch train-step throughput: " + " ".join(f"{m}={r:.2f}" for m, r in ratios.items()))
+    x, t = benchmark_model(name, batch, steps[name], rounds, args.torch_device)
+    results[name] = {"xjax": x, "torch": t, "ratio": x / t}
+  print("xjax/torch train-step throughput: "
+        + " ".join(f"{m}={r['ratio']:.2f}" for m, r in results.items()))
+  return results
 
 
 if __name__ == "__main__":

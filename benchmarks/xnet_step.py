@@ -348,7 +348,8 @@ def benchmark_k(k: int, batch_size: int, image_size: int, backbone_width: int, s
           "naive/vmap": median["naive"] / median["xnet"]}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
+  """Runs the benchmark; returns the ratios of each k (those of the last lines printed)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--ks", default="3,16,64", help="comma list of explainable-layer widths k")
   parser.add_argument("--batch", type=int, default=128)
@@ -378,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
                            args.naive_steps, args.rounds) for k in ks}
   for k in ks:
     print(f"k={k} " + " ".join(f"{name}={value:.2f}" for name, value in ratios[k].items()))
+  return ratios
 
 
 if __name__ == "__main__":

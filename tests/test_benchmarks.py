@@ -89,3 +89,27 @@ def test_metrics_check_xjax_equals_quantus():
     assert checks[name]["max_abs_diff"] < 1e-4 * max(1.0, checks[name]["scale"]), checks[name]
   assert checks["pixel_flipping"]["shape"] == (4, 49)  # 784 pixels, 16 a step
   assert checks["region_perturbation"]["shape"] == (4, 49)  # 7 x 7 patches of 4 x 4
+
+
+def test_train_step_profile_layers_cnn_cifar10():
+  # The per-layer profile's layer list (no timing): the CIFAR10 CNN's layers, read from the traced
+  # model, in program order, with the input shapes at the profile's batch size (NHWC; dense
+  # layers (B, features)) and the weights of the layers that have them.
+  pytest.importorskip("torch", reason="torch is not installed (optional: pip install xjax[bench]); "
+                      "the train-step benchmark cannot be imported")
+  from benchmarks.train_step import profile_layers
+  layers = profile_layers("cnn_cifar10", 4)
+  assert [(layer.name, layer.kind, layer.input_shape, layer.weight_shape) for layer in layers] == [
+      ("conv1", "conv", (4, 32, 32, 3), (3, 3, 3, 32)),
+      ("conv2", "conv", (4, 32, 32, 32), (3, 3, 32, 32)),
+      ("max_pool1", "max_pool", (4, 30, 30, 32), None),
+      ("conv3", "conv", (4, 15, 15, 32), (3, 3, 32, 64)),
+      ("conv4", "conv", (4, 15, 15, 64), (3, 3, 64, 64)),
+      ("max_pool2", "max_pool", (4, 13, 13, 64), None),
+      ("dense1", "dense", (4, 2304), (2304, 512)),
+      ("classifier", "dense", (4, 512), (512, 10)),
+  ]
+  assert layers[2].options == {"window": (2, 2), "strides": (2, 2), "padding": ((0, 0), (0, 0))}
+  # Each layer carries its own variables (what the profile applies the module to).
+  assert set(layers[0].variables["params"]) == {"kernel", "bias"}
+  assert layers[0].module.features == 32 and layers[1].module.padding == "VALID"

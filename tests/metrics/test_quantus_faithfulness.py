@@ -9,7 +9,8 @@ Faithfulness correlation draws its subsets with `np.random`: they are recorded t
 correlate over the same subsets.
 
 Quantus and torch are optional; without them the module skips (Quantus is imported, with its
-TensorFlow and zennit imports hidden (`_hidden`), by `tests.metrics.test_quantus_parity`).
+TensorFlow and zennit imports hidden (`benchmarks.quantus_loader.hidden`), by
+`tests.metrics.test_quantus_parity`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.metrics.test_quantus_parity import _hidden, quantus  # skips without quantus
+from benchmarks.quantus_loader import hidden
+from tests.metrics.test_quantus_parity import quantus  # skips without quantus
 from xjax.metrics.faithfulness_correlation import faithfulness_correlation, subset_correlation
 from xjax.metrics.region_perturbation import region_perturbation
 
@@ -32,7 +34,7 @@ TOLERANCE = dict(atol=1e-4, rtol=1e-4)
 def call(metric, model, x, y, relevance, **options):
   """Quantus's scores (B,) as numpy; TensorFlow is hidden during the call too, as Quantus looks
   for it (`find_spec`) again when it wraps the model."""
-  with _hidden(("tensorflow", "keras")):
+  with hidden(("tensorflow", "keras")):
     scores = metric(model=model, x_batch=nchw(x), y_batch=y, a_batch=nchw(relevance),
                     channel_first=True, batch_size=B, **options)
   return np.asarray(scores, np.float64)

@@ -14,13 +14,12 @@ Quantus is optional (`pip install quantus==0.6.0`); without it the module skips.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import sys
 
 import numpy as np
 import pytest
 
+from benchmarks.quantus_loader import hidden
 from xjax.errors import ConfigError
 from xjax.metrics.complexity import complexity, sparseness
 from xjax.metrics.localisation import (
@@ -30,29 +29,10 @@ from xjax.metrics.localisation import (
   relevance_rank_accuracy,
 )
 
-
-@contextlib.contextmanager
-def _hidden(names):
-  """Makes the modules `names` look uninstalled (`find_spec` -> None) while Quantus is imported.
-
-  Quantus imports TensorFlow (to wrap Keras models, ~4 s) and zennit (which fails without
-  torchvision, see benchmarks/torchvision_stub.py) only if it finds them; the metrics compared
-  here use neither. Modules already imported are left alone, and the entries are removed again
-  afterwards, so the rest of the session imports them normally.
-  """
-  hidden = [name for name in names if name not in sys.modules]
-  sys.modules.update(dict.fromkeys(hidden))
-  try:
-    yield
-  finally:
-    for name in hidden:
-      sys.modules.pop(name, None)
-
-
 if importlib.util.find_spec("quantus") is None:
   pytest.skip("quantus is not installed (optional: pip install quantus==0.6.0); the metrics "
               "cannot be compared with it", allow_module_level=True)
-with _hidden(("tensorflow", "keras", "zennit", "tf_explain")):
+with hidden():
   quantus = pytest.importorskip("quantus", reason="quantus does not import; the metrics cannot "
                                 "be compared with it")
 if quantus.__version__ != "0.6.0":
