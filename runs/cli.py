@@ -28,8 +28,20 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "The run's directory: checkpoints, metrics, results.")
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() first (one process per host; the "
-    "coordinator is found from the cluster's environment, e.g. SLURM or Cloud TPU).")
+    "multihost", False, "Call jax.distributed.initialize() first (one process per host, or per "
+    "GPU as SLURM starts them; each reads its share of every global batch). The "
+    "coordinator, process count and id are found from the cluster's environment (SLURM, Cloud "
+    "TPU, Open MPI, Kubernetes) unless given below; the coordinator address also from "
+    "$JAX_COORDINATOR_ADDRESS.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --multihost: HOST:PORT of process 0's coordinator "
+    "(default: $JAX_COORDINATOR_ADDRESS, else from the cluster's environment).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --multihost: how many processes (default: from the cluster's "
+    "environment).", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --multihost: this process's id, 0 to num_processes - 1 (default: "
+    "from the cluster's environment).", lower_bound=0)
 
 
 def _fail(message: str, status: int = 2):
@@ -64,9 +76,33 @@ def _start(argv: list[str], required: tuple[str, ...]) -> None:
   missing = [f"--{name}" for name in required if flags.FLAGS[name].value is None]
   if missing:
     raise app.UsageError(f"{' and '.join(missing)} required.")
-  if _MULTIHOST.value:
-    import jax
-    jax.distributed.initialize()
+  _start_multihost()
+
+
+def _start_multihost() -> None:
+  """`jax.distributed.initialize` for --multihost, with gloo collectives between CPU processes.
+
+  Must run before anything touches a JAX backend (`jax.devices()`, any array).
+  """
+  explicit = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value,
+              "process_id": _PROCESS_ID.value}
+  if not _MULTIHOST.value:
+    given = [f"--{name}" for name, value in explicit.items() if value is not None]
+    if given:
+      _fail(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --multihost.")
+    return
+  import jax
+  if not jax.config.jax_cpu_collectives_implementation:
+    # The collectives between the CPU devices of different processes (the default of recent JAX;
+    # older ones have none, and a CPU run fails at its first all-reduce). Only CPU devices use
+    # it; $JAX_CPU_COLLECTIVES_IMPLEMENTATION=mpi chooses MPI instead.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
+  except (ValueError, TypeError, RuntimeError) as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    _fail(f"--multihost: jax.distributed.initialize failed: {lines[0] if lines else e!r} (give "
+          f"--coordinator_address, --num_processes and --process_id outside SLURM / Cloud TPU).")
 
 
 def _config_main(main: Callable[..., object]) -> Callable[[list[str]], None]:

@@ -141,12 +141,18 @@ class RunCheckpoints:
   def __init__(self, workdir: str | Path, max_to_keep: int = 2):
     root = Path(workdir).absolute() / "checkpoints"
     self.latest_dir, self.best_dir = root / "latest", root / "best"
+    # With several processes, orbax synchronises each save with barriers named by its step: the
+    # two managers save the same step at the end of an epoch, and without their own prefixes
+    # their barriers collide ("Barrier _async_commit_complete.16 is already ongoing").
+    processes = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
     self.latest = ocp.CheckpointManager(
-        self.latest_dir, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        self.latest_dir, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, multiprocessing_options=processes("latest")),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": ocp.JsonCheckpointHandler(), "loop": ocp.JsonCheckpointHandler()})
     self.best = ocp.CheckpointManager(
-        self.best_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+        self.best_dir, options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, multiprocessing_options=processes("best")),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "metrics": ocp.JsonCheckpointHandler()})
 

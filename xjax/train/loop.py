@@ -75,6 +75,19 @@ class _SigtermFlag:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
+  def agreed(self) -> bool:
+    """Whether any process has been sent SIGTERM, the same answer in every process.
+
+    With several processes this is a collective: every process calls it at the same point of
+    the same step, so all of them save and stop at the same step (a scheduler's signals reach
+    the hosts at different moments, and a process that saved alone would wait forever for the
+    others in orbax's barriers while they wait for it in the next train step).
+    """
+    if jax.process_count() == 1:
+      return self.raised
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.raised))))
+
 
 class TrainHooks:
   """Extension points of `train_and_evaluate` for training-time methods (no-ops by default).
@@ -339,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       step_metrics.append(metrics)
       bar.update(1)
       end_of_epoch = step % steps_per_epoch == 0
-      saving = end_of_epoch or step % tc.checkpoint_every_steps == 0 or sigterm.raised
+      saving = end_of_epoch or step % tc.checkpoint_every_steps == 0
       # Metrics are flushed into the loop state before every save, so a resumed run loses none.
       if step % tc.log_every_steps == 0 or saving:
         flush_metrics(step)
@@ -375,14 +388,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                    f"{_format(train_means['accuracy'])} | validation loss {val['loss']:.4f} acc "
                    f"{_format(val['accuracy'])}")
       # SIGTERM can land at any moment of the step (in the evaluation too), after `saving` was
-      # decided: the flag is read once, here, and a set flag saves this step whatever was decided.
-      stop = sigterm.raised
+      # decided: the flag is read once, here, and a set flag saves this step whatever was decided
+      # (`agreed`: with several processes, all of them read it here and get the same answer).
+      stop = sigterm.agreed()
       if saving or stop:
         if step_metrics:
           flush_metrics(step)
         loop["train_seconds"] = time.time() - started
         save()
-      if stop or (saving and sigterm.raised):  # (a signal during the save: this step is saved)
+      if stop or (saving and sigterm.agreed()):  # (a signal during the save: this step is saved)
         ckpt.wait()
         bar.close()
         raise Interrupted(f"SIGTERM: saved step {step} in {ckpt.latest_dir}; run the same "
