@@ -63,6 +63,23 @@ def test_hosts_read_disjoint_halves_of_the_same_global_batch():
     np.testing.assert_array_equal(joined, whole[k]["index"])
 
 
+def test_hosts_augment_their_rows_as_one_process_does():
+  # Every process draws the flips and shifts of the whole global batch from the same generator
+  # and keeps its rows: together they see the one-process run's augmented batch.
+  source = ArraySource(n=64, size=6)
+  augmentation = pipeline.Augmentation(flip=True, shift=2)
+  whole = _take(pipeline.train_pipeline(source, batch_size=8, seed=5,
+                                        augmentation=augmentation).iterator(), 3)
+  parts = [_take(pipeline.train_pipeline(source, batch_size=8, seed=5, process_index=p,
+                                         process_count=2, augmentation=augmentation).iterator(), 3)
+           for p in range(2)]
+  for k in range(3):
+    joined = np.concatenate([parts[0][k]["image"], parts[1][k]["image"]])
+    np.testing.assert_array_equal(joined, whole[k]["image"])
+  unaugmented = _take(pipeline.train_pipeline(source, batch_size=8, seed=5).iterator(), 1)
+  assert not np.array_equal(whole[0]["image"], unaugmented[0]["image"])  # the draws did act
+
+
 class _FixedDraws:
   """A stand-in for np.random.Generator returning chosen flips and shifts."""
 

@@ -78,12 +78,22 @@ def normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarr
 
 
 def augment(batch: dict[str, np.ndarray], rng: np.random.Generator,
-            augmentation: Augmentation) -> dict[str, np.ndarray]:
-  """Flips and shifts every pixel field of a batch with the same per-image random draws."""
+            augmentation: Augmentation, global_size: int | None = None,
+            offset: int = 0) -> dict[str, np.ndarray]:
+  """Flips and shifts every pixel field of a batch with the same per-image random draws.
+
+  The draws are made for the whole global batch (`global_size` rows, default the batch's) and
+  this process keeps rows `offset:offset + n`: every process draws from the same generator for
+  the same step, so the processes' rows together get the one-process run's draws.
+  """
   n, height, width = batch["image"].shape[:3]
-  flips = rng.random(n) < 0.5 if augmentation.flip else np.zeros(n, bool)
+  total = n if global_size is None else global_size
+  rows_of_this_process = slice(offset, offset + n)
+  flips = (rng.random(total) < 0.5 if augmentation.flip else np.zeros(total, bool))
+  flips = flips[rows_of_this_process]
   s = augmentation.shift
-  dy, dx = (rng.integers(-s, s + 1, size=(2, n)) if s > 0 else np.zeros((2, n), np.int64))
+  dy, dx = (rng.integers(-s, s + 1, size=(2, total)) if s > 0
+            else np.zeros((2, total), np.int64))[:, rows_of_this_process]
   rows = np.arange(height)[None, :] - dy[:, None]  # (n, H): source row of each output row
   cols = np.arange(width)[None, :] - dx[:, None]
   cols = np.where(flips[:, None], width - 1 - cols, cols)
@@ -183,7 +193,9 @@ def train_pipeline(source: Source, *, batch_size: int, seed: int, normalization:
 
   dataset = grain.MapDataset.range(num_epochs * plan.steps_per_epoch).map(read)
   if augmentation.active:
-    dataset = dataset.random_map(lambda b, rng: augment(b, rng, augmentation), seed=seed)
+    dataset = dataset.random_map(
+        lambda b, rng: augment(b, rng, augmentation, batch_size,
+                               process_index * (batch_size // process_count)), seed=seed)
   dataset = dataset.map(finish)
   return TrainPipeline(dataset, plan.steps_per_epoch,
                        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
