@@ -17,6 +17,7 @@ import copy
 import json
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from xjax.errors import ConfigError
@@ -48,7 +49,7 @@ def _resolve(reference: str, workdir: Path, names: list[str]) -> str:
 def train_run(config: ml_collections.ConfigDict, workdir: str | Path, hooks=None) -> dict:
   """`train_and_evaluate`, then the training curves in `workdir/figures/training_curves.png`."""
   trained = train_and_evaluate(config, workdir, hooks)
-  if trained["history"]:
+  if trained["history"] and jax.process_index() == 0:  # one writer, as for the run's files
     plot_training_curves(trained["history"], Path(workdir) / "figures" / "training_curves.png",
                          title=f"{trained['name']}: {config.model.name}")
   return trained
