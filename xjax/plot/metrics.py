@@ -22,9 +22,11 @@ from xjax.plot.heatmaps import save_figure
 
 def _draw_curves(ax, fractions: np.ndarray, curves: Mapping[str, np.ndarray], *, xlabel: str,
                  ylabel: str, title: str = "", areas: Mapping[str, float] | None = None) -> None:
-  for name, curve in curves.items():
+  for i, (name, curve) in enumerate(curves.items()):
     label = name if areas is None else f"{name} (area {areas[name]:.3f})"
-    ax.plot(np.asarray(fractions), np.asarray(curve), marker=".", markersize=3, label=label)
+    # The colour cycle has 10 colours: later lines are dashed, so no two look alike.
+    ax.plot(np.asarray(fractions), np.asarray(curve), marker=".", markersize=3, label=label,
+            linestyle="-" if i < 10 else "--")
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   if title:
