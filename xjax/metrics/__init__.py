@@ -23,10 +23,11 @@ those the explanation method was called with (see `xjax.explain.targets`).
 * complexity (`complexity`): `sparseness`, the Gini index (Chalasani et al., ICML 2020), and
   `complexity`, the entropy of the relevance shares (Bhatt et al., IJCAI 2020).
 
-The seeds' other measures are not scores of one explanation per example and live with their
-methods: XNet's drop losses of each neuron and category (`xjax.methods.xnet.drop_loss_matrix`,
-a dataset-level matrix), and the dataset-level location instability (explainer networks) and
-F_reg / locality (SRAE), which those papers' experiments add.
+The seeds' other measures are not one score per example and are not registered: XNet's drop
+losses of each neuron and category (`xjax.methods.xnet.drop_loss_matrix`, a dataset-level
+matrix); SRAE's locality (`xjax.metrics.locality`: per example the mass of a heatmap in each part
+cell, `part_histograms`, reduced over the dataset to an entropy, `locality_entropy`) and F_reg
+(`f_reg`); and the explainer networks' location instability, which that paper's experiment adds.
 
 Where Quantus 0.6.0 (Hedstroem et al., JMLR 2023) computes the same metric, the scores are equal
 to its with its normalisation off; each docstring names the differences.
