@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from xjax.errors import ConfigError
+from xjax.nn.fast_ops import conv_general_dilated as _fast_conv
 
 Array = jax.Array
 
@@ -85,8 +86,9 @@ class CNNCifar10(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
     x = jnp.asarray(x, jnp.float32)
+    # The VALID convolutions run "SAME"-padded and cropped on CPU (xjax.nn.fast_ops).
     conv = lambda c, pad, name: nn.Conv(c, (3, 3), padding=pad, kernel_init=_KERAS_KERNEL_INIT,
-                                        name=name)
+                                        conv_general_dilated=_fast_conv, name=name)
     x = nn.relu(conv(32, "SAME", "conv1")(x))
     x = nn.relu(conv(32, "VALID", "conv2")(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
@@ -191,9 +193,12 @@ class SumPoolCNN(nn.Module):
     if x.shape[1:3] != (32, 32):
       raise ConfigError(f"SumPoolCNN expects 32x32 inputs (MNIST padded to 32x32), got "
                         f"{x.shape[1:3]}.")
-    x = nn.relu(nn.Conv(10, (5, 5), padding="VALID", name="conv1")(x))
+    # The 5x5 convolutions run "SAME"-padded and cropped on CPU (xjax.nn.fast_ops).
+    x = nn.relu(nn.Conv(10, (5, 5), padding="VALID", conv_general_dilated=_fast_conv,
+                        name="conv1")(x))
     x = sum_pool(x, 2, self.pool_scale)
-    x = nn.relu(nn.Conv(25, (5, 5), padding="VALID", name="conv2")(x))
+    x = nn.relu(nn.Conv(25, (5, 5), padding="VALID", conv_general_dilated=_fast_conv,
+                        name="conv2")(x))
     x = sum_pool(x, 2, self.pool_scale)
     x = nn.relu(nn.Conv(100, (4, 4), padding="VALID", name="conv3")(x))
     intermediates = {"conv_maps": x}

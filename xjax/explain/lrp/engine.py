@@ -31,6 +31,7 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.lrp.program import PASS_ACTIVATIONS, Layer, LayerInfo, Lit, Program
+from xjax.nn.fast_ops import conv_general_dilated, conv_params
 
 Array = jax.Array
 MAX_POOL_MODES = ("winner", "average")
@@ -64,36 +65,6 @@ def _zero_cotangent(value: Any) -> Any:
   return np.zeros(value.shape, jax.dtypes.float0)
 
 
-def _valid_conv_is_slow(eqn) -> bool:
-  """An unpadded stride-1 convolution with odd kernels, on the CPU backend.
-
-  XLA:CPU runs these about 4x slower than the same convolution with "SAME" padding (25 ms
-  against 6.6 ms including the crop, 64x32x32x32 input, 3x3x32x32 kernel, 2 cores), so the
-  engine computes them padded and cropped, the layer's forward pass and the rules' modified
-  ones alike: the same sums. (`jax.grad` of the model itself keeps the slow op.)
-  """
-  if eqn.primitive.name != "conv_general_dilated" or jax.default_backend() != "cpu":
-    return False
-  p = eqn.params
-  return (all(s == 1 for s in (*p["window_strides"], *p["lhs_dilation"], *p["rhs_dilation"]))
-          and all(tuple(pad) == (0, 0) for pad in p["padding"])
-          and p["feature_group_count"] == 1 and p["batch_group_count"] == 1)
-
-
-def _valid_conv_as_cropped_same(eqn, x: Array, weight: Array) -> Array:
-  dims = eqn.params["dimension_numbers"]
-  sizes = [weight.shape[d] for d in dims.rhs_spec[2:]]
-  if any(k % 2 == 0 for k in sizes):
-    return bind(eqn, [x, weight])[0]
-  half = [(k - 1) // 2 for k in sizes]
-  params = dict(eqn.params, padding=tuple((h, h) for h in half))
-  out = eqn.primitive.bind(x, weight, **params)
-  index = [slice(None)] * out.ndim
-  for axis, h in zip(dims.out_spec[2:], half):
-    index[axis] = slice(h, out.shape[axis] - h)
-  return out[tuple(index)]
-
-
 def _rearrange(layer: Layer, z: Array) -> Array:
   """Applies the layer's layout ops (reshape, transpose, ... of a vmapped layer) to `z`."""
   for eqn in layer.layout:
@@ -108,8 +79,10 @@ def _linear(layer: Layer, x: Array, weight: Array) -> Array:
   rearrange, so this stays linear in `x` (the rules' `jax.linear_transpose` passes them).
   """
   eqn = layer.linear
-  if _valid_conv_is_slow(eqn):
-    return _rearrange(layer, _valid_conv_as_cropped_same(eqn, x, weight))
+  if eqn.primitive.name == "conv_general_dilated":  # its input is lhs (the program checks)
+    # An unpadded convolution on CPU runs padded and cropped (`xjax.nn.fast_ops`, as the models
+    # do): the layer's forward pass and the rules' modified ones alike. Others: lax's own op.
+    return _rearrange(layer, conv_general_dilated(x, weight, **conv_params(eqn.params)))
   args = [x, weight] if layer.input_position == 0 else [weight, x]
   return _rearrange(layer, bind(eqn, args)[0])
 

@@ -62,6 +62,9 @@ _AFFINE_CHAIN = {"add", "sub", "mul", "div", "neg", "convert_element_type"}
 # number of elements; `broadcast_in_dim` then only adds unit axes): the layer stays linear in x,
 # and each output element is still one element of the product, so the chain stays elementwise.
 _REARRANGE = {"reshape", "squeeze", "transpose", "broadcast_in_dim", "copy", "copy_p"}
+# A `slice` with unit strides that keeps the output features whole joins a linear op too (the
+# spatial crop of an unpadded convolution computed "SAME"-padded, `xjax.nn.fast_ops`): it is
+# linear and each of its output elements is still one element of the product.
 # Ops whose output is >= 0 when all their input-dependent operands are.
 _KEEPS_NONNEG = _LAYOUT | {"concatenate", "slice", "dynamic_slice", "gather", "rev", "add",
                            "add_any", "reduce_sum", "reduce_window_sum", "reduce_max",
@@ -241,14 +244,16 @@ class Program:
             f"LRP cannot propagate relevance through {eqn.describe()}: its kernel depends on "
             "the input.")
       layout, chain, out, scaled = [], [], eqn.outvars[0], False
+      feature = (self._linear_feature_axes(eqn, position) or (None,))[0]  # through the layout
       while True:
         users = self.uses.get(out, [])
         if len(users) != 1 or out == self.output_var:
           break
         user = users[0]
-        if not chain and self._rearranges(user):
+        if not chain and self._rearranges(user, feature):
           layout.append(user)
           out = user.outvars[0]
+          feature = None if feature is None else self._layout_axis(user, feature)
           continue
         if (user.primitive.name not in _AFFINE_CHAIN or not self._constant_operand(user)
             or (user.primitive.name == "div" and user.invars[0] != out)
@@ -260,8 +265,11 @@ class Program:
         out = user.outvars[0]
       if layout and not chain and out != self.output_var:
         # Nothing to merge after the rearrangement: leave it outside, so the layer's output (the
-        # feature maps CAM reads) keeps the linear op's layout.
-        layout, out = [], eqn.outvars[0]
+        # feature maps CAM reads) keeps the linear op's layout; but up to a crop, which belongs
+        # to the convolution (its output is the unpadded convolution's feature maps).
+        layout = layout[:max((i + 1 for i, op in enumerate(layout)
+                              if op.primitive.name == "slice"), default=0)]
+        out = (layout or [eqn])[-1].outvars[0]
       x_var = eqn.invars[position]
       info = LayerInfo(
           index=len(self.layers),
@@ -281,9 +289,15 @@ class Program:
     self.chain_eqns = {id(e) for layer in self.layers for e in layer.eqns}
     self.chain_eqns -= set(self.layer_at)
 
-  def _rearranges(self, eqn: Eqn) -> bool:
-    """True for an op that moves the elements of its one operand one-to-one (see _REARRANGE)."""
-    if eqn.primitive.name not in _REARRANGE or len(eqn.invars) != 1 or len(eqn.outvars) != 1:
+  def _rearranges(self, eqn: Eqn, feature: int | None = None) -> bool:
+    """True for an op that moves the elements of its one operand one-to-one (see _REARRANGE),
+    or a unit-stride `slice` that keeps the output feature axis `feature` whole."""
+    if len(eqn.invars) != 1 or len(eqn.outvars) != 1:
+      return False
+    if eqn.primitive.name == "slice":
+      return (feature is not None and all(s == 1 for s in eqn.params.get("strides") or ())
+              and self._slice_keeps(eqn, feature))
+    if eqn.primitive.name not in _REARRANGE:
       return False
     before, after = self.avals[eqn.invars[0]], self.avals[eqn.outvars[0]]
     return before.dtype == after.dtype and before.size == after.size
@@ -295,6 +309,8 @@ class Program:
     if shape[axis] == 1:
       return None
     name = eqn.primitive.name
+    if name == "slice":
+      return axis if self._slice_keeps(eqn, axis) else None
     if name == "transpose":
       return list(eqn.params["permutation"]).index(axis)
     if name == "squeeze":
@@ -310,21 +326,33 @@ class Program:
       return [i for i, n in enumerate(new_shape) if n != 1][rank]
     return axis  # copy
 
-  def _feature_axes(self, layer: Layer) -> tuple[int, int] | None:
-    """(y axis, weight axis) of the output features if the chain scales per feature only."""
-    eqn, position, chain = layer.linear, layer.input_position, layer.chain
+  def _slice_keeps(self, eqn: Eqn, axis: int) -> bool:
+    """True when the `slice` equation keeps axis `axis` of its operand whole."""
+    size = self.avals[eqn.invars[0]].shape[axis]
+    strides = eqn.params.get("strides")
+    return (eqn.params["start_indices"][axis] == 0 and eqn.params["limit_indices"][axis] == size
+            and (strides is None or strides[axis] == 1))
+
+  def _linear_feature_axes(self, eqn: Eqn, position: int) -> tuple[int, int] | None:
+    """(output axis, weight axis) of the output features of a conv or a plain dense op."""
     if eqn.primitive.name == "conv_general_dilated":
       dims = eqn.params["dimension_numbers"]
-      axes = (dims.out_spec[1], dims.rhs_spec[0])
-    else:
-      (contract_x, contract_w), (batch_x, batch_w) = eqn.params["dimension_numbers"]
-      x_rank = len(self.avals[eqn.invars[position]].shape)
-      w_var = eqn.invars[1 - position]
-      w_rank = len(w_var.value.shape) if isinstance(w_var, Lit) else len(self.avals[w_var].shape)
-      if (position, tuple(contract_x), tuple(contract_w), batch_x, batch_w, w_rank) != (
-          0, (x_rank - 1,), (0,), (), (), 2):
-        return None
-      axes = (x_rank - 1, 1)
+      return (dims.out_spec[1], dims.rhs_spec[0])
+    (contract_x, contract_w), (batch_x, batch_w) = eqn.params["dimension_numbers"]
+    x_rank = len(self.avals[eqn.invars[position]].shape)
+    w_var = eqn.invars[1 - position]
+    w_rank = len(w_var.value.shape) if isinstance(w_var, Lit) else len(self.avals[w_var].shape)
+    if (position, tuple(contract_x), tuple(contract_w), batch_x, batch_w, w_rank) != (
+        0, (x_rank - 1,), (0,), (), (), 2):
+      return None
+    return (x_rank - 1, 1)
+
+  def _feature_axes(self, layer: Layer) -> tuple[int, int] | None:
+    """(y axis, weight axis) of the output features if the chain scales per feature only."""
+    chain = layer.chain
+    axes = self._linear_feature_axes(layer.linear, layer.input_position)
+    if axes is None:
+      return None
     for op in layer.layout:
       y_axis = self._layout_axis(op, axes[0])
       if y_axis is None:

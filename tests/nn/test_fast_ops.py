@@ -1,0 +1,188 @@
+"""`xjax.nn.fast_ops.conv_general_dilated`: lax's values and gradients, VALID convs faster."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from xjax.explain import composites
+from xjax.explain.lrp import lrp, trace
+from xjax.nn import CNNCifar10, cnn, fast_ops
+
+NHWC = ("NHWC", "HWIO", "NHWC")  # what flax's nn.Conv passes
+RNG = np.random.default_rng(0)
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu",
+                                reason="the crop is used on the CPU backend only")
+
+
+def primitives(fn, *args) -> list:
+  return [eqn for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns]
+
+
+def _dims(padding):
+  return dict(window_strides=(1, 1), padding=padding, dimension_numbers=NHWC)
+
+
+@pytest.mark.parametrize("padding", ["VALID", ((0, 0), (0, 0))])
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (3, 5)])
+def test_valid_conv_matches_lax_forward_and_gradients(kernel, padding):
+  x = jnp.asarray(RNG.normal(size=(2, 9, 11, 3)), jnp.float32)
+  w = jnp.asarray(RNG.normal(size=(*kernel, 3, 4)), jnp.float32)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, **_dims(padding))
+  fast = lambda x, w: fast_ops.conv_general_dilated(x, w, **_dims(padding))
+  want, want_vjp = jax.vjp(ref, x, w)
+  got, got_vjp = jax.vjp(fast, x, w)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  cot = jnp.asarray(RNG.normal(size=want.shape), jnp.float32)
+  for g, r in zip(got_vjp(cot), want_vjp(cot)):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
+  names = [(e.primitive.name, e.params.get("padding")) for e in primitives(fast, x, w)]
+  half = tuple((k - 1) // 2 for k in kernel)
+  assert names == [("conv_general_dilated", tuple((h, h) for h in half)), ("slice", None)]
+
+
+@pytest.mark.parametrize("kwargs, kernel", [
+    (dict(window_strides=(1, 1), padding="SAME"), (3, 3)),
+    (dict(window_strides=(1, 1), padding=((1, 1), (1, 1))), (3, 3)),
+    (dict(window_strides=(2, 2), padding="VALID"), (3, 3)),
+    (dict(window_strides=(1, 1), padding="VALID", rhs_dilation=(2, 2)), (3, 3)),
+    (dict(window_strides=(1, 1), padding=((0, 0), (0, 0)), lhs_dilation=(2, 2)), (3, 3)),
+    (dict(window_strides=(1, 1), padding="VALID"), (2, 2)),
+    (dict(window_strides=(1, 1), padding="VALID"), (3, 2)),
+    (dict(window_strides=(1, 1), padding="VALID"), (1, 1)),
+    (dict(window_strides=(1, 1), padding="VALID", feature_group_count=2), (3, 3)),
+])
+def test_other_convs_are_left_to_lax(kwargs, kernel):
+  in_features = 2 * (kwargs.get("feature_group_count") or 1)
+  x = jnp.asarray(RNG.normal(size=(2, 8, 8, in_features)), jnp.float32)
+  w = jnp.asarray(RNG.normal(size=(*kernel, 2, 4)), jnp.float32)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, dimension_numbers=NHWC, **kwargs)
+  fast = lambda x, w: fast_ops.conv_general_dilated(x, w, dimension_numbers=NHWC, **kwargs)
+  got = primitives(fast, x, w)
+  assert [e.primitive.name for e in got] == ["conv_general_dilated"]
+  assert got[0].params == primitives(ref, x, w)[0].params
+  np.testing.assert_array_equal(fast(x, w), ref(x, w))
+
+
+def test_default_dimension_numbers_nchw():
+  x = jnp.asarray(RNG.normal(size=(2, 3, 9, 7)), jnp.float32)
+  w = jnp.asarray(RNG.normal(size=(4, 3, 3, 5)), jnp.float32)
+  got = fast_ops.conv_general_dilated(x, w, (1, 1), "VALID")
+  np.testing.assert_allclose(got, lax.conv_general_dilated(x, w, (1, 1), "VALID"), rtol=1e-5,
+                             atol=1e-5)
+  assert "slice" in [e.primitive.name for e in primitives(
+      lambda x, w: fast_ops.conv_general_dilated(x, w, (1, 1), "VALID"), x, w)]
+
+
+def test_kernel_larger_than_input_is_left_to_lax():
+  x, w = jnp.ones((1, 2, 2, 1)), jnp.ones((3, 3, 1, 1))
+  fast = lambda x, w: fast_ops.conv_general_dilated(x, w, **_dims("VALID"))
+  assert [e.primitive.name for e in primitives(fast, x, w)] == ["conv_general_dilated"]
+
+
+@pytest.fixture(scope="module")
+def cifar():
+  model = CNNCifar10()
+  x = jnp.asarray(RNG.uniform(size=(4, 32, 32, 3)), jnp.float32)
+  variables = model.init(jax.random.key(0), x)
+  return model, variables, x
+
+
+def _logits_and_grad(model, variables, x):
+  labels = jnp.arange(x.shape[0]) % 10
+
+  def loss(v):
+    logits = model.apply(v, x)[0]
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)), logits
+
+  (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables)
+  return logits, grads
+
+
+def test_cnn_cifar10_matches_plain_lax_convs(cifar, monkeypatch):
+  model, variables, x = cifar
+  logits, grads = _logits_and_grad(model, variables, x)
+  monkeypatch.setattr(cnn, "_fast_conv", lax.conv_general_dilated)
+  plain_variables = model.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, plain_variables) == jax.tree.map(jnp.shape, variables)
+  want_logits, want_grads = _logits_and_grad(model, variables, x)
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-5)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_cnn_cifar10_jaxpr_has_no_valid_conv(cifar):
+  model, variables, x = cifar
+  jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x)[0])(variables, x)
+  convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  assert len(convs) == 4
+  assert all(tuple(map(tuple, e.params["padding"])) == ((1, 1), (1, 1)) for e in convs)
+
+
+def test_lrp_merges_the_bias_into_the_cropped_conv(cifar, monkeypatch):
+  model, variables, x = cifar
+  apply_fn = lambda v, x: model.apply(v, x)[0]
+  program = trace(apply_fn, variables, x[:2])
+  layers = {layer.info.name.split("/")[-1]: layer for layer in program.layers}
+  for name, shape in (("conv2", (2, 30, 30, 32)), ("conv4", (2, 13, 13, 64))):
+    layer = layers[name]
+    assert [e.primitive.name for e in layer.layout] == ["slice"]
+    assert [e.primitive.name for e in layer.chain] == ["add"]
+    assert layer.info.output_shape == shape
+  target = jnp.array([1, 7])
+  got = lrp(apply_fn, variables, x[:2], target, composites.epsilon_alpha2_beta1())
+  monkeypatch.setattr(cnn, "_fast_conv", lax.conv_general_dilated)
+  want = lrp(apply_fn, variables, x[:2], target, composites.epsilon_alpha2_beta1())
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+class _ConvBN(nn.Module):
+  conv: object = fast_ops.conv_general_dilated
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3), padding="VALID", use_bias=self.use_bias,
+                conv_general_dilated=self.conv, name="conv")(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=True, name="bn")(x))
+    return nn.Dense(3, name="dense")(x.reshape((x.shape[0], -1)))
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_batch_norm_folds_through_the_crop(use_bias):
+  x = jnp.asarray(RNG.normal(size=(2, 7, 6, 2)), jnp.float32)
+  fast, plain = _ConvBN(use_bias=use_bias), _ConvBN(lax.conv_general_dilated, use_bias)
+  variables = fast.init(jax.random.key(1), x)
+  stats = variables["batch_stats"]["bn"]
+  variables["batch_stats"]["bn"] = {"mean": stats["mean"] + 0.3,
+                                    "var": stats["var"] * jnp.linspace(0.5, 2.0, 4)}
+  variables["params"]["bn"]["scale"] = jnp.array([1.5, -0.7, 0.2, 1.0])
+  program = trace(lambda v, x: fast.apply(v, x), variables, x)
+  conv = program.layers[0]
+  assert [e.primitive.name for e in conv.layout] == ["slice"]
+  assert conv.info.output_shape == (2, 5, 4, 4)
+  assert conv.feature_axes == (3, 3)
+  target = jnp.array([0, 2])
+  for composite in (composites.epsilon_alpha2_beta1(), composites.epsilon_plus()):
+    got = lrp(lambda v, x: fast.apply(v, x), variables, x, target, composite)
+    want = lrp(lambda v, x: plain.apply(v, x), variables, x, target, composite)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_conv_without_bias_keeps_its_crop():
+  """With nothing to merge the crop stays in the layer: its output is the VALID conv's maps."""
+  def apply_fn(w, x):
+    y = fast_ops.conv_general_dilated(x, w["k"], **_dims("VALID"))
+    return nn.relu(y).sum(axis=(1, 2))
+
+  x = jnp.asarray(RNG.normal(size=(2, 6, 6, 2)), jnp.float32)
+  params = {"k": jnp.asarray(RNG.normal(size=(3, 3, 2, 3)), jnp.float32)}
+  layer = trace(apply_fn, params, x).layers[0]
+  assert [e.primitive.name for e in layer.layout] == ["slice"]
+  assert layer.info.output_shape == (2, 4, 4, 3)
