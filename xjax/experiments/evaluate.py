@@ -177,7 +177,8 @@ def evaluate_workdir(workdir: str | Path, methods: Sequence[str],
 
 
 # --------------------------------------------------------------------------------------------------
-# The ground-truth benchmark on two-object shapes.
+# The ground-truth benchmark on shapes (one object per image; two-object test images for the
+# non-dominant class).
 
 
 def _examples(config, source) -> dict[str, Any]:
@@ -200,6 +201,9 @@ def two_object_source(config):
 
 
 class EvaluateProtocol(Protocol):
+  """The `evaluate` experiment (module docstring): a baseline and its block-wise L1 fine-tuning;
+  the methods x metrics table on the baseline, the non-dominant class's shares on both."""
+
   title = ("every method scored against ground truth: localisation and faithfulness on the "
            "class's object, and the share on the non-dominant object with and without block-wise "
            "L1")
