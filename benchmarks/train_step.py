@@ -86,6 +86,7 @@ import torch
 from torch import nn
 
 from benchmarks.torch_models import flax_to_torch, make_torch_model
+from xjax.nn import fast_ops
 from xjax.nn.registry import MODELS, count_params, get_model, init_variables, model_fields
 from xjax.train.losses import build_loss_terms
 from xjax.train.optim import make_optimizer
@@ -401,6 +402,7 @@ def profile_layers(name: str, batch_size: int, image_size: int = 32, seed: int =
       continue
     if any(path[:len(p)] == p for p in calls):
       continue  # inside a recorded module (its bias, batch statistics, ...)
+    eqn = _pooling_inside(eqn)
     prim = eqn.primitive.name
     shape = tuple(eqn.invars[0].aval.shape)
     if prim in POOL_PRIMITIVES:
@@ -420,12 +422,23 @@ def profile_layers(name: str, batch_size: int, image_size: int = 32, seed: int =
   return layers
 
 
+def _pooling_inside(eqn):
+  """The pooling equation a custom-gradient call wraps (`xjax.nn.fast_ops.max_pool` on CPU),
+  else `eqn` itself."""
+  body = eqn.params.get("call_jaxpr") or eqn.params.get("fun_jaxpr")
+  if eqn.primitive.name.startswith("custom_vjp_call") and body is not None:
+    inner = [e for e in getattr(body, "jaxpr", body).eqns if e.primitive.name in POOL_PRIMITIVES]
+    if len(inner) == 1:
+      return inner[0]
+  return eqn
+
+
 def _pool_fn(layer: Layer) -> Callable[[jax.Array], jax.Array]:
-  """The xjax pooling of a pooling layer (the model's own Flax / jnp functions)."""
+  """The xjax pooling of a pooling layer (the models' own: `fast_ops.max_pool`, flax's average)."""
   o = layer.options
   if layer.kind == "mean":
     return lambda x: jnp.mean(x, axis=o["axes"])
-  pool = fnn.max_pool if layer.kind == "max_pool" else fnn.avg_pool
+  pool = fast_ops.max_pool if layer.kind == "max_pool" else fnn.avg_pool
   return lambda x: pool(x, o["window"], strides=o["strides"], padding=o["padding"])
 
 

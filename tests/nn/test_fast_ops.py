@@ -109,6 +109,8 @@ def test_cnn_cifar10_matches_plain_lax_convs(cifar, monkeypatch):
   model, variables, x = cifar
   logits, grads = _logits_and_grad(model, variables, x)
   monkeypatch.setattr(cnn, "_fast_conv", lax.conv_general_dilated)
+  monkeypatch.setattr(fast_ops, "max_pool", lambda x, window, strides=None, padding="VALID":
+                      nn.max_pool(x, window, strides=strides, padding=padding))
   plain_variables = model.init(jax.random.key(0), x)
   assert jax.tree.map(jnp.shape, plain_variables) == jax.tree.map(jnp.shape, variables)
   want_logits, want_grads = _logits_and_grad(model, variables, x)
@@ -186,3 +188,33 @@ def test_conv_without_bias_keeps_its_crop():
   layer = trace(apply_fn, params, x).layers[0]
   assert [e.primitive.name for e in layer.layout] == ["slice"]
   assert layer.info.output_shape == (2, 4, 4, 3)
+
+
+# --- max pooling ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [30, 13])  # 13: the last row and column are in no window
+def test_tiling_max_pool_matches_flax_forward_and_gradient(size):
+  x = jnp.asarray(RNG.normal(size=(2, size, size, 3)), jnp.float32)  # no ties
+  g = jnp.asarray(RNG.normal(size=(2, size // 2, size // 2, 3)), jnp.float32)
+  y, pullback = jax.vjp(lambda v: fast_ops.max_pool(v, (2, 2), strides=(2, 2)), x)
+  want_y, want_pullback = jax.vjp(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2)), x)
+  np.testing.assert_array_equal(y, want_y)
+  np.testing.assert_allclose(pullback(g)[0], want_pullback(g)[0], rtol=1e-6, atol=1e-7)
+  # On CPU the gradient is the mask, not XLA's select-and-scatter.
+  grad_program = jax.make_jaxpr(jax.grad(lambda v: fast_ops.max_pool(v, (2, 2)).sum()))(x)
+  assert "select_and_scatter_add" not in str(grad_program)
+
+
+def test_tied_maxima_share_the_gradient():
+  x = jnp.array([[1.0, 3.0], [3.0, 0.0]]).reshape(1, 2, 2, 1)  # two maxima: each gets half
+  grad = jax.grad(lambda v: fast_ops.max_pool(v, (2, 2)).sum())(x)
+  np.testing.assert_allclose(grad[0, ..., 0], [[0.0, 0.5], [0.5, 0.0]])
+
+
+def test_overlapping_or_padded_pooling_is_flaxs():
+  x = jnp.asarray(RNG.normal(size=(2, 9, 9, 2)), jnp.float32)
+  pool = lambda f: (lambda v: f(v, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))
+  np.testing.assert_array_equal(pool(fast_ops.max_pool)(x), pool(nn.max_pool)(x))
+  grad = jax.grad(lambda v: pool(fast_ops.max_pool)(v).sum())(x)
+  np.testing.assert_array_equal(grad, jax.grad(lambda v: pool(nn.max_pool)(v).sum())(x))

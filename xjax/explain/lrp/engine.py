@@ -31,7 +31,7 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.lrp.program import PASS_ACTIVATIONS, Layer, LayerInfo, Lit, Program
-from xjax.nn.fast_ops import conv_general_dilated, conv_params
+from xjax.nn.fast_ops import conv_general_dilated, conv_params, max_pool_winners_backward
 
 Array = jax.Array
 MAX_POOL_MODES = ("winner", "average")
@@ -262,28 +262,11 @@ def _tiles_windows(eqn) -> bool:
 
 
 def _max_pool_to_winners(eqn) -> Callable:
-  """Max pooling over tiling windows whose relevance goes to the window's maximum.
-
-  Ties split evenly (lrp_toolbox `maxpool.py`). The same routing as the gradient, by an equality
-  mask: XLA:CPU's gradient of max pooling (select-and-scatter) costs about ten times as much
-  (25 ms against 2 ms for a 64x30x30x32 input, 2 cores).
-  """
+  """Max pooling over tiling windows whose relevance goes to the window's maximum, ties split
+  evenly: `xjax.nn.fast_ops.max_pool_winners_backward`, the same routing as the gradient by an
+  equality mask (XLA:CPU's select-and-scatter costs about ten times as much)."""
   window = tuple(eqn.params["window_dimensions"])
-
-  def upsample(v, shape):
-    for axis, size in enumerate(window):
-      if size > 1:
-        v = jnp.repeat(v, size, axis=axis)
-    return jnp.pad(v, [(0, n - m) for n, m in zip(shape, v.shape)])  # rows no window covers
-
-  def backward(x, y, g):
-    covered = upsample(jnp.ones_like(y, dtype=bool), x.shape)
-    winners = (covered & (x == upsample(y, x.shape))).astype(x.dtype)
-    count = jax.lax.reduce_window(winners, jnp.array(0, x.dtype), jax.lax.add, window, window,
-                                  "VALID")
-    return winners * upsample(g / jnp.maximum(count, 1), x.shape)
-
-  return _with_backward(eqn, backward)
+  return _with_backward(eqn, lambda x, y, g: max_pool_winners_backward(x, y, g, window))
 
 
 def _pass_activation(eqn) -> Callable:
