@@ -155,8 +155,6 @@ def max_pool(x: Array, window_shape: Sequence[int], strides: Sequence[int] | Non
   from flax import linen as nn  # the models' dependency already; imported here to stay light
   window = tuple(int(w) for w in window_shape)
   strides = window if strides is None else tuple(int(s) for s in strides)
-  unpadded = (padding.upper() == "VALID" if isinstance(padding, str)
-              else all(tuple(p) == (0, 0) for p in padding))
-  if jax.default_backend() != "cpu" or strides != window or not unpadded:
+  if jax.default_backend() != "cpu" or strides != window or not _is_unpadded(padding):
     return nn.max_pool(x, window_shape, strides=strides, padding=padding)
   return _tiling_max_pool(x, (1, *window, 1))
