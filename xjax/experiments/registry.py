@@ -14,7 +14,8 @@ EXPERIMENTS = Registry("experiment", modules=("xjax.experiments.xnet",
                                               "xjax.experiments.separable",
                                               "xjax.experiments.tour",
                                               "xjax.experiments.maximize",
-                                              "xjax.experiments.evaluate"))
+                                              "xjax.experiments.evaluate",
+                                              "xjax.experiments.srae"))
 
 
 def get_experiment(name: str) -> Protocol:

@@ -29,7 +29,7 @@ orientation decides which half of the c-MWP survives the positive part.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -44,15 +44,68 @@ Params = dict[str, Any]
 ZFn = Callable[[Any, Array], Array]
 
 
-def features_fn(model: Any, name: str = "features") -> ZFn:
-  """`(variables, x) -> Z`: the activations `intermediates[name]` (B, S_z) of an xjax Flax model.
+def _captured(tree: Any, name: str) -> list[Array]:
+  """The outputs captured for every submodule called `name` (at any depth) of a Flax
+  `capture_intermediates` collection."""
+  found = []
+  for key, value in tree.items():
+    if key == name and isinstance(value, Mapping) and "__call__" in value:
+      found.append(value["__call__"][0])
+    elif isinstance(value, Mapping):
+      found += _captured(value, name)
+  return found
 
-  xjax's models return `(logits, intermediates)`; `intermediates["features"]` is the input of the
-  classification layer (`xjax.nn.cnn`), the layer the SRAE modules read (fc6 of VGG19 in the
-  paper).
+
+def layer_names(model: Any, x: Array) -> list[str]:
+  """The layers `features_fn` can read on inputs shaped like `x`: the model's intermediates and
+  its submodules (by name), found by tracing (`jax.eval_shape`, nothing runs)."""
+  def outputs(x):
+    (_, intermediates), state = model.init_with_output(
+        jax.random.key(0), x, capture_intermediates=True)
+    return intermediates, state.get("intermediates", {})
+  intermediates, captured = jax.eval_shape(outputs, jnp.zeros(jnp.shape(x), jnp.float32))
+
+  def modules(tree: Any) -> list[str]:
+    names = []
+    for key, value in tree.items():
+      if isinstance(value, Mapping):
+        names += ([key] if "__call__" in value else []) + modules(value)
+    return names
+  return list(intermediates) + [n for n in dict.fromkeys(modules(captured)) if n not in
+                                intermediates]
+
+
+def check_layer(model: Any, x: Array, name: str) -> None:
+  """ConfigError (one line, with the names there are) unless `features_fn(model, name)` reads
+  a layer of `model`."""
+  names = layer_names(model, x)
+  if name not in names:
+    raise ConfigError(f"The network has no layer {name!r}; its layers: {', '.join(names)}.")
+
+
+def features_fn(model: Any, name: str = "features") -> ZFn:
+  """`(variables, x) -> Z (B, S_z)`: the activations of one layer of an xjax Flax model.
+
+  `name` is one of the model's intermediates (xjax's models return `(logits, intermediates)`;
+  `intermediates["features"]` is the input of the classification layer), or the name of a
+  submodule, e.g. "dense1", whose output is read after a ReLU, as a Caffe blob such as VGG's
+  fc6 is read after its in-place ReLU (the paper's Z). Maps (B, h, w, C) are flattened. The
+  whole model is traced either way; what the layer does not need is dead code to jit and to
+  excitation backprop.
   """
   def z_fn(variables: Any, x: Array) -> Array:
-    return model.apply(variables, x)[1][name]
+    (_, intermediates), state = model.apply(
+        variables, x, capture_intermediates=lambda module, _: module.name == name,
+        mutable=["intermediates"])
+    if name in intermediates:
+      z = intermediates[name]
+    else:
+      found = _captured(state.get("intermediates", {}), name)
+      if len(found) != 1:
+        raise ConfigError(f"The network has {'no' if not found else 'more than one'} layer "
+                          f"{name!r}; its layers: {', '.join(layer_names(model, x))}.")
+      z = jax.nn.relu(found[0])
+    return z.reshape(z.shape[0], -1)
   return z_fn
 
 
