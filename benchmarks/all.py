@@ -4,7 +4,8 @@ Runs, in this process and in this order, the `main` of each benchmark module wit
 the platform: `train_step` (xjax's train step against PyTorch), `explain` (saliency, LRP and
 Integrated Gradients against captum and zennit), `xnet_step` (XNet's vmapped drop loss against
 the naive k + 1 passes), `maximize` (activation maximization, vmapped over classes, against a
-call per class and PyTorch) and `metrics` (xjax's metrics against Quantus 0.6.0). Each prints
+call per class and PyTorch), `metrics` (xjax's metrics against Quantus 0.6.0) and `srae_step`
+(C SRAE modules trained by vmap against a loop of C single-module steps). Each prints
 its own report as when run alone (correctness checks first, then the timing); a benchmark that
 cannot be imported (a missing optional dependency: torch, captum, zennit, quantus) or that fails
 (a check, an error) gets its reason in its row of the table and the others still run.
@@ -41,7 +42,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-BENCHMARKS = ("train_step", "explain", "xnet_step", "maximize", "metrics")
+BENCHMARKS = ("train_step", "explain", "xnet_step", "maximize", "metrics", "srae_step")
 # Benchmarks run once per model, so that one model's failing check leaves the other's rows.
 PER_MODEL = {"explain": ("cnn_cifar10", "resnet18")}
 
@@ -104,6 +105,7 @@ def settings(quick: bool, gpu: bool, device: str) -> dict[str, list[str]]:
                       "--naive_steps", "1", "--rounds", "1"],
         "maximize": ["--steps", "100", "--rounds", "1", "--check_steps", "20", *dev],
         "metrics": ["--quick"],
+        "srae_step": ["--steps", "5", "--rounds", "2"],
     }
   return {
       "train_step": ["--batch", "512" if gpu else "128", *dev],
@@ -111,6 +113,7 @@ def settings(quick: bool, gpu: bool, device: str) -> dict[str, list[str]]:
       "xnet_step": ["--batch", "512" if gpu else "128"],
       "maximize": [*dev],
       "metrics": ["--batch", "64" if gpu else "32"],
+      "srae_step": [],
   }
 
 
@@ -155,9 +158,17 @@ def rows_metrics(result: dict, argv: list[str]) -> list[Row]:
            f"{r['of_minima']:.1f}") for metric, r in result.items()]
 
 
+def rows_srae_step(result: dict, argv: list[str]) -> list[Row]:
+  rows = []
+  for c, r in result.items():
+    rows.append((f"C={c} SRAE modules: loop/vmap time per step", r["loop/vmap"],
+                 f"vmap(C)/vmap(1) time {r['vmap/one']:.2f}; vmap {1e3 * r['vmap']:.1f} ms"))
+  return rows
+
+
 ROWS: dict[str, Callable[[Any, list[str]], list[Row]]] = {
     "train_step": rows_train_step, "explain": rows_explain, "xnet_step": rows_xnet_step,
-    "maximize": rows_maximize, "metrics": rows_metrics,
+    "maximize": rows_maximize, "metrics": rows_metrics, "srae_step": rows_srae_step,
 }
 
 

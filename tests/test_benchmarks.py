@@ -113,3 +113,18 @@ def test_train_step_profile_layers_cnn_cifar10():
   # Each layer carries its own variables (what the profile applies the module to).
   assert set(layers[0].variables["params"]) == {"kernel", "bias"}
   assert layers[0].module.features == 32 and layers[1].module.padding == "VALID"
+
+
+def test_srae_step_check_vmap_equals_loop():
+  # The SRAE benchmark's check (no timing): one vmapped step of C = 3 modules and three steps of
+  # one module each, from the same parameters, give the same new parameters (else it raises).
+  import argparse
+
+  import jax.numpy as jnp
+
+  from benchmarks.srae_step import TOLERANCE, measure
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(np.maximum(rng.standard_normal((8, 12)), 0), jnp.float32)
+  y = jnp.asarray(rng.standard_normal((8, 3)), jnp.float32)
+  result = measure(3, z, y, argparse.Namespace(k=2, hidden=4, steps=1, rounds=1))
+  assert result["error"] < TOLERANCE
