@@ -30,7 +30,6 @@ explainable embeddings for deep networks", 2017). The protocol:
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import jax
@@ -204,16 +203,22 @@ class SraeProtocol(Protocol):
       x = test["x"][rows]
       parts = {k: test[k][rows] for k in PARTS}
       box = _box_masks(test["bbox"][rows], x.shape[1:3])
+      # Every class's images padded (cycled) to num_images, every Z feature list to z_features:
+      # the map makers compile once, not once per class; the padding is cut off after.
+      padded = x[np.resize(np.arange(len(rows)), options.num_images)]
       maps = {}
       for method, params in modules.items():
         module = jax.tree.map(lambda a, i=i: a[i], params)
-        maps[method] = np.asarray(maps_of["xfeatures"](variables, module, x))
+        maps[method] = np.asarray(maps_of["xfeatures"](variables, module, padded))[:, :len(x)]
       if "z" in locality:
         dims = np.argsort(-test["z"][rows].mean(0))[:options.z_features]
         dims = dims[test["z"][rows][:, dims].mean(0) > 0]  # a dim that never fires has no map
-        maps["z"] = np.asarray(maps_of["z"](variables, x, jnp.asarray(dims)))
+        maps["z"] = np.asarray(maps_of["z"](variables, padded, jnp.asarray(
+            np.resize(dims, options.z_features)))) if len(dims) else np.zeros((1, *padded.shape))
+        maps["z"] = maps["z"][:max(len(dims), 1), :len(x)]  # no dim firing: no mass, NaN
       if "excitation_backprop" in locality:
-        maps["excitation_backprop"] = np.asarray(maps_of["class"](variables, x, c))[None]
+        maps["excitation_backprop"] = np.asarray(
+            maps_of["class"](variables, padded, c))[None, :len(x)]
       for method, m in maps.items():
         histograms = np.stack([np.asarray(part_histograms(None, None, x, None, h, **parts))
                                for h in m])
@@ -349,7 +354,7 @@ def _heatmap_functions(model, z_fn, layer) -> dict:
       return excitation_backprop(z_fn, variables, x, jnp.full((x.shape[0],), d), **contrastive)
     return jax.vmap(one)(dims)
 
-  @functools.partial(jax.jit, static_argnums=2)
+  @jax.jit
   def one_class(variables, x, c):
     return excitation_backprop(logits_fn(model), variables, x, jnp.full((x.shape[0],), c),
                                **contrastive)
