@@ -200,6 +200,8 @@ class SraeProtocol(Protocol):
       rows = np.flatnonzero(test["label"] == c)[:options.num_images]
       if len(rows) == 0:
         raise ConfigError(f"class {c} has no test images to measure locality on.")
+      print(f"-- c-MWP maps and locality: class {c} ({i + 1} of {len(classes)}), {len(rows)} "
+            f"test images", flush=True)
       x = test["x"][rows]
       parts = {k: test[k][rows] for k in PARTS}
       box = _box_masks(test["bbox"][rows], x.shape[1:3])
