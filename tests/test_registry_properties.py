@@ -39,6 +39,9 @@ LOSS_TERM_OPTIONS = {  # the options each term needs on the inputs of `loss_inpu
     "contrastive_divergence": {},
     "reconstruction": {},
     "adversarial": {"generator_weight": 0.5},
+    "explainer_reconstruction": {},
+    "explainer_p": {},
+    "filter_loss": {},
 }
 
 
@@ -46,7 +49,8 @@ def loss_inputs(seed: int):
   """(params, logits, intermediates, batch) of a tiny network: a dense layer and an XNet head.
 
   The intermediates also hold what the generative models give their terms in training mode (the
-  RBM's free energies, the adversarial autoencoder's errors and discriminator logits).
+  RBM's free energies, the adversarial autoencoder's errors and discriminator logits), and the
+  explainer network's p, reconstructions and interpretable maps.
   """
   rng = np.random.default_rng(seed)
   normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -56,7 +60,13 @@ def loss_inputs(seed: int):
                    **{name: normal(BATCH) for name in (
                        "free_energy_data", "free_energy_sample", "discriminator_real_logits",
                        "discriminator_fake_logits", "generator_logits")},
-                   "reconstruction_error": jnp.square(normal(BATCH))}
+                   "reconstruction_error": jnp.square(normal(BATCH)),
+                   # The explainer network's (xjax.methods.explainer).
+                   "p": jax.nn.sigmoid(normal()),
+                   **{f"{kind}_dense{i}": jax.nn.relu(normal(BATCH, 5))
+                      for kind in ("target", "reconstruction") for i in (1, 2)},
+                   **{f"interp_{i}": jax.nn.relu(normal(BATCH, 3, 3, 2)) for i in (1, 2)},
+                   **{f"mask_{i}": jnp.clip(normal(BATCH, 3, 3, 2), -1, 1) for i in (1, 2)}}
   batch = {"label": jnp.asarray(rng.integers(0, CLASSES, BATCH), jnp.int32),
            "attributes": jnp.asarray(np.eye(3, dtype=np.int8)[np.arange(BATCH) % 3])}
   return params, normal(BATCH, CLASSES), intermediates, batch
@@ -112,6 +122,7 @@ MODEL_EXAMPLES = {  # name -> (fields of a small instance, image shape)
     "vgg": ({"config": (4, "M", 8), "dense": (8,)}, (8, 8, 3)),
     "xnet": ({"backbone": "mlp", "backbone_options": {"hidden": (8,)}, "num_neurons": 3},
              (8, 8, 3)),
+    "explainer": ({"performer_options": {"config": (4, "M", 8), "dense": (8, 6)}}, (8, 8, 3)),
     "gaussian_rbm": ({"num_hidden": 5}, (8, 8, 3)),
     "adversarial_autoencoder": ({"code_size": 2, "hidden": (8,), "image_shape": (8, 8, 3)},
                                 (8, 8, 3)),
@@ -146,7 +157,7 @@ def test_model_applies_under_jit_with_its_declared_intermediates(name):
   assert intermediates["features"].shape[0] == 2
   if "conv_maps" in declared:
     assert intermediates["conv_maps"].ndim == 4 and intermediates["conv_maps"].shape[0] == 2
-  if name != "xnet":  # XNet adds its backbone's intermediates to its own
+  if name not in ("xnet", "explainer"):  # they add their inner network's (or its layers') own
     assert set(intermediates) == set(declared)
 
 
