@@ -115,7 +115,7 @@ def test_features_fn_reads_intermediates_and_layers_by_name():
   import flax.linen as nn
 
   from xjax.errors import ConfigError
-  from xjax.methods.srae_heatmaps import check_layer
+  from xjax.nn.layers import check_layer
 
   class Model(nn.Module):
     @nn.compact

@@ -43,9 +43,10 @@ from xjax.experiments.protocol import Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.explain.excitation import excitation_backprop
 from xjax.methods import srae
-from xjax.methods.srae_heatmaps import check_layer, features_fn, orient_module, xfeature_heatmaps
+from xjax.methods.srae_heatmaps import features_fn, orient_module, xfeature_heatmaps
 from xjax.metrics.localisation import pointing_game
 from xjax.metrics.locality import locality_entropy, part_histograms
+from xjax.nn.layers import check_layer
 from xjax.nn.registry import logits_fn
 from xjax.plot.heatmaps import plot_explanations
 from xjax.train.loop import build_model

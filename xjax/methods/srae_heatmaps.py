@@ -29,7 +29,7 @@ orientation decides which half of the c-MWP survives the positive part.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -38,49 +38,11 @@ import jax.numpy as jnp
 from xjax.errors import ConfigError
 from xjax.explain.excitation import excitation_backprop
 from xjax.methods.srae import encode_one
+from xjax.nn.layers import captured_outputs, layer_names
 
 Array = jax.Array
 Params = dict[str, Any]
 ZFn = Callable[[Any, Array], Array]
-
-
-def _captured(tree: Any, name: str) -> list[Array]:
-  """The outputs captured for every submodule called `name` (at any depth) of a Flax
-  `capture_intermediates` collection."""
-  found = []
-  for key, value in tree.items():
-    if key == name and isinstance(value, Mapping) and "__call__" in value:
-      found.append(value["__call__"][0])
-    elif isinstance(value, Mapping):
-      found += _captured(value, name)
-  return found
-
-
-def layer_names(model: Any, x: Array) -> list[str]:
-  """The layers `features_fn` can read on inputs shaped like `x`: the model's intermediates and
-  its submodules (by name), found by tracing (`jax.eval_shape`, nothing runs)."""
-  def outputs(x):
-    (_, intermediates), state = model.init_with_output(
-        jax.random.key(0), x, capture_intermediates=True)
-    return intermediates, state.get("intermediates", {})
-  intermediates, captured = jax.eval_shape(outputs, jnp.zeros(jnp.shape(x), jnp.float32))
-
-  def modules(tree: Any) -> list[str]:
-    names = []
-    for key, value in tree.items():
-      if isinstance(value, Mapping):
-        names += ([key] if "__call__" in value else []) + modules(value)
-    return names
-  return list(intermediates) + [n for n in dict.fromkeys(modules(captured)) if n not in
-                                intermediates]
-
-
-def check_layer(model: Any, x: Array, name: str) -> None:
-  """ConfigError (one line, with the names there are) unless `features_fn(model, name)` reads
-  a layer of `model`."""
-  names = layer_names(model, x)
-  if name not in names:
-    raise ConfigError(f"The network has no layer {name!r}; its layers: {', '.join(names)}.")
 
 
 def features_fn(model: Any, name: str = "features") -> ZFn:
@@ -100,7 +62,7 @@ def features_fn(model: Any, name: str = "features") -> ZFn:
     if name in intermediates:
       z = intermediates[name]
     else:
-      found = _captured(state.get("intermediates", {}), name)
+      found = captured_outputs(state.get("intermediates", {}), name)
       if len(found) != 1:
         raise ConfigError(f"The network has {'no' if not found else 'more than one'} layer "
                           f"{name!r}; its layers: {', '.join(layer_names(model, x))}.")
