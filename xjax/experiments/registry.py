@@ -15,7 +15,8 @@ EXPERIMENTS = Registry("experiment", modules=("xjax.experiments.xnet",
                                               "xjax.experiments.tour",
                                               "xjax.experiments.maximize",
                                               "xjax.experiments.evaluate",
-                                              "xjax.experiments.srae"))
+                                              "xjax.experiments.srae",
+                                              "xjax.experiments.explainer"))
 
 
 def get_experiment(name: str) -> Protocol:

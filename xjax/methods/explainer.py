@@ -42,7 +42,7 @@ from xjax.nn.registry import MODELS, get_model
 from xjax.train.losses import LOSS_TERMS, ModelOutputs
 
 Array = jax.Array
-MASKS = icnn.MODES
+MASKS = (*icnn.MODES, "none")  # "none": no mask layer (an ablation; also the maps' geometry)
 FORMS = ("paper", "code")
 
 
@@ -78,10 +78,13 @@ class ExplainerEncoder(nn.Module):
     for i in (1, 2):
       x = nn.relu(conv(f"conv_interp_{i}")(x))
       out[f"interp_{i}"] = x
-      # The public code learns beta per filter (centroid mask); the paper fixes it (argmax mask).
-      beta = None if self.mask == "argmax" else self.param(
-          f"beta_{i}", nn.initializers.constant(self.beta_init), (self.num_filters,))
-      x, out[f"mask_{i}"] = icnn.mask(x, mode=self.mask, beta=beta)
+      if self.mask == "none":
+        out[f"mask_{i}"] = jnp.ones_like(x)
+      else:
+        # The public code learns beta per filter (centroid mask); the paper fixes it (argmax).
+        beta = None if self.mask == "argmax" else self.param(
+            f"beta_{i}", nn.initializers.constant(self.beta_init), (self.num_filters,))
+        x, out[f"mask_{i}"] = icnn.mask(x, mode=self.mask, beta=beta)
       if i == 1:
         x = fast_ops.max_pool(x, (2, 2), strides=(2, 2))
     interp = NormLayer(name="norm_interp")(x)
@@ -105,7 +108,8 @@ class Explainer(nn.Module):
     reconstruct: the performer's two dense layers the decoder reconstructs (read after ReLU).
     head: the performer's classifier (a Dense module), applied to the reconstructed last layer.
     num_filters: the interpretable filters (D); default the explained layer's channels.
-    mask: "centroid" (the public code) or "argmax" (the paper).
+    mask: "centroid" (the public code), "argmax" (the paper) or "none" (no mask layer: an
+      ablation, and the maps' geometry without their data-dependent masks).
 
   Returns `(logits, intermediates)`: the head on the reconstructed features; "features" (the
   reconstructed last layer), "conv_maps" (the explained layer), "target_<name>" and
