@@ -21,6 +21,7 @@ Zhang, Yang & Wu, "Unsupervised learning of neural networks to explain neural ne
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -149,6 +150,10 @@ class ExplainerProtocol(Protocol):
     if run.name == "performer":
       return {"test_accuracy": run.trained["test_accuracy"]}
     options = config.explainer
+    if options.get("performer_workdir"):  # trained elsewhere: its own results.json
+      own = Path(options.performer_workdir) / "results.json"
+      self._performer = ({"test_accuracy": json.loads(own.read_text())["test_accuracy"]}
+                         if own.exists() else {})
     variables = run.variables()
     test = read_split(sources["test"], config.data.normalization)
     rows = np.arange(min(options.num_images, len(test["label"])))
@@ -191,7 +196,8 @@ class ExplainerProtocol(Protocol):
   # Reporting.
 
   def checks(self, config, analysed) -> dict:
-    result, performer = analysed["explainer"], analysed.get("performer")
+    result = analysed["explainer"]
+    performer = analysed.get("performer") or self._performer or None
     ours, theirs = (result["location_instability_explainer"],
                     result["location_instability_performer"])
     checks = {"instability_reduction": float(1 - ours / theirs),
@@ -204,7 +210,8 @@ class ExplainerProtocol(Protocol):
     return checks
 
   def tables(self, config, analysed, checks) -> list[str]:
-    result, performer = analysed["explainer"], analysed.get("performer", {})
+    result = analysed["explainer"]
+    performer = analysed.get("performer") or self._performer
     paper = config.explainer.paper.to_dict()
     own = performer.get("test_accuracy")
     rows = ["| | ours | paper (VGG-16, CUB) |", "|---|---|---|",
@@ -242,7 +249,8 @@ class ExplainerProtocol(Protocol):
 
   def summary(self, config, analysed, checks) -> dict:
     result = analysed["explainer"]
-    return {"performer_test_accuracy": analysed.get("performer", {}).get("test_accuracy"),
+    performer = analysed.get("performer") or self._performer
+    return {"performer_test_accuracy": performer.get("test_accuracy"),
             "head_on_reconstruction_accuracy": result["test_accuracy"], "p": result["p"],
             "location_instability_performer": result["location_instability_performer"],
             "location_instability_explainer": result["location_instability_explainer"],
