@@ -4,8 +4,10 @@ Runs, in this process and in this order, the `main` of each benchmark module wit
 the platform: `train_step` (xjax's train step against PyTorch), `explain` (saliency, LRP and
 Integrated Gradients against captum and zennit), `xnet_step` (XNet's vmapped drop loss against
 the naive k + 1 passes), `maximize` (activation maximization, vmapped over classes, against a
-call per class and PyTorch), `metrics` (xjax's metrics against Quantus 0.6.0) and `srae_step`
-(C SRAE modules trained by vmap against a loop of C single-module steps). Each prints
+call per class and PyTorch), `metrics` (xjax's metrics against Quantus 0.6.0) `srae_step`
+(C SRAE modules trained by vmap against a loop of C single-module steps) and `explainer_step`
+(the explainer network's step with and without the filter loss; the filter loss vmapped over
+filters against a loop). Each prints
 its own report as when run alone (correctness checks first, then the timing); a benchmark that
 cannot be imported (a missing optional dependency: torch, captum, zennit, quantus) or that fails
 (a check, an error) gets its reason in its row of the table and the others still run.
@@ -42,7 +44,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-BENCHMARKS = ("train_step", "explain", "xnet_step", "maximize", "metrics", "srae_step")
+BENCHMARKS = ("train_step", "explain", "xnet_step", "maximize", "metrics", "srae_step",
+              "explainer_step")
 # Benchmarks run once per model, so that one model's failing check leaves the other's rows.
 PER_MODEL = {"explain": ("cnn_cifar10", "resnet18")}
 
@@ -106,6 +109,7 @@ def settings(quick: bool, gpu: bool, device: str) -> dict[str, list[str]]:
         "maximize": ["--steps", "100", "--rounds", "1", "--check_steps", "20", *dev],
         "metrics": ["--quick"],
         "srae_step": ["--steps", "5", "--rounds", "2"],
+        "explainer_step": ["--steps", "2", "--rounds", "1", "--batch", "64" if gpu else "16"],
     }
   return {
       "train_step": ["--batch", "512" if gpu else "128", *dev],
@@ -114,6 +118,7 @@ def settings(quick: bool, gpu: bool, device: str) -> dict[str, list[str]]:
       "maximize": [*dev],
       "metrics": ["--batch", "64" if gpu else "32"],
       "srae_step": [],
+      "explainer_step": ["--batch", "128" if gpu else "32"],
   }
 
 
@@ -166,9 +171,18 @@ def rows_srae_step(result: dict, argv: list[str]) -> list[Row]:
   return rows
 
 
+def rows_explainer_step(result: dict, argv: list[str]) -> list[Row]:
+  return [("explainer step: without/with the filter loss time", 1 / result["with/without"],
+           f"with {1e3 * result['step_with_s']:.1f} ms, without "
+           f"{1e3 * result['step_without_s']:.1f} ms"),
+          ("filter loss: loop/vmap over filters time", result["loop/vmap"],
+           f"vmap {1e3 * result['filter_vmap_s']:.2f} ms")]
+
+
 ROWS: dict[str, Callable[[Any, list[str]], list[Row]]] = {
     "train_step": rows_train_step, "explain": rows_explain, "xnet_step": rows_xnet_step,
     "maximize": rows_maximize, "metrics": rows_metrics, "srae_step": rows_srae_step,
+    "explainer_step": rows_explainer_step,
 }
 
 

@@ -128,3 +128,17 @@ def test_srae_step_check_vmap_equals_loop():
   y = jnp.asarray(rng.standard_normal((8, 3)), jnp.float32)
   result = measure(3, z, y, argparse.Namespace(k=2, hidden=4, steps=1, rounds=1))
   assert result["error"] < TOLERANCE
+
+
+def test_explainer_step_check_vmap_equals_loop():
+  # The explainer benchmark's check (no timing): the filter loss and its gradient vmapped over 3
+  # filters equal a loop of single-filter calls (else it raises), on maps with real peaks.
+  import argparse
+
+  import jax.numpy as jnp
+
+  from benchmarks.explainer_step import measure_filter_loss
+  maps = jnp.asarray(np.maximum(np.random.default_rng(0).normal(size=(6, 4, 4, 3)), 0) * 50,
+                     jnp.float32)
+  result = measure_filter_loss(maps, argparse.Namespace(steps=1, rounds=1))
+  assert result["error"] < 3e-3
