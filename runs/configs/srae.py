@@ -28,7 +28,7 @@ Variants (`--config=runs/configs/srae.py:VARIANT[,smoke]`):
 
 import ml_collections
 
-from runs.configs.common import base_config, parse_variants
+from runs.configs.common import base_config, cub_crops, parse_variants
 
 VARIANTS = ("shapes", "cub_local", "cub")
 # Qi & Li, Table 1 (CUB, 30 classes; SRAE, NN, SAE, Z, ExcitationBP on y-hat).
@@ -57,16 +57,8 @@ def get_config(variant: str = "shapes"):
   if dataset == "shapes":
     c.data.options = dict(image_size=32, num_classes=4, num_examples=6000)
   else:
-    c.data.name = "caltech_birds2011_local" if dataset == "cub_local" else "caltech_birds2011"
-    c.data.options = dict(image_size=(64, 64), crop="bbox")
-    if dataset == "cub_local":
-      c.data.options["annotation_scale"] = 0.25  # the offline subset is downscaled by 4
-    c.data.augmentation = dict(flip=True, shift=4)
-    c.data.batch_size = 32
+    cub_crops(c, dataset)
     c.model.config = (32, "M", 64, "M", 128, "M", 128, "M")
-    c.train.epochs = 60
-    c.train.early_stopping_patience = 10
-    c.train.log_every_steps = 20
     c.srae.pointing_tolerance = 4.0  # 15 / 224 of 64 pixels
     c.srae.classes = 30 if dataset == "cub" else None
   if "smoke" in modifiers:
