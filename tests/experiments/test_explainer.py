@@ -37,7 +37,8 @@ def test_two_runs_and_the_papers_numbers(smoke):
       results["performer"]["test_accuracy"] - result["test_accuracy"])
   assert checks["instability_reduction"] == pytest.approx(
       1 - result["location_instability_explainer"] / result["location_instability_performer"])
-  assert (workdir / "figures" / "fig3_filters.png").stat().st_size > 0
+  for figure in ("fig3_filters.png", "fig4_gradcam.png"):
+    assert (workdir / "figures" / figure).stat().st_size > 0
   assert "| p (Table 4) |" in (workdir / "results.md").read_text()
 
 
@@ -91,3 +92,31 @@ def test_the_cub_configs_build():
     config = explainer_config.get_config(variant)
     assert config.explainer.parts == (0, 5, 13)  # back, forehead, tail
     assert config.data.options["crop"] == "bbox"
+
+
+def test_gradcam_at_module_by_hand():
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from xjax.experiments.explainer import gradcam_at_module
+
+  class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      maps = nn.relu(nn.Conv(2, (3, 3), name="c")(x))
+      return nn.Dense(3, name="d")(maps.mean(axis=(1, 2))), {}
+
+  model = Tiny()
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 1)), jnp.float32)
+  variables = model.init(jax.random.key(0), x)
+  target = jnp.array([2, 0])
+  got = np.asarray(gradcam_at_module(model, variables, x, target, "c"))
+  # By hand: out = conv(x); d logit_t / d out_hwk = [out_hwk > 0] W_kt / 36; alpha_k its mean over
+  # positions; the map relu(sum_k alpha_k relu(out_k)) (6x6 already: no resize).
+  out = np.asarray(nn.Conv(2, (3, 3)).apply({"params": variables["params"]["c"]}, x))
+  w = np.asarray(variables["params"]["d"]["kernel"])[:, np.asarray(target)].T  # (B, K)
+  alpha = ((out > 0) * w[:, None, None, :] / 36).mean(axis=(1, 2))
+  expected = np.maximum(np.einsum("bk,bhwk->bhw", alpha, np.maximum(out, 0)), 0)
+  assert expected.max() > 0
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)

@@ -16,7 +16,9 @@ Zhang, Yang & Wu, "Unsupervised learning of neural networks to explain neural ne
              peaks mapped to the image through receptive-field centres traced from the networks
              themselves (`xjax.explain.receptive_field`).
   figures    fig3_filters.png: the interpretable and the performer's most stable filters, each on
-             its top images with the peak marked (Fig. 3 of the paper).
+             its top images with the peak marked (Fig. 3 of the paper); fig4_gradcam.png: Grad-CAM
+             of the label on the performer's explained layer beside Grad-CAM on the explainer's
+             interpretable filters, the same images (Fig. 4).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,11 +38,14 @@ from xjax.experiments.protocol import Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
 from xjax.experiments.srae import read_split
+from xjax.explain.cam import gradcam
 from xjax.explain.receptive_field import receptive_field_centres
 from xjax.methods.explainer import FORMS, MASKS
 from xjax.metrics.location_instability import location_instability, peak_positions
 from xjax.nn.layers import layer_shapes
+from xjax.nn.registry import logits_fn
 from xjax.plot.explainer import plot_filter_peaks
+from xjax.plot.heatmaps import plot_explanations
 from xjax.train.loop import build_model
 
 PARTS = ("keypoints", "keypoints_visible")
@@ -95,6 +101,35 @@ def _geometry_of(model, layer_name: str):
   elementwise and do not move a unit's receptive field."""
   unmasked = model.clone(mask="none")
   return lambda variables, x: unmasked.apply(variables, x, train=False)[1][layer_name]
+
+
+def gradcam_at_module(model, variables, x, target, module_name: str) -> jax.Array:
+  """Grad-CAM (Selvaraju et al., 2017) of the target logits at the output of the submodule
+  `module_name`, resized to x (B, H, W).
+
+  The maps are the module's output after a ReLU (A = relu(out)); the gradient is that of the
+  target logits with respect to the module's output, found by adding a zero to that output
+  inside the model (`flax.linen.intercept_methods`). xjax's Grad-CAM (`xjax.explain.cam`) traces
+  the model as a program of layers, which the explainer's data-dependent masks are not."""
+  def logits_and_maps(delta):
+    captured = {}
+
+    def add(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if context.method_name == "__call__" and context.module.name == module_name:
+        captured["out"] = out
+        return out + delta
+      return out
+    with nn.intercept_methods(add):
+      logits = model.apply(variables, x, train=False)[0]
+    return jnp.sum(jnp.take_along_axis(logits, target[:, None], 1)), captured["out"]
+
+  def shape_of(delta):
+    return logits_and_maps(delta)[1]
+  shape = jax.eval_shape(shape_of, jnp.zeros(())).shape
+  grads, out = jax.grad(logits_and_maps, has_aux=True)(jnp.zeros(shape, jnp.float32))
+  cam = jax.nn.relu(jnp.einsum("bk,bhwk->bhw", grads.mean(axis=(1, 2)), jax.nn.relu(out)))
+  return jax.image.resize(cam, (x.shape[0], *x.shape[1:3]), "bilinear")
 
 
 @EXPERIMENTS.register("explainer", description="an explainer network on a frozen performer: "
@@ -189,7 +224,17 @@ class ExplainerProtocol(Protocol):
       result[f"location_instability_{who}_per_part"] = np.asarray(stability["per_part"]).tolist()
       figure[who] = {"peaks": np.asarray(peaks), "values": np.asarray(values),
                      "per_filter": np.asarray(stability["per_filter"])}
-    result["_figure"] = {"images": test["image"][rows], **figure}
+    # Fig. 4: Grad-CAM of the label on the performer's explained layer and on the explainer's
+    # interpretable filters (conv-interp-2), the same images.
+    shown = np.arange(min(options.figure_images, len(x)))
+    labels = jnp.asarray(test["label"][rows][shown])
+    performer = build_model(config, sources["train"].info)
+    own = {"params": variables["params"]["performer"]}
+    figure["gradcam"] = {
+        "performer": np.asarray(gradcam(logits_fn(performer), own, x[shown], labels)).sum(-1),
+        "explainer": np.asarray(gradcam_at_module(run.model, variables, x[shown], labels,
+                                                  "conv_interp_2"))}
+    result["_figure"] = {"images": test["image"][rows], "labels": test["label"][rows], **figure}
     return result
 
   # ------------------------------------------------------------------------------------------
@@ -246,6 +291,14 @@ class ExplainerProtocol(Protocol):
       chosen[who] = order[:config.explainer.figure_filters]
     plot_filter_peaks(figure["images"], {who: figure[who] for who in chosen}, chosen,
                       directory / "fig3_filters.png", top=config.explainer.figure_images)
+    cams = figure["gradcam"]
+    names = sources["test"].info.class_names
+    shown = len(cams["performer"])
+    plot_explanations(figure["images"][:shown],
+                      {"Grad-CAM, performer": cams["performer"],
+                       "Grad-CAM, interpretable filters": cams["explainer"]},
+                      directory / "fig4_gradcam.png",
+                      labels=[names[c] for c in figure["labels"][:shown]])
 
   def summary(self, config, analysed, checks) -> dict:
     result = analysed["explainer"]
