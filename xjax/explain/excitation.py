@@ -71,4 +71,9 @@ def excitation_backprop(apply_fn: Callable, params: Any, x: Array, target: Array
                                     layer=layer)
   if layer is None:
     return probability
-  return spread_over_input(jnp.maximum(probability.sum(-1), 0), x, method="bicubic")
+  summed = probability.sum(-1)
+  # `where`, not `maximum(summed, 0)`: under jit of a vmap over targets, XLA:CPU (jax 0.10.2)
+  # computed `maximum(sum(...), 0)` of this program wrongly on 64x64 VGG maps (up to all-zero
+  # maps; eager and per-target jit were right), `where` of the same values right
+  # (tests/explain/test_excitation_jit.py).
+  return spread_over_input(jnp.where(summed > 0, summed, 0.0), x, method="bicubic")
