@@ -87,13 +87,14 @@ def table1_config(dataset: str, model: str, paper_accuracy: float, variant: str 
 
 def cub_crops(c: ml_collections.ConfigDict, dataset: str) -> None:
   """CUB-200-2011 as the explanation-module papers use it: 64x64 object crops from the boxes, with
-  flips and shifts, 60 epochs (patience 10) for a performer trained from scratch. `dataset`:
-  "cub_local" (the folder layout under $XJAX_DATA_DIR; the offline subset is downscaled by 4, so
-  its annotations are scaled by 0.25) or "cub" (TFDS)."""
-  c.data.name = "caltech_birds2011_local" if dataset == "cub_local" else "caltech_birds2011"
-  c.data.options = dict(image_size=(64, 64), crop="bbox")
-  if dataset == "cub_local":
-    c.data.options["annotation_scale"] = 0.25
+  flips and shifts, 60 epochs (patience 10) for a performer trained from scratch, read from the
+  original folder layout under $XJAX_DATA_DIR (caltech_birds2011/CUB_200_2011), which has the part
+  locations (TFDS's caltech_birds2011 has boxes but no parts, so it cannot score parts).
+  `dataset`: "cub_local" (the offline 15-class subset, its images downscaled by 4, so its
+  annotations are scaled by 0.25) or "cub" (the full extracted CUB_200_2011 at full size)."""
+  c.data.name = "caltech_birds2011_local"
+  c.data.options = dict(image_size=(64, 64), crop="bbox",
+                        annotation_scale=0.25 if dataset == "cub_local" else 1.0)
   c.data.augmentation = dict(flip=True, shift=4)
   c.data.batch_size = 32
   c.train.epochs = 60

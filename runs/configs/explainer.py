@@ -20,7 +20,8 @@ Variants (`--config=runs/configs/explainer.py:VARIANT[,smoke]`):
   cub_local  the CUB-200-2011 folder layout under $XJAX_DATA_DIR (caltech_birds2011/CUB_200_2011;
              the offline subset: 15 classes, images at 1/4 scale), 64x64 object crops from the
              boxes, the parts of the paper's CUB evaluation (back, forehead, tail).
-  cub        full CUB-200-2011 through TFDS, the same parts.
+  cub        the full CUB-200-2011 in the same folder layout (the extracted CUB_200_2011.tgz), the
+             same parts. (TFDS's caltech_birds2011 has no part locations.)
   smoke      (a modifier) tiny: 16x16 shapes, one epoch each; for tests.
 """
 

@@ -21,8 +21,8 @@ Variants (`--config=runs/configs/srae.py:VARIANT[,smoke]`):
              the offline subset: 15 classes, images at 1/4 scale), object crops from the boxes
              at 64x64, the 15 CUB parts. One module per class: 30 positives and 420 negatives of
              the train split (the paper: 50 and 8000).
-  cub        full CUB-200-2011 through TFDS (`python -m runs.prepare caltech_birds2011`), 30 random
-             classes as the paper.
+  cub        the full CUB-200-2011 in the same folder layout (the extracted CUB_200_2011.tgz), 30
+             random classes as the paper. (TFDS's caltech_birds2011 has no part locations.)
   smoke      (a modifier) tiny: 16x16 shapes, one epoch, 100 SRAE steps; for tests.
 """
 
