@@ -37,7 +37,7 @@ def test_two_runs_and_the_papers_numbers(smoke):
       results["performer"]["test_accuracy"] - result["test_accuracy"])
   assert checks["instability_reduction"] == pytest.approx(
       1 - result["location_instability_explainer"] / result["location_instability_performer"])
-  for figure in ("fig3_filters.png", "fig4_gradcam.png"):
+  for figure in ("fig3_filters.png", "fig3_maps.png", "fig4_gradcam.png"):
     assert (workdir / "figures" / figure).stat().st_size > 0
   assert "| p (Table 4) |" in (workdir / "results.md").read_text()
 

@@ -16,7 +16,8 @@ Zhang, Yang & Wu, "Unsupervised learning of neural networks to explain neural ne
              peaks mapped to the image through receptive-field centres traced from the networks
              themselves (`xjax.explain.receptive_field`).
   figures    fig3_filters.png: the interpretable and the performer's most stable filters, each on
-             its top images with the peak marked (Fig. 3 of the paper); fig4_gradcam.png: Grad-CAM
+             its top images with the peak marked, and fig3_maps.png the same filters' maps on
+             the same test images (Fig. 3 of the paper); fig4_gradcam.png: Grad-CAM
              of the label on the performer's explained layer beside Grad-CAM on the explainer's
              interpretable filters, the same images (Fig. 4).
 """
@@ -234,6 +235,10 @@ class ExplainerProtocol(Protocol):
         "performer": np.asarray(gradcam(logits_fn(performer), own, x[shown], labels)).sum(-1),
         "explainer": np.asarray(gradcam_at_module(run.model, variables, x[shown], labels,
                                                   "conv_interp_2"))}
+    # Fig. 3's maps: each network's channels on the same images, resized to the images.
+    figure["maps"] = {who: np.asarray(jax.image.resize(
+        out[name][shown], (len(shown), *x.shape[1:3], out[name].shape[-1]), "bilinear"))
+        for who, name in (("performer", "conv_maps"), ("explainer", "interp_2"))}
     result["_figure"] = {"images": test["image"][rows], "labels": test["label"][rows], **figure}
     return result
 
@@ -291,6 +296,12 @@ class ExplainerProtocol(Protocol):
       chosen[who] = order[:config.explainer.figure_filters]
     plot_filter_peaks(figure["images"], {who: figure[who] for who in chosen}, chosen,
                       directory / "fig3_filters.png", top=config.explainer.figure_images)
+    maps = figure["maps"]
+    shown = len(maps["performer"])
+    plot_explanations(figure["images"][:shown],
+                      {f"{who} filter {f}": maps[who][..., f] for who in chosen
+                       for f in chosen[who]},
+                      directory / "fig3_maps.png")
     cams = figure["gradcam"]
     names = sources["test"].info.class_names
     shown = len(cams["performer"])
