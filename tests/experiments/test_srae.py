@@ -12,7 +12,8 @@ from runs.configs import srae as srae_config
 from xjax.errors import ConfigError
 from xjax.experiments.registry import get_experiment
 from xjax.experiments.runner import run_experiment
-from xjax.experiments.srae import _box_masks, chosen_classes
+from xjax.experiments.srae import chosen_classes
+from xjax.metrics.locality import box_masks
 
 METHODS = ("srae", "nn", "sae", "z", "excitation_backprop")
 
@@ -114,7 +115,7 @@ def test_chosen_classes():
 
 
 def test_box_masks_by_hand():
-  masks = _box_masks(np.array([[1.0, 0.0, 3.0, 2.0]]), (3, 4))
+  masks = box_masks(np.array([[1.0, 0.0, 3.0, 2.0]]), 3, 4)
   # Pixel centres (j + 0.5, i + 0.5) inside x in [1, 3], y in [0, 2]: columns 1, 2; rows 0, 1.
   expected = np.zeros((1, 3, 4), bool)
   expected[0, :2, 1:3] = True

@@ -35,10 +35,10 @@ import numpy as np
 
 from xjax.data import batching
 from xjax.errors import ConfigError, DataNotFoundError
+from xjax.experiments.loading import read_split
 from xjax.experiments.protocol import Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
-from xjax.experiments.srae import read_split
 from xjax.explain.cam import gradcam
 from xjax.explain.receptive_field import receptive_field_centres
 from xjax.methods.explainer import FORMS, MASKS

@@ -11,7 +11,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from xjax.data import pipeline
 from xjax.errors import XjaxError
 from xjax.nn.registry import logits_fn
 from xjax.train import checkpoint
@@ -66,3 +68,15 @@ def load_run(workdir: str | Path, split: str = "test", which: str = "best") -> L
   checkpoint.check_fits({"params": expected["params"]}, {"params": variables["params"]},
                         workdir / "checkpoints")
   return LoadedRun(workdir, config, source, model, variables)
+
+
+def read_split(source, normalization: str, n: int | None = None, batch: int = 4096
+               ) -> dict[str, np.ndarray]:
+  """The first `n` records of a split (all of them by default), with `x`: the images normalised
+  as in training."""
+  n = len(source) if n is None else min(n, len(source))
+  mean, std = pipeline.normalization_constants(source.info, normalization)
+  parts = [source.read_batch(np.arange(s, min(n, s + batch))) for s in range(0, n, batch)]
+  records = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  records["x"] = pipeline.normalize(records["image"], mean, std)
+  return records

@@ -35,6 +35,7 @@ import optax
 from xjax.data import pipeline
 from xjax.errors import ConfigError
 from xjax.experiments.explain import method_key, run_method
+from xjax.experiments.loading import read_split
 from xjax.experiments.protocol import Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
@@ -49,17 +50,6 @@ from xjax.train import report
 
 RUNS = ("classifier", "expert", "generator")
 RANDOM = "random"  # the pixel-flipping reference: a random order of the pixels
-
-
-def read_images(source, n: int, normalization: str) -> tuple[np.ndarray, np.ndarray]:
-  """The first `n` images of `source`, normalised as in training, and their labels."""
-  mean, std = pipeline.normalization_constants(source.info, normalization)
-  images, labels = [], []
-  for start in range(0, n, 4096):
-    batch = source.read_batch(np.arange(start, min(n, start + 4096)))
-    images.append(pipeline.normalize(batch["image"], mean, std))
-    labels.append(batch["label"])
-  return np.concatenate(images), np.concatenate(labels)
 
 
 def nearest_distances(prototypes: np.ndarray, classes: np.ndarray, images: np.ndarray,
@@ -144,8 +134,8 @@ class MaximizeProtocol(Protocol):
     apply_fn = logits_fn(classifier.model)
     info = sources["train"].info
     low, high = pipeline.input_bounds(info, config.data.normalization)
-    train_x, train_labels = read_images(sources["train"], len(sources["train"]),
-                                        config.data.normalization)
+    train = read_split(sources["train"], config.data.normalization)
+    train_x, train_labels = train["x"], train["label"]
     prototypes, found = self._prototypes(config, apply_fn, variables, info, train_x, train_labels,
                                          (float(np.min(low)), float(np.max(high))))
     explanations = self._explanations(config, apply_fn, variables, sources["test"], (low, high))
@@ -198,7 +188,8 @@ class MaximizeProtocol(Protocol):
   def _explanations(self, config, apply_fn, variables, source, bounds) -> dict:
     cfg = config.explain
     n = min(max(cfg.num_flipping, cfg.num_figure_examples), len(source))
-    x, labels = read_images(source, n, config.data.normalization)
+    records = read_split(source, config.data.normalization, n)
+    x, labels = records["x"], records["label"]
     targets = labels.astype(np.int32)
     flip = jax.jit(functools.partial(
         pixel_flipping, apply_fn, steps=cfg.flipping_steps, fraction=cfg.flipping_fraction,

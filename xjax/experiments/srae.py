@@ -37,15 +37,16 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from xjax.data import batching, pipeline
+from xjax.data import batching
 from xjax.errors import ConfigError
+from xjax.experiments.loading import read_split
 from xjax.experiments.protocol import Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.explain.excitation import excitation_backprop
 from xjax.methods import srae
 from xjax.methods.srae_heatmaps import features_fn, orient_module, xfeature_heatmaps
 from xjax.metrics.localisation import pointing_game
-from xjax.metrics.locality import locality_entropy, part_histograms
+from xjax.metrics.locality import box_masks, locality_entropy, part_histograms
 from xjax.nn.layers import check_layer
 from xjax.nn.registry import logits_fn
 from xjax.plot.heatmaps import plot_explanations
@@ -71,16 +72,6 @@ def chosen_classes(spec, num_classes: int, seed: int) -> list[int]:
     raise ConfigError(f"srae.classes {tuple(spec)} has class indices outside [0, {num_classes}) "
                       f"(the data's classes): {bad or 'none given'}.")
   return classes
-
-
-def read_split(source, normalization: str, batch: int = 2048) -> dict[str, np.ndarray]:
-  """Every record of a split, its images normalised as in training (`x`)."""
-  mean, std = pipeline.normalization_constants(source.info, normalization)
-  parts = [source.read_batch(np.arange(s, min(len(source), s + batch)))
-           for s in range(0, len(source), batch)]
-  records = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  records["x"] = pipeline.normalize(records["image"], mean, std)
-  return records
 
 
 def _module_template(method: str, num_modules: int, s_z: int, options) -> dict:
@@ -205,7 +196,7 @@ class SraeProtocol(Protocol):
             f"test images", flush=True)
       x = test["x"][rows]
       parts = {k: test[k][rows] for k in PARTS}
-      box = _box_masks(test["bbox"][rows], x.shape[1:3])
+      box = np.asarray(box_masks(test["bbox"][rows], *x.shape[1:3]))
       # Every class's images padded (cycled) to num_images, every Z feature list to z_features:
       # the map makers compile once, not once per class; the padding is cut off after.
       padded = x[np.resize(np.arange(len(rows)), options.num_images)]
@@ -334,13 +325,6 @@ class SraeProtocol(Protocol):
             **{f"{m}_locality": float(np.nanmean(v)) for m, v in result["locality"].items()},
             **{f"{m}_f_reg_test": float(np.mean(v["test"])) for m, v in result["f_reg"].items()},
             **checks}
-
-
-def _box_masks(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """(M, H, W) the pixels whose centres lie in each (x_min, y_min, x_max, y_max) box."""
-  ii, jj = np.mgrid[0:size[0], 0:size[1]] + 0.5
-  b = boxes[:, :, None, None]
-  return (jj >= b[:, 0]) & (jj <= b[:, 2]) & (ii >= b[:, 1]) & (ii <= b[:, 3])
 
 
 def _heatmap_functions(model, z_fn, layer) -> dict:

@@ -76,6 +76,17 @@ def _check_size(height: Any, width: Any) -> None:
                         f"{value!r}.")
 
 
+def box_masks(bbox: Any, height: int, width: int) -> Array:
+  """(B, H, W) bool: the pixels whose centres (j + 0.5, i + 0.5) lie in each box (x_min, y_min,
+  x_max, y_max), edges included (`part_cells`' box)."""
+  bbox = jnp.asarray(bbox, jnp.float32)
+  cx = jnp.arange(width, dtype=jnp.float32) + 0.5
+  cy = jnp.arange(height, dtype=jnp.float32) + 0.5
+  x_min, y_min, x_max, y_max = (bbox[:, k, None, None] for k in range(4))
+  return ((cx[None, None, :] >= x_min) & (cx[None, None, :] <= x_max)
+          & (cy[None, :, None] >= y_min) & (cy[None, :, None] <= y_max))
+
+
 def part_cells(keypoints: Any, visible: Any, bbox: Any, height: int, width: int) -> Array:
   """(B, H, W) int32 the part cell of each pixel: the Voronoi partition of the bounding box
   around the visible part keypoints (Qi & Li, SRAE, Sec. 3).
@@ -110,10 +121,7 @@ def part_cells(keypoints: Any, visible: Any, bbox: Any, height: int, width: int)
   dy = cy[None, :, None, None] - keypoints[:, None, None, :, 1]  # (B, H, 1, P)
   distances = jnp.where(visible[:, None, None, :], dx * dx + dy * dy, jnp.inf)  # (B, H, W, P)
   nearest = jnp.argmin(distances, axis=-1).astype(jnp.int32)  # the first of equal distances
-  x_min, y_min, x_max, y_max = (bbox[:, k, None, None] for k in range(4))
-  inside = ((cx[None, None, :] >= x_min) & (cx[None, None, :] <= x_max)
-            & (cy[None, :, None] >= y_min) & (cy[None, :, None] <= y_max))
-  inside = inside & visible.any(-1)[:, None, None]
+  inside = box_masks(bbox, height, width) & visible.any(-1)[:, None, None]
   return jnp.where(inside, nearest, -1)
 
 
