@@ -31,8 +31,9 @@ def _dims(padding):
 @pytest.mark.parametrize("padding", ["VALID", ((0, 0), (0, 0))])
 @pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (3, 5)])
 def test_valid_conv_matches_lax_forward_and_gradients(kernel, padding):
-  x = jnp.asarray(RNG.normal(size=(2, 9, 11, 3)), jnp.float32)
-  w = jnp.asarray(RNG.normal(size=(*kernel, 3, 4)), jnp.float32)
+  # 8 input channels: more values per pixel than the patch path takes.
+  x = jnp.asarray(RNG.normal(size=(2, 9, 11, 8)), jnp.float32)
+  w = jnp.asarray(RNG.normal(size=(*kernel, 8, 4)), jnp.float32)
   ref = lambda x, w: lax.conv_general_dilated(x, w, **_dims(padding))
   fast = lambda x, w: fast_ops.conv_general_dilated(x, w, **_dims(padding))
   want, want_vjp = jax.vjp(ref, x, w)
@@ -55,13 +56,15 @@ def test_valid_conv_matches_lax_forward_and_gradients(kernel, padding):
     (dict(window_strides=(1, 1), padding=((0, 0), (0, 0)), lhs_dilation=(2, 2)), (3, 3)),
     (dict(window_strides=(1, 1), padding="VALID"), (2, 2)),
     (dict(window_strides=(1, 1), padding="VALID"), (3, 2)),
-    (dict(window_strides=(1, 1), padding="VALID"), (1, 1)),
     (dict(window_strides=(1, 1), padding="VALID", feature_group_count=2), (3, 3)),
+    (dict(window_strides=(2, 2), padding=((1, 1), (1, 1))), (1, 1)),  # a padded 1x1
+    (dict(window_strides=(2, 2), padding="VALID", rhs_dilation=(2, 2)), (1, 1)),
 ])
 def test_other_convs_are_left_to_lax(kwargs, kernel):
-  in_features = 2 * (kwargs.get("feature_group_count") or 1)
+  # 20 channels: too many values per pixel for the patch path
+  in_features = 20 * (kwargs.get("feature_group_count") or 1)
   x = jnp.asarray(RNG.normal(size=(2, 8, 8, in_features)), jnp.float32)
-  w = jnp.asarray(RNG.normal(size=(*kernel, 2, 4)), jnp.float32)
+  w = jnp.asarray(RNG.normal(size=(*kernel, 20, 4)), jnp.float32)
   ref = lambda x, w: lax.conv_general_dilated(x, w, dimension_numbers=NHWC, **kwargs)
   fast = lambda x, w: fast_ops.conv_general_dilated(x, w, dimension_numbers=NHWC, **kwargs)
   got = primitives(fast, x, w)
@@ -84,6 +87,97 @@ def test_kernel_larger_than_input_is_left_to_lax():
   x, w = jnp.ones((1, 2, 2, 1)), jnp.ones((3, 3, 1, 1))
   fast = lambda x, w: fast_ops.conv_general_dilated(x, w, **_dims("VALID"))
   assert [e.primitive.name for e in primitives(fast, x, w)] == ["conv_general_dilated"]
+
+
+@pytest.mark.parametrize("dims, x_shape, w_shape, strides", [
+    (NHWC, (3, 9, 9, 6), (1, 1, 6, 5), (2, 2)),  # ResNet's projection; 9: the last row unread
+    (NHWC, (3, 8, 8, 6), (1, 1, 6, 5), (1, 1)),
+    (("NCHW", "OIHW", "NCHW"), (3, 6, 8, 7), (5, 6, 1, 1), (1, 2)),
+    (("NWC", "WIO", "NWC"), (3, 10, 6), (1, 6, 5), (3,)),
+    (("NHWC", "OIHW", "NCHW"), (3, 7, 7, 6), (5, 6, 1, 1), (2, 3)),
+])
+def test_pointwise_conv_gradients_are_lax_s(dims, x_shape, w_shape, strides):
+  x = jnp.asarray(RNG.normal(size=x_shape), jnp.float32)
+  w = jnp.asarray(RNG.normal(size=w_shape), jnp.float32)
+  kwargs = dict(window_strides=strides, padding="VALID", dimension_numbers=dims)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, **kwargs)
+  fast = lambda x, w: fast_ops.conv_general_dilated(x, w, **kwargs)
+  want, want_vjp = jax.vjp(ref, x, w)
+  got, got_vjp = jax.vjp(fast, x, w)
+  np.testing.assert_array_equal(got, want)  # the forward pass is lax's own op
+  cot = jnp.asarray(RNG.normal(size=want.shape), jnp.float32)
+  for g, r in zip(got_vjp(cot), want_vjp(cot)):
+    assert g.shape == r.shape
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+  # The gradient is matrix products and a pad, not XLA's transposed convolutions.
+  backward = [e.primitive.name for e in jax.make_jaxpr(
+      lambda x, w, c: jax.vjp(fast, x, w)[1](c))(x, w, cot).jaxpr.eqns]
+  assert "conv_general_dilated" not in str(backward), backward
+  assert "dot_general" in backward
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding", [
+    ((3, 12, 12, 3), (3, 3, 3, 5), "VALID"),  # an RGB image's first layer
+    ((3, 12, 11, 3), (3, 3, 3, 5), "SAME"),
+    ((3, 12, 11, 1), (5, 5, 1, 4), ((2, 1), (0, 3))),  # a grey image, uneven explicit padding
+    ((3, 12, 2), (4, 2, 5), "SAME"),  # 1-D, even kernel
+])
+def test_patch_conv_matches_lax(x_shape, w_shape, padding):
+  x = jnp.asarray(RNG.normal(size=x_shape), jnp.float32)
+  w = jnp.asarray(RNG.normal(size=w_shape), jnp.float32)
+  kwargs = dict(window_strides=(1,) * (len(x_shape) - 2), padding=padding)
+  dims = NHWC if len(x_shape) == 4 else ("NWC", "WIO", "NWC")
+  ref = lambda x, w: lax.conv_general_dilated(x, w, dimension_numbers=dims, **kwargs)
+  fast = lambda x, w: fast_ops.conv_general_dilated(x, w, dimension_numbers=dims, **kwargs)
+  linear = lambda x, w: fast_ops.linear_conv_general_dilated(x, w, dimension_numbers=dims, **kwargs)
+  want, want_vjp = jax.vjp(ref, x, w)
+  got, got_vjp = jax.vjp(fast, x, w)  # differentiated: the patches' forward pass
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fast(x, w), want, rtol=1e-5, atol=1e-5)  # not: lax's (cropped)
+  np.testing.assert_allclose(linear(x, w), want, rtol=1e-5, atol=1e-5)
+  cot = jnp.asarray(RNG.normal(size=want.shape), jnp.float32)
+  for g, r in zip(got_vjp(cot), want_vjp(cot)):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(jax.linear_transpose(lambda v: linear(v, w), x)(cot)[0],
+                             want_vjp(cot)[0], rtol=1e-5, atol=1e-4)
+  # The gradient program has no convolution; the undifferentiated one is lax's.
+  grad_names = str(jax.make_jaxpr(lambda x, w, c: jax.vjp(fast, x, w)[1](c))(x, w, cot))
+  assert "conv_general_dilated" not in grad_names
+  assert "conv_general_dilated" in str(jax.make_jaxpr(fast)(x, w))
+
+
+def test_patch_path_threshold():
+  few = lambda c, strides=(1, 1): fast_ops.has_few_patch_values(
+      (1, 8, 8, c), (3, 3, c, 4), strides, "SAME", dimension_numbers=NHWC)
+  assert few(7) and not few(8)  # 63 and 72 values per pixel against MAX_PATCH_VALUES 64
+  assert not few(7, strides=(2, 2))
+  assert not fast_ops.has_few_patch_values((1, 7, 8, 8), (4, 7, 3, 3), (1, 1), "SAME",
+                                           dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+
+def test_linear_pointwise_conv_transposes_to_lax_s_gradient():
+  x = jnp.asarray(RNG.normal(size=(3, 9, 9, 6)), jnp.float32)
+  w = jnp.asarray(RNG.normal(size=(1, 1, 6, 5)), jnp.float32)
+  kwargs = dict(window_strides=(2, 2), padding="VALID", dimension_numbers=NHWC)
+  linear = lambda v: fast_ops.linear_conv_general_dilated(v, w, **kwargs)
+  ref = lambda v: lax.conv_general_dilated(v, w, **kwargs)
+  np.testing.assert_allclose(linear(x), ref(x), rtol=1e-5, atol=1e-5)
+  assert "conv_general_dilated" not in [e.primitive.name for e in primitives(linear, x)]
+  cot = jnp.asarray(RNG.normal(size=ref(x).shape), jnp.float32)
+  got = jax.linear_transpose(linear, x)(cot)[0]
+  np.testing.assert_allclose(got, jax.vjp(ref, x)[1](cot)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_conv_hand_case():
+  # x (1, 3, 1) channels [1, 2]; stride 2 reads pixels 0 and 2; w maps 2 channels to 1.
+  x = jnp.asarray([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])
+  w = jnp.asarray([[[10.0], [1.0]]])
+  f = lambda x, w: fast_ops.conv_general_dilated(x, w, (2,), "VALID",
+                                                 dimension_numbers=("NWC", "WIO", "NWC"))
+  np.testing.assert_array_equal(f(x, w)[0, :, 0], [12.0, 56.0])
+  dx, dw = jax.grad(lambda x, w: (f(x, w)[0, :, 0] * jnp.asarray([1.0, 2.0])).sum(), (0, 1))(x, w)
+  np.testing.assert_array_equal(dx[0], [[10.0, 1.0], [0.0, 0.0], [20.0, 2.0]])
+  np.testing.assert_array_equal(dw[0, :, 0], [1.0 + 10.0, 2.0 + 12.0])
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +216,11 @@ def test_cnn_cifar10_matches_plain_lax_convs(cifar, monkeypatch):
 def test_cnn_cifar10_jaxpr_has_no_valid_conv(cifar):
   model, variables, x = cifar
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x)[0])(variables, x)
-  convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  eqns = list(jaxpr.jaxpr.eqns)
+  for e in jaxpr.jaxpr.eqns:  # conv1 (3 channels) is the patch path's custom_vjp: look inside
+    if e.primitive.name == "custom_vjp_call":
+      eqns += e.params["call_jaxpr"].jaxpr.eqns
+  convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
   assert len(convs) == 4
   assert all(tuple(map(tuple, e.params["padding"])) == ((1, 1), (1, 1)) for e in convs)
 

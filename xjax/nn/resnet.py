@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from xjax.errors import ConfigError
+from xjax.nn.fast_ops import conv_general_dilated as _fast_conv
 
 Array = jax.Array
 
@@ -29,9 +30,10 @@ def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
 
 def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
   pad = kernel // 2
+  # The 1x1 projections take their gradients as matrix products on CPU (xjax.nn.fast_ops).
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_CONV_INIT,
-                 name=name)
+                 conv_general_dilated=_fast_conv, name=name)
 
 
 class BasicBlock(nn.Module):

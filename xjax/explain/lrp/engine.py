@@ -31,7 +31,7 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.lrp.program import PASS_ACTIVATIONS, Layer, LayerInfo, Lit, Program
-from xjax.nn.fast_ops import conv_general_dilated, conv_params, max_pool_winners_backward
+from xjax.nn.fast_ops import conv_params, linear_conv_general_dilated, max_pool_winners_backward
 
 Array = jax.Array
 MAX_POOL_MODES = ("winner", "average")
@@ -80,9 +80,10 @@ def _linear(layer: Layer, x: Array, weight: Array) -> Array:
   """
   eqn = layer.linear
   if eqn.primitive.name == "conv_general_dilated":  # its input is lhs (the program checks)
-    # An unpadded convolution on CPU runs padded and cropped (`xjax.nn.fast_ops`, as the models
-    # do): the layer's forward pass and the rules' modified ones alike. Others: lax's own op.
-    return _rearrange(layer, conv_general_dilated(x, weight, **conv_params(eqn.params)))
+    # On CPU an unpadded convolution runs padded and cropped, and a 1x1 one as a matrix product
+    # (`xjax.nn.fast_ops`, as the models do): the layer's forward pass and the rules' modified
+    # ones alike. Others: lax's own op.
+    return _rearrange(layer, linear_conv_general_dilated(x, weight, **conv_params(eqn.params)))
   args = [x, weight] if layer.input_position == 0 else [weight, x]
   return _rearrange(layer, bind(eqn, args)[0])
 
