@@ -5,7 +5,7 @@ srae.make_train_step`: forward, loss with the running MSE_k, backward, Adam) on 
 Z (default 64 rows of 4096 dimensions, the paper's fc6, standard-normal ReLU'd) and y-hat (C
 columns), for each C of `--cs` (default 1, 15, 30):
 
-  * vmap: ONE jitted step of the C stacked modules (the library's way);
+  * vmap: ONE jitted step of the C stacked modules (the library's way), state donated;
   * loop: C calls of the jitted step of ONE module (module c on column c), what a per-class
     Python loop costs (one compile, C dispatches; each call blocks on the next's input).
 
@@ -52,11 +52,15 @@ def _timed(fn, state, steps: int) -> tuple[float, tuple]:
 
 def measure(c: int, z: jax.Array, y: jax.Array, args) -> dict[str, float]:
   optimizer = optax.adam(srae.LEARNING_RATE)
-  step = srae.make_train_step(optimizer)
+  # Donated state, for both: the library's training scan updates the modules in place; without
+  # it each vmapped step allocates and first touches C modules' new buffers (about 750 MB of
+  # parameters and Adam moments at C = 30), which is no part of training.
+  step = srae.make_train_step(optimizer, donate=True)
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)
   params = srae.init_modules(jax.random.key(c), c, z.shape[1], args.k, args.hidden)
   opt_state = srae.init_optimizer(optimizer, params)
   ema = srae.initial_ema(params, z)
-  one = lambda tree, i: jax.tree.map(lambda a: a[i:i + 1], tree)
+  one = lambda tree, i: jax.tree.map(lambda a: jnp.copy(a[i:i + 1]), tree)  # own buffers
 
   def vmap_step(state):
     return step(*state, z, y)[:3]
@@ -67,8 +71,8 @@ def measure(c: int, z: jax.Array, y: jax.Array, args) -> dict[str, float]:
   vmapped = (params, opt_state, ema)
   looped = tuple((one(params, i), one(opt_state, i), one(ema, i)) for i in range(c))
   # Correctness: one step each from the same start.
-  new_v = vmap_step(vmapped)[0]
-  new_l = jax.tree.map(lambda *a: jnp.concatenate(a), *[s[0] for s in loop_step(looped)])
+  new_v = vmap_step(copy(vmapped))[0]
+  new_l = jax.tree.map(lambda *a: jnp.concatenate(a), *[s[0] for s in loop_step(copy(looped))])
   error = _relative(new_l, new_v)
   if error > TOLERANCE:
     raise AssertionError(f"C={c}: the vmapped step and the loop differ by {error:.2e}")
