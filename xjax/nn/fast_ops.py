@@ -7,9 +7,13 @@ back with a plain slice: the same sums, about 4x faster on XLA:CPU (25 ms agains
 crop, 64x32x32x32 input, 3x3x32x32 kernel, 2 cores; the VALID conv of the Table-1 CIFAR10 CNN
 took 44% of a train step). A 1x1 convolution (ResNet's projections) keeps lax's forward pass but
 takes its two gradients as the matrix products they are (a `jax.custom_vjp`), instead of XLA:CPU's
-transposed convolutions; `linear_conv_general_dilated` computes it as that matrix product outright,
-for `jax.linear_transpose` (the LRP engine). On GPU and TPU, and for every other convolution, it is
-lax's op unchanged. The backend is checked once, when the op is traced.
+transposed convolutions. A convolution over few values per output pixel (at most
+`MAX_PATCH_VALUES` = kernel size x input channels: an RGB or grey image's first layer) runs, when
+differentiated, through its patches, a stack of slices and one matrix product (another
+`jax.custom_vjp`, whose undifferentiated pass stays lax's). Both keep a convolution in the program
+the LRP engine traces; `linear_conv_general_dilated` computes the same sums with the matrix
+products outright, for `jax.linear_transpose` (the engine's rules). On GPU and TPU, and for every
+other convolution, it is lax's op unchanged. The backend is checked once, when the op is traced.
 
 `crop_padding` is the shared decision: it is also what the LRP engine needs for a traced
 `conv_general_dilated` equation (`conv_general_dilated(x, w, **conv_params(eqn.params))`).
@@ -77,8 +81,9 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
                          precision: Any = None, preferred_element_type: Any = None,
                          out_sharding: Any = None) -> Array:
   """`jax.lax.conv_general_dilated`, with unpadded stride-1 odd-kernel convolutions computed
-  "SAME"-padded and cropped, and 1x1 convolutions taking their gradients as matrix products, on
-  the CPU backend (see the module docstring)."""
+  "SAME"-padded and cropped, 1x1 convolutions taking their gradients as matrix products and
+  convolutions over few values per pixel differentiated through their patches, on the CPU
+  backend (see the module docstring)."""
   return _conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                feature_group_count, batch_group_count, precision, preferred_element_type,
                out_sharding, pointwise=_pointwise_conv, patches=_patch_conv)
@@ -92,8 +97,8 @@ def linear_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence
                                 preferred_element_type: Any = None,
                                 out_sharding: Any = None) -> Array:
   """`conv_general_dilated` built only from ops `jax.linear_transpose` can transpose (no
-  `custom_vjp`): a 1x1 convolution is computed as the matrix product itself. The LRP engine
-  uses it for its rules' forward and transposed passes."""
+  `custom_vjp`): a 1x1 convolution, and one over few values per pixel, is computed as its matrix
+  product outright. The LRP engine uses it for its rules' forward and transposed passes."""
   return _conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                feature_group_count, batch_group_count, precision, preferred_element_type,
                out_sharding, pointwise=_pointwise_as_matmul, patches=_through_patches)

@@ -30,7 +30,8 @@ def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
 
 def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
   pad = kernel // 2
-  # The 1x1 projections take their gradients as matrix products on CPU (xjax.nn.fast_ops).
+  # On CPU the 1x1 projections take their gradients as matrix products, and the CIFAR stem's 3x3
+  # convolution of the RGB image is differentiated through its patches (xjax.nn.fast_ops).
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_CONV_INIT,
                  conv_general_dilated=_fast_conv, name=name)
