@@ -38,6 +38,11 @@ from jax import lax
 Array = jax.Array
 
 
+def _ones(values: Sequence[int] | None) -> bool:
+  # Strides / dilations that change nothing: absent or all 1.
+  return values is None or all(int(v) == 1 for v in values)
+
+
 def _is_unpadded(padding: Any) -> bool:
   if isinstance(padding, str):
     return padding.upper() == "VALID"
@@ -62,8 +67,7 @@ def crop_padding(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
   """
   if jax.default_backend() != "cpu":
     return None
-  ones = lambda v: v is None or all(int(s) == 1 for s in v)
-  if not (ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
+  if not (_ones(window_strides) and _ones(lhs_dilation) and _ones(rhs_dilation)
           and feature_group_count == 1 and batch_group_count == 1 and _is_unpadded(padding)):
     return None
   dims = lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape), dimension_numbers)
@@ -107,14 +111,15 @@ def linear_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence
 def _conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
           feature_group_count, batch_group_count, precision, preferred_element_type,
           out_sharding, pointwise: Callable, patches: Callable) -> Array:
-  plain = (out_sharding is None and preferred_element_type is None and feature_group_count == 1
-           and batch_group_count == 1)
+  # Both paths are plain jnp ops: no output sharding or accumulation type to carry.
+  plain = out_sharding is None and preferred_element_type is None
+  groups = (feature_group_count, batch_group_count)
   if plain and is_pointwise(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
-                            rhs_dilation, dimension_numbers):
+                            rhs_dilation, dimension_numbers, *groups):
     dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     return pointwise(lhs, rhs, tuple(int(s) for s in window_strides), _specs(dims), precision)
   if plain and has_few_patch_values(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dimension_numbers):
+                                    rhs_dilation, dimension_numbers, *groups):
     pads = tuple(tuple(int(p) for p in pair) for pair in (lax.padtype_to_pads(
         lhs.shape[1:-1], rhs.shape[:-2], window_strides, padding)
         if isinstance(padding, str) else padding))
@@ -160,14 +165,15 @@ def has_few_patch_values(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
                          window_strides: Sequence[int], padding: Any,
                          lhs_dilation: Sequence[int] | None = None,
                          rhs_dilation: Sequence[int] | None = None,
-                         dimension_numbers: Any = None) -> bool:
+                         dimension_numbers: Any = None, feature_group_count: int = 1,
+                         batch_group_count: int = 1) -> bool:
   """Whether `conv_general_dilated` computes the convolution through its patches on CPU (checked
-  here, at trace time): unit strides and dilations, channels last (Flax's layout), at most
-  `MAX_PATCH_VALUES` values per output pixel."""
+  here, at trace time): unit strides and dilations, no groups, channels last (Flax's layout), at
+  most `MAX_PATCH_VALUES` values per output pixel."""
   if jax.default_backend() != "cpu":
     return False
-  ones = lambda v: v is None or all(int(s) == 1 for s in v)
-  if not (ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)):
+  if not (_ones(window_strides) and _ones(lhs_dilation) and _ones(rhs_dilation)
+          and feature_group_count == 1 and batch_group_count == 1):
     return False
   n = len(lhs_shape)
   dims = lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape), dimension_numbers)
@@ -234,8 +240,7 @@ def is_pointwise(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
   matrix products."""
   if jax.default_backend() != "cpu":
     return False
-  ones = lambda v: v is None or all(int(s) == 1 for s in v)
-  if not (ones(lhs_dilation) and ones(rhs_dilation) and feature_group_count == 1
+  if not (_ones(lhs_dilation) and _ones(rhs_dilation) and feature_group_count == 1
           and batch_group_count == 1 and _is_unpadded(padding)):
     return False
   dims = lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape), dimension_numbers)
