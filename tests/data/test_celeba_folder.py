@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 
 from xjax.data.celeba_folder import CelebAFolder
 from xjax.data.source import Source
-from xjax.errors import ConfigError, DataNotFoundError
+from xjax.errors import ConfigError, DataNotFoundError, UnreadableDataError
 
 NAMES = ("Bald", "Male", "Smiling", "Young")
 # 11 rows: (file, attributes in {-1, 1}); absent and unreadable files: test_unreadable.py.
@@ -149,6 +150,79 @@ def test_no_images_at_all(celeba):
     f.unlink()
   with pytest.raises(DataNotFoundError, match="no image of list_attr_celeba.txt"):
     CelebAFolder(celeba, "train")
+
+
+# ---------------------------------------------------------------- list files cut short or damaged
+# The attribute file: line 1 the count (11), line 2 the header, lines 3..13 the rows.
+
+
+def _edit(path: Path, edit) -> None:
+  """Rewrites the lines of `path` (without line ends) by `edit`, keeping LF line ends."""
+  path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
+
+
+def _raises(root: Path, name: str, message: str) -> None:
+  """CelebAFolder(root) raises UnreadableDataError with exactly `message` after `root/name`."""
+  pattern = "^" + re.escape(f"{root / name}{message}") + "$"
+  with pytest.raises(UnreadableDataError, match=pattern) as err:
+    CelebAFolder(root, "all")
+  assert "\n" not in str(err.value)
+
+
+ATTR = "list_attr_celeba.txt"
+LANDMARKS = "list_landmarks_align_celeba.txt"
+PARTITION = "list_eval_partition.txt"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda lines: lines[:9], " has 7 rows but its count line says 11 (cut short after line 9?)"),
+    (lambda lines: lines[:8] + [lines[8][:16]],
+     " has 7 rows but its count line says 11 (cut short in line 9?)"),
+    (lambda lines: ["10"] + lines[1:], " has 11 rows but its count line says 10 (the extra rows "
+                                       "start at line 13)"),
+    (lambda lines: lines[:4] + [lines[4][:-3]] + lines[5:],
+     " line 5 has 4 fields, expected 5: a file name and 4 values"),
+    (lambda lines: lines[:5] + [lines[5].replace(" 1", " y", 1)] + lines[6:],
+     " line 6: field 2 is 'y', not an integer"),
+    (lambda lines: lines[:7] + [lines[2]] + lines[8:], " line 8 repeats 000001.jpg of line 3"),
+    (lambda lines: lines[1:],
+     " line 1 should be the number of rows, got 'Bald Male Smiling Young'"),
+    (lambda lines: lines[:1], " has no header line; expected a count line, a header line and rows"),
+    (lambda lines: [], " is empty; expected a count line, a header line and rows"),
+])
+def test_attr_file_cut_short_or_damaged(celeba, edit, message):
+  _edit(celeba / ATTR, edit)
+  _raises(celeba, ATTR, message)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda lines: lines[:7], " has 5 rows but its count line says 11 (cut short after line 7?)"),
+    (lambda lines: lines[:3] + [lines[3].rsplit(" ", 1)[0]] + lines[4:],
+     " line 4 has 10 fields, expected 11: a file name and 10 values"),
+    (lambda lines: ["5"] + lines[1:7],
+     " has no row for 6 images of list_attr_celeba.txt, e.g. 000006.jpg (list_attr_celeba.txt "
+     "line 8)"),
+])
+def test_landmarks_file_cut_short_or_damaged(celeba, edit, message):
+  _add_landmarks(celeba)
+  _edit(celeba / LANDMARKS, edit)
+  _raises(celeba, LANDMARKS, message)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda lines: lines[:8],
+     " has no row for 3 images of list_attr_celeba.txt, e.g. 000009.jpg (list_attr_celeba.txt "
+     "line 11)"),
+    (lambda lines: lines[:3] + ["000004.jpg"] + lines[4:],
+     " line 4 has 1 field, expected 2: `NNNNNN.jpg 0|1|2`"),
+    (lambda lines: lines[:4] + ["000005.jpg 3"] + lines[5:],
+     " line 5: the partition is '3', not 0, 1 or 2"),
+    (lambda lines: lines + ["000002.jpg 1"], " line 12 repeats 000002.jpg of line 2"),
+])
+def test_partition_file_cut_short_or_damaged(celeba, edit, message):
+  (celeba / PARTITION).write_text("".join(f"{n} {i % 3}\n" for i, (n, _) in enumerate(ATTRS)))
+  _edit(celeba / PARTITION, edit)
+  _raises(celeba, PARTITION, message)
 
 
 # ---------------------------------------------------------------- the offline subset (2500 images)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 
 from xjax.data.cub_folder import CubFolder
 from xjax.data.source import Source
-from xjax.errors import ConfigError, DataNotFoundError
+from xjax.errors import ConfigError, DataNotFoundError, UnreadableDataError
 
 # The image files are 40x30 (W x H); the annotations are in pixels of 80x60 originals (scale 0.5).
 FW, FH = 40, 30
@@ -25,8 +26,10 @@ IMAGES = {
     6: ("009.I/i1.jpg", 9, 1, (0, 0, 10, 10)),
 }
 PARTS = ["1 back", "2 left eye", "3 tail"]
-# image_id part_id x y visible, in original pixels.
-PART_LOCS = ["1 1 20 16 1", "1 2 0 0 0", "1 3 70 50 1", "2 1 40 30 1", "4 3 50 44 1"]
+# (image_id, part_id): x y visible, in original pixels; like CUB, part_locs.txt has a row for every
+# image and part, "0 0 0" where the part is not seen.
+SEEN = {(1, 1): "20 16 1", (1, 3): "70 50 1", (2, 1): "40 30 1", (4, 3): "50 44 1"}
+PART_LOCS = [f"{i} {p} {SEEN.get((i, p), '0 0 0')}" for i in IMAGES for p in (1, 2, 3)]
 
 
 @pytest.fixture
@@ -142,6 +145,81 @@ def test_bad_options(cub):
     CubFolder(cub, "train", crop="center", annotation_scale=0.5)
   with pytest.raises(ConfigError, match="classes"):
     CubFolder(cub, "train", classes="some", annotation_scale=0.5)
+
+
+# ------------------------------------------------------- annotation files cut short or damaged
+# images.txt and the per-image files: line k is image_id k; part_locs.txt: line 3 (i - 1) + p is
+# image_id i, part_id p.
+
+
+def _edit(path: Path, edit) -> None:
+  """Rewrites the lines of `path` (without line ends) by `edit`."""
+  path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
+
+
+def _replace(number: int, line: str | None):
+  """An edit that replaces line `number` (1-based) by `line`, or removes it (None)."""
+  return lambda lines: lines[:number - 1] + ([] if line is None else [line]) + lines[number:]
+
+
+BOXES_FORM = "`<image_id> <x> <y> <width> <height>`"
+LOCS_FORM = "`<image_id> <part_id> <x> <y> <visible>`"
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("bounding_boxes.txt", _replace(3, "3 0.0 0.0 80.0"),
+     f" line 3 has 4 fields, expected 5: {BOXES_FORM}"),
+    ("bounding_boxes.txt", _replace(2, "2 10 10 abc 30"), " line 2: width is 'abc', not a number"),
+    ("bounding_boxes.txt", lambda lines: lines[:4],
+     " has no row for 2 images of images.txt, e.g. image_id 5 (images.txt line 5)"),
+    ("images.txt", _replace(2, "2"),
+     " line 2 has 1 field, expected 2: `<image_id> <class>/<name>.jpg`"),
+    ("images.txt", _replace(6, "2 009.I/i1.jpg"), " line 6 repeats image_id 2 of line 2"),
+    ("images.txt", _replace(1, "x 003.C/c1.jpg"),
+     " line 1: image_id is 'x', not a positive integer"),
+    ("image_class_labels.txt", _replace(4, None),
+     " has no row for 1 image of images.txt, e.g. image_id 4 (images.txt line 4)"),
+    ("train_test_split.txt", _replace(4, "4 2"), " line 4: is_training_image is '2', not 0 or 1"),
+    ("classes.txt", _replace(5, "5"), " line 5 has 1 field, expected 2: `<class_id> <class_name>`"),
+    ("parts/parts.txt", _replace(2, "2"),
+     " line 2 has 1 field, expected 2: `<part_id> <part_name>`"),
+    ("parts/part_locs.txt", lambda lines: lines[:-1] + ["6 3 0"],
+     f" line 18 has 3 fields, expected 5: {LOCS_FORM}"),
+    ("parts/part_locs.txt", lambda lines: lines[:-1],
+     " has no row for image_id 6 part_id 3; it needs one per image of images.txt and part of "
+     "parts.txt"),
+    ("parts/part_locs.txt", _replace(7, None),  # image 3, part 1
+     " has no row for image_id 3 part_id 1; it needs one per image of images.txt and part of "
+     "parts.txt"),
+    ("parts/part_locs.txt", lambda lines: lines[:-3],
+     " has no row for 1 image of images.txt, e.g. image_id 6 (images.txt line 6)"),
+    ("parts/part_locs.txt", _replace(5, "2 4 0 0 0"),
+     " line 5: part_id 4 is not in {root}/parts/parts.txt"),
+    ("parts/part_locs.txt", _replace(7, "3 1 nan 0 0"), " line 7: x is 'nan', not a number"),
+])
+def test_annotation_file_cut_short_or_damaged(cub, name, edit, message):
+  _edit(cub / name, edit)
+  pattern = "^" + re.escape(f"{cub / name}{message.format(root=cub)}") + "$"
+  with pytest.raises(UnreadableDataError, match=pattern) as err:
+    CubFolder(cub, "all", annotation_scale=0.5)
+  assert "\n" not in str(err.value)
+
+
+def test_images_file_cut_short(cub):
+  # The per-image files then list images that images.txt lacks.
+  _edit(cub / "images.txt", lambda lines: lines[:4])
+  with pytest.raises(UnreadableDataError, match="^" + re.escape(
+      f"{cub / 'image_class_labels.txt'} has rows for 2 images not in images.txt, e.g. image_id 5 "
+      f"at line 5 (images.txt cut short?)") + "$"):
+    CubFolder(cub, "all", annotation_scale=0.5)
+
+
+def test_class_not_in_classes_file(cub):
+  _edit(cub / "classes.txt", lambda lines: lines[:5])  # classes 7 and 9 are gone
+  with pytest.raises(UnreadableDataError, match="^" + re.escape(
+      f"{cub / 'image_class_labels.txt'} line 3: class_id 7 is not in {cub / 'classes.txt'} "
+      f"(4 images in all)") + "$"):
+    CubFolder(cub, "all", annotation_scale=0.5)
 
 
 # ---------------------------------------------------------------- the offline subset (837 images)

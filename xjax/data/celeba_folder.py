@@ -20,6 +20,11 @@ its line in list_attr_celeba.txt (absent files at construction, undecodable ones
 `skip_unreadable`: then every image of the split is decoded once at construction and the unreadable
 ones are left out (`skipped`). The split is made before, so skipping never moves an image to
 another split.
+
+A list file cut short or damaged is an `UnreadableDataError` naming it and the line, whatever
+`skip_unreadable`: list_attr_celeba.txt and the landmarks file must have as many rows as their count
+line says, each with all its fields (integers) and no file twice; list_eval_partition.txt (which has
+no count line) and the landmarks file must have a row for every row of list_attr_celeba.txt.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 
 from xjax.data import image_ops
 from xjax.data.source import DatasetInfo
-from xjax.errors import ConfigError, DataNotFoundError
+from xjax.errors import ConfigError, DataNotFoundError, UnreadableDataError
 
 SPLITS = ("train", "validation", "test", "all")
 LANDMARK_NAMES = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
@@ -43,41 +48,102 @@ _LAYOUT = ("img_align_celeba/NNNNNN.jpg, list_attr_celeba.txt, and optionally "
 
 def _read_lines(path: pathlib.Path) -> list[tuple[int, str]]:
   """The non-blank lines of a text file, with their 1-based line numbers."""
-  return [(num, line) for num, line in enumerate(path.read_text().splitlines(), start=1)
-          if line.strip()]
+  try:
+    text = path.read_text()
+  except UnicodeDecodeError as e:
+    raise UnreadableDataError(f"{path} is not a text file: byte {e.start} does not decode as "
+                              f"{e.encoding}") from e
+  return [(num, line) for num, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def _read_table(path: pathlib.Path, width: int | None
                 ) -> tuple[list[str], dict[str, list[int]], dict[str, int]]:
   """Parses a CelebA list file with a count line and a header.
 
+  The checks catch a file cut short or damaged: the count line is a number, the rows are exactly
+  that many, each is a file name and `width` integers (default: one per header name), and no file
+  has two rows.
+
   Returns:
     (header names, {file: values}, {file: its line number}).
+
+  Raises:
+    UnreadableDataError: one of the checks fails; the message names the file and the line.
   """
   lines = _read_lines(path)
   if len(lines) < 2:
-    raise DataNotFoundError(f"{path} is malformed: expected a count line, a header line and rows")
-  names = lines[1][1].split()
+    what = "has no header line" if lines else "is empty"
+    raise UnreadableDataError(f"{path} {what}; expected a count line, a header line and rows")
+  (count_num, count_line), (_, header) = lines[:2]
+  count = count_line.strip()
+  if not (count.isascii() and count.isdigit()):
+    raise UnreadableDataError(f"{path} line {count_num} should be the number of rows, got "
+                              f"{count_line!r}")
+  count = int(count)
+  names = header.split()
   width = len(names) if width is None else width
-  rows, line_of = {}, {}
-  for num, line in lines[2:]:
+  rows = lines[2:]
+  if len(rows) != count:
+    last_num, last_line = lines[-1]
+    if len(rows) > count:
+      hint = f"the extra rows start at line {rows[count][0]}"
+    elif rows and len(last_line.split()) < width + 1:
+      hint = f"cut short in line {last_num}?"  # the cut fell inside the last row
+    else:
+      hint = f"cut short after line {last_num}?"
+    raise UnreadableDataError(f"{path} has {_count(len(rows), 'row')} but its count line says "
+                              f"{count} ({hint})")
+  values, line_of = {}, {}
+  for num, line in rows:
     parts = line.split()
     if len(parts) != width + 1:
-      raise DataNotFoundError(f"{path} line {num} is malformed: expected a file name and {width} "
-                              f"values, got {line!r}")
-    rows[parts[0]] = [int(v) for v in parts[1:]]
+      raise UnreadableDataError(f"{path} line {num} has {_count(len(parts), 'field')}, expected "
+                                f"{width + 1}: a file name and {width} values")
+    try:
+      values[parts[0]] = [int(v) for v in parts[1:]]
+    except ValueError:
+      k, bad = next((k, v) for k, v in enumerate(parts[1:], start=2) if not _is_int(v))
+      raise UnreadableDataError(f"{path} line {num}: field {k} is {bad!r}, not an integer"
+                                ) from None
+    if parts[0] in line_of:
+      raise UnreadableDataError(f"{path} line {num} repeats {parts[0]} of line "
+                                f"{line_of[parts[0]]}")
     line_of[parts[0]] = num
-  return names, rows, line_of
+  return names, values, line_of
+
+
+def _count(n: int, noun: str) -> str:
+  """`n` and the noun, plural unless n is 1: "1 field", "4 fields"."""
+  return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _is_int(text: str) -> bool:
+  try:
+    int(text)
+  except ValueError:
+    return False
+  return True
 
 
 def _read_partition(path: pathlib.Path) -> dict[str, int]:
-  out = {}
+  """Parses list_eval_partition.txt: {file: 0|1|2}.
+
+  Raises:
+    UnreadableDataError: a row is not `NNNNNN.jpg 0|1|2`, or repeats a file; the message names the
+      file and the line.
+  """
+  out, line_of = {}, {}
   for num, line in _read_lines(path):
     parts = line.split()
-    if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-      raise DataNotFoundError(f"{path} line {num} is malformed: expected `NNNNNN.jpg 0|1|2`, "
-                              f"got {line!r}")
-    out[parts[0]] = int(parts[1])
+    if len(parts) != 2:
+      raise UnreadableDataError(f"{path} line {num} has {_count(len(parts), 'field')}, expected 2: "
+                                f"`NNNNNN.jpg 0|1|2`")
+    if parts[1] not in ("0", "1", "2"):
+      raise UnreadableDataError(f"{path} line {num}: the partition is {parts[1]!r}, not 0, 1 or 2")
+    if parts[0] in line_of:
+      raise UnreadableDataError(f"{path} line {num} repeats {parts[0]} of line "
+                                f"{line_of[parts[0]]}")
+    out[parts[0]], line_of[parts[0]] = int(parts[1]), num
   return out
 
 
@@ -103,10 +169,11 @@ class CelebAFolder:
 
   Raises:
     ConfigError: an unknown split or attribute.
-    DataNotFoundError: the folder lacks the image folder or the attribute file, no listed image
-      is there, or a list file is malformed.
-    UnreadableDataError: a listed image of the split is absent (here) or does not decode (when
-      read), and `skip_unreadable` is off; the message names the file and its line.
+    DataNotFoundError: the folder lacks the image folder or the attribute file, or no listed image
+      is there.
+    UnreadableDataError: a list file is cut short or malformed (whatever `skip_unreadable`), or a
+      listed image of the split is absent (here) or does not decode (when read) and
+      `skip_unreadable` is off; the message names the file and its line.
   """
 
   def __init__(self, root: str | os.PathLike, split: str, *,
@@ -132,7 +199,12 @@ class CelebAFolder:
     partition_path = self.root / "list_eval_partition.txt"
     if partition_path.exists():
       partition = _read_partition(partition_path)
-      files = [f for f in files if f in partition]
+      # The file has no count line: a cut one shows as rows of list_attr_celeba.txt it lacks.
+      if lacking := [f for f in files if f not in partition]:
+        raise UnreadableDataError(
+            f"{partition_path} has no row for {_count(len(lacking), 'image')} of "
+            f"{attr_path.name}, e.g. {lacking[0]} ({attr_path.name} line "
+            f"{line_of[lacking[0]]})")
       part_of = np.array([partition[f] for f in files], dtype=np.int64)
     else:
       n = len(files)
@@ -165,10 +237,11 @@ class CelebAFolder:
     self._landmarks = None
     if landmarks_path.exists():
       _, marks, _ = _read_table(landmarks_path, 2 * len(LANDMARK_NAMES))
-      lacking = [f for f in files if f not in marks]
-      if lacking:
-        raise DataNotFoundError(
-            f"{landmarks_path} has no row for {len(lacking)} images, e.g. {lacking[0]}")
+      if lacking := [f for f in attrs if f not in marks]:  # all rows, whatever the split
+        raise UnreadableDataError(
+            f"{landmarks_path} has no row for {_count(len(lacking), 'image')} of "
+            f"{attr_path.name}, e.g. {lacking[0]} ({attr_path.name} line "
+            f"{line_of[lacking[0]]})")
       self._landmarks = np.array([marks[f] for f in files], dtype=np.float32).reshape(
           len(files), len(LANDMARK_NAMES), 2)
 

@@ -20,10 +20,17 @@ A listed image that is absent, truncated or corrupt is an `UnreadableDataError` 
 its line in images.txt (absent files at construction, undecodable ones when read), unless
 `skip_unreadable`: then every image of the split is decoded once at construction and the unreadable
 ones are left out (`skipped`).
+
+An annotation file cut short or damaged is an `UnreadableDataError` naming it and the line (or the
+image_id), whatever `skip_unreadable`: each row must have all the fields of its format, numbers
+where numbers belong, and no id twice; the per-image files (and part_locs.txt, one row per image and
+part) must list exactly the images of images.txt; the class ids and part ids must be in classes.txt
+and parts.txt.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 
@@ -31,25 +38,107 @@ import numpy as np
 
 from xjax.data import image_ops
 from xjax.data.source import DatasetInfo
-from xjax.errors import ConfigError, DataNotFoundError
+from xjax.errors import ConfigError, DataNotFoundError, UnreadableDataError
 
 SPLITS = ("train", "test", "all")
 _REQUIRED = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt",
              "classes.txt", "images")
 _LAYOUT = ("images/<class>/<name>.jpg, images.txt, image_class_labels.txt, train_test_split.txt, "
            "bounding_boxes.txt, classes.txt, and optionally parts/parts.txt + parts/part_locs.txt")
+# The annotation files: the kind of each field ("n" a positive integer, as ids are; "f" a finite
+# number; "b" 0 or 1; "s" text) and the format that the error messages show.
+_FORMATS = {
+    "images.txt": ("ns", "<image_id> <class>/<name>.jpg"),
+    "image_class_labels.txt": ("nn", "<image_id> <class_id>"),
+    "train_test_split.txt": ("nb", "<image_id> <is_training_image>"),
+    "bounding_boxes.txt": ("nffff", "<image_id> <x> <y> <width> <height>"),
+    "classes.txt": ("ns", "<class_id> <class_name>"),
+    "parts/parts.txt": ("ns", "<part_id> <part_name>"),
+    "parts/part_locs.txt": ("nnffb", "<image_id> <part_id> <x> <y> <visible>"),
+}
+_KIND_NAMES = {"n": "a positive integer", "f": "a number", "b": "0 or 1"}
 # The annotation_scale check: images sampled, tolerance, fraction of images allowed outside.
 _CHECK_SAMPLE, _CHECK_TOLERANCE, _CHECK_FRACTION = 256, 1.05, 0.05
 
 
-def _read_rows(path: pathlib.Path, maxsplit: int = -1) -> list[list[str]]:
-  return [parts for _, parts in _read_numbered(path, maxsplit)]
+def _read_table(root: pathlib.Path, name: str, key: int = 1
+                ) -> dict[str | tuple[str, ...], tuple[int, list]]:
+  """Parses annotation file `name` of `_FORMATS` under `root`.
+
+  The checks catch a file cut short or damaged: each non-blank line has the fields of the format,
+  numbers where it has numbers, and no key (the first `key` fields) twice.
+
+  Returns:
+    {key: (its 1-based line number, its fields converted)}, in file order; the key is the first
+    field as written (an id), or with key > 1 the tuple of the first `key` fields.
+
+  Raises:
+    UnreadableDataError: one of the checks fails; the message names the file and the line.
+  """
+  path = root / name
+  kinds, form = _FORMATS[name]
+  labels = [f.strip("<>") for f in form.split()]
+  try:
+    text = path.read_text()
+  except UnicodeDecodeError as e:
+    raise UnreadableDataError(f"{path} is not a text file: byte {e.start} does not decode as "
+                              f"{e.encoding}") from e
+  # A text field last takes the rest of the line: CUB's part names have spaces.
+  maxsplit = len(kinds) - 1 if kinds[-1] == "s" else -1
+  rows = {}
+  for num, line in enumerate(text.splitlines(), start=1):
+    parts = line.split(maxsplit=maxsplit)
+    if not parts:
+      continue
+    if len(parts) != len(kinds):
+      raise UnreadableDataError(f"{path} line {num} has {_count(len(parts), 'field')}, expected "
+                                f"{len(kinds)}: `{form}`")
+    values = []
+    for kind, label, field in zip(kinds, labels, parts):
+      if kind == "s":
+        values.append(field)
+        continue
+      try:
+        value = float(field) if kind == "f" else int(field)
+      except ValueError:
+        value = None
+      if (value is None or not math.isfinite(value) or (kind == "b" and value not in (0, 1))
+          or (kind == "n" and value < 1)):
+        raise UnreadableDataError(f"{path} line {num}: {label} is {field!r}, not "
+                                  f"{_KIND_NAMES[kind]}")
+      values.append(value)
+    k = parts[0] if key == 1 else tuple(parts[:key])
+    if k in rows:
+      ids = " ".join(f"{label} {v}" for label, v in zip(labels, parts[:key]))
+      raise UnreadableDataError(f"{path} line {num} repeats {ids} of line {rows[k][0]}")
+    rows[k] = (num, values)
+  return rows
 
 
-def _read_numbered(path: pathlib.Path, maxsplit: int = -1) -> list[tuple[int, list[str]]]:
-  """The non-blank lines of a text file, split, with their 1-based line numbers."""
-  return [(num, line.split(maxsplit=maxsplit))
-          for num, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+def _count(n: int, noun: str) -> str:
+  """`n` and the noun, plural unless n is 1: "1 field", "4 fields"."""
+  return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _check_images(root: pathlib.Path, name: str, ids: dict[str, int],
+                  image_ids: dict[str, int]) -> None:
+  """Raises UnreadableDataError unless annotation file `name` has rows for exactly the images of
+  images.txt: the check that catches either file cut short.
+
+  Args:
+    root: the CUB folder.
+    name: the file, as in `_FORMATS`.
+    ids: {image_id: its first line} in file `name`.
+    image_ids: {image_id: its line} in images.txt.
+  """
+  if lacking := [i for i in image_ids if i not in ids]:
+    raise UnreadableDataError(
+        f"{root / name} has no row for {_count(len(lacking), 'image')} of images.txt, e.g. "
+        f"image_id {lacking[0]} (images.txt line {image_ids[lacking[0]]})")
+  if extra := [i for i in ids if i not in image_ids]:
+    raise UnreadableDataError(
+        f"{root / name} has rows for {_count(len(extra), 'image')} not in images.txt, e.g. "
+        f"image_id {extra[0]} at line {ids[extra[0]]} (images.txt cut short?)")
 
 
 def _nice_scale(scale: float) -> float:
@@ -83,9 +172,10 @@ class CubFolder:
     ConfigError: bad options, or an annotation_scale under which more than 5% of the (sampled)
       images have boxes reaching beyond 1.05 times their size; the message suggests a scale.
     DataNotFoundError: files missing under root.
-    UnreadableDataError: a listed image of the split is absent (here) or does not decode (when
-      read or sampled for the scale check), and `skip_unreadable` is off; the message names the
-      file and its line in images.txt.
+    UnreadableDataError: an annotation file is cut short or malformed (whatever
+      `skip_unreadable`; the message names it and the line or the image_id), or a listed image of
+      the split is absent (here) or does not decode (when read or sampled for the scale check) and
+      `skip_unreadable` is off (the message names the file and its line in images.txt).
   """
 
   def __init__(self, root: str | os.PathLike, split: str, *,
@@ -108,18 +198,23 @@ class CubFolder:
     self.split, self.crop, self.annotation_scale = split, crop, float(annotation_scale)
     self.image_size = (int(image_size[0]), int(image_size[1]))
 
-    numbered = _read_numbered(self.root / "images.txt", 1)
-    paths = {r[0]: r[1] for _, r in numbered}
-    line_of = {r[0]: num for num, r in numbered}
-    labels = {r[0]: int(r[1]) for r in _read_rows(self.root / "image_class_labels.txt")}
-    is_train = {r[0]: r[1] == "1" for r in _read_rows(self.root / "train_test_split.txt")}
-    boxes = {r[0]: [float(v) for v in r[1:5]] for r in _read_rows(self.root / "bounding_boxes.txt")}
-    class_rows = {int(r[0]): r[1] for r in _read_rows(self.root / "classes.txt", 1)}
-    for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", is_train),
-                        ("bounding_boxes.txt", boxes)):
-      if lacking := [i for i in paths if i not in table]:
-        raise DataNotFoundError(f"{self.root / name} has no row for {len(lacking)} images of "
-                                f"images.txt, e.g. image_id {lacking[0]}")
+    images = _read_table(self.root, "images.txt")
+    paths = {i: v[1] for i, (_, v) in images.items()}
+    line_of = {i: num for i, (num, _) in images.items()}
+    tables = {}
+    for name in ("image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"):
+      tables[name] = _read_table(self.root, name)
+      _check_images(self.root, name, {i: num for i, (num, _) in tables[name].items()}, line_of)
+    labels = {i: v[1] for i, (_, v) in tables["image_class_labels.txt"].items()}
+    is_train = {i: v[1] == 1 for i, (_, v) in tables["train_test_split.txt"].items()}
+    boxes = {i: v[1:5] for i, (_, v) in tables["bounding_boxes.txt"].items()}
+    class_rows = {v[0]: v[1] for _, v in _read_table(self.root, "classes.txt").values()}
+    if unnamed := [i for i in paths if labels[i] not in class_rows]:
+      num, _ = tables["image_class_labels.txt"][unnamed[0]]
+      more = f" ({len(unnamed)} images in all)" if len(unnamed) > 1 else ""
+      raise UnreadableDataError(
+          f"{self.root / 'image_class_labels.txt'} line {num}: class_id {labels[unnamed[0]]} is "
+          f"not in {self.root / 'classes.txt'}{more}")
 
     if classes == "present":
       class_ids = sorted({labels[i] for i in paths})
@@ -164,18 +259,33 @@ class CubFolder:
     self._parts = self._visible = None
     parts_dir = self.root / "parts"
     if (parts_dir / "parts.txt").is_file() and (parts_dir / "part_locs.txt").is_file():
-      part_rows = sorted((int(r[0]), r[1]) for r in _read_rows(parts_dir / "parts.txt", 1))
+      part_rows = sorted(v for _, v in _read_table(self.root, "parts/parts.txt").values())
       self.part_names = tuple(name for _, name in part_rows)
-      column = {pid: k for k, (pid, _) in enumerate(part_rows)}
-      row = {i: k for k, i in enumerate(ids)}
-      self._parts = np.zeros((n, len(part_rows), 2), dtype=np.float64)
-      self._visible = np.zeros((n, len(part_rows)), dtype=bool)
-      for r in _read_rows(parts_dir / "part_locs.txt"):
-        if r[0] in row and int(r[1]) in column:
-          k, p = row[r[0]], column[int(r[1])]
-          self._parts[k, p] = (float(r[2]), float(r[3]))
-          self._visible[k, p] = r[4] == "1"
-      self._parts *= self.annotation_scale
+      part_ids = [pid for pid, _ in part_rows]
+      locs = _read_table(self.root, "parts/part_locs.txt", key=2)
+      first_line: dict[str, int] = {}
+      for (i, _), (num, _) in locs.items():
+        first_line.setdefault(i, num)
+      _check_images(self.root, "parts/part_locs.txt", first_line, line_of)
+      known = set(part_ids)
+      at = {}  # (image_id, part_id) -> (x, y, visible)
+      for (i, _), (num, (_, pid, x, y, visible)) in locs.items():
+        if pid not in known:
+          raise UnreadableDataError(f"{parts_dir / 'part_locs.txt'} line {num}: part_id {pid} is "
+                                    f"not in {parts_dir / 'parts.txt'}")
+        at[i, pid] = (x, y, visible)
+      # CUB lists every part of every image (x = y = 0, visible = 0 where not seen): a gap is a
+      # damaged file, not a part that was never seen.
+      if missing := len(paths) * len(part_ids) - len(at):
+        i, pid = next((i, p) for i in paths for p in part_ids if (i, p) not in at)
+        more = f" nor for {missing - 1} more" if missing > 1 else ""
+        raise UnreadableDataError(
+            f"{parts_dir / 'part_locs.txt'} has no row for image_id {i} part_id {pid}{more}; it "
+            f"needs one per image of images.txt and part of parts.txt")
+      self._parts = np.array([[at[i, p][:2] for p in part_ids] for i in ids],
+                             dtype=np.float64).reshape(n, len(part_ids), 2) * self.annotation_scale
+      self._visible = np.array([[at[i, p][2] == 1 for p in part_ids] for i in ids],
+                               dtype=bool).reshape(n, len(part_ids))
 
     # (H, W) of each image file, read when the image is first loaded (or by the scale check).
     self._sizes = np.zeros((n, 2), dtype=np.int64)
