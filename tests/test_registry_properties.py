@@ -23,6 +23,7 @@ from xjax.data.registry import DATASETS, get_source
 from xjax.errors import ConfigError
 from xjax.explain import composites
 from xjax.explain.methods import METHODS, get_method, is_conservative
+from xjax.metrics import METRICS, get_metric
 from xjax.nn import MODELS, get_model
 from xjax.train.losses import LOSS_TERMS, ModelOutputs, is_penalty
 from xjax.train.optim import OPTIMIZERS, make_optimizer
@@ -187,12 +188,26 @@ def explained(spec: str) -> dict[str, np.ndarray]:
   method = get_method(spec, bounds=(0.0, 1.0))
 
   @jax.jit
-  def run(params, x, targets):
+  def run(params, x, targets, invalid):
     one = lambda x, t: method(tiny_cnn, params, x, t)
     return {"single": one(x, targets[0]), "zeros": one(jnp.zeros_like(x), targets[0]),
-            "vmapped": jax.vmap(lambda t: one(x, t))(targets)}
+            "vmapped": jax.vmap(lambda t: one(x, t))(targets),
+            "invalid": jax.vmap(lambda t: one(x, t))(invalid),
+            "nan_input": one(x.at[1, 0, 0, 0].set(jnp.nan), targets[0])}
 
-  return {k: np.asarray(v) for k, v in run(PARAMS, X, TARGETS).items()}
+  return {k: np.asarray(v) for k, v in run(PARAMS, X, TARGETS, INVALID_TARGETS).items()}
+
+
+# Class indices the 3-output model does not have: (explanations, batch), vmapped like TARGETS.
+INVALID_TARGETS = jnp.array([[0, 3], [-1, 1]])
+
+
+def example_is_nan(values: np.ndarray, example: int, axis: int = 0) -> bool:
+  return bool(np.all(np.isnan(np.take(np.asarray(values), example, axis=axis))))
+
+
+def example_is_finite(values: np.ndarray, example: int, axis: int = 0) -> bool:
+  return bool(np.all(np.isfinite(np.take(np.asarray(values), example, axis=axis))))
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -216,6 +231,26 @@ def test_method_works_under_vmap_over_targets(spec):
                              atol=1e-5 * np.abs(out["single"]).max())
 
 
+@pytest.mark.parametrize("spec", SPECS)
+def test_method_gives_nan_never_a_number_for_invalid_examples_under_jit_and_vmap(spec):
+  """A class index out of range (or a NaN input) under jit, where it cannot raise: that example's
+  relevance is NaN (never the zeros of a zero seed, or a clamped index's class), the others are
+  untouched."""
+  out = explained(spec)
+  invalid = out["invalid"]
+  assert example_is_nan(invalid[0], 1) and example_is_nan(invalid[1], 0)
+  np.testing.assert_allclose(invalid[0][0], out["single"][0], rtol=1e-4,
+                             atol=1e-5 * np.abs(out["single"]).max())
+  assert example_is_finite(invalid[1], 1)
+  assert example_is_nan(out["nan_input"], 1) and example_is_finite(out["nan_input"], 0)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_method_refuses_a_concrete_invalid_target(spec):
+  with pytest.raises(ConfigError, match=r"class indices in \[0, 3\).*got \[3\] at example"):
+    get_method(spec)(tiny_cnn, PARAMS, X, jnp.array([0, 3]))
+
+
 @pytest.mark.parametrize("spec", [s for s in SPECS if is_conservative(s)])
 def test_conservative_method_sums_to_the_target_logit(spec):
   relevance = explained(spec)["vmapped"]
@@ -223,6 +258,94 @@ def test_conservative_method_sums_to_the_target_logit(spec):
   for targets, r in zip(np.asarray(TARGETS), relevance):
     np.testing.assert_allclose(r.sum(axis=(1, 2, 3)), logits[np.arange(len(X)), targets],
                                rtol=1e-3, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics: the same guard as the methods', under jit and vmap, on the tiny network above.
+
+MASK = jnp.zeros((2, 8, 8), bool).at[:, 2:6, 2:6].set(True)
+KEY = jax.random.key(0)
+
+
+def explain_gradient(params, x, target):
+  return get_method("gradient")(tiny_cnn, params, x, target)
+
+
+METRIC_OPTIONS = {  # small options of each metric on X (2 images of 8 x 8)
+    "pixel_flipping": {"steps": 4},
+    "region_perturbation": {"patch_size": 4},
+    "insertion_deletion": {"steps": 4, "blur_sigma": 1.0},
+    "faithfulness_correlation": {"subset_size": 4, "num_samples": 4, "key": KEY},
+    "completeness": {},
+    "model_parameter_randomisation": {"explain": explain_gradient, "key": KEY},
+    "random_logit": {"explain": explain_gradient, "key": KEY, "num_classes": 3},
+    "diffusion": {"explain": explain_gradient},
+    "max_sensitivity": {"explain": explain_gradient, "num_samples": 2, "key": KEY},
+    "avg_sensitivity": {"explain": explain_gradient, "num_samples": 2, "key": KEY},
+    "pointing_game": {"mask": MASK},
+    "attribution_localisation": {"mask": MASK},
+    "relevance_mass_accuracy": {"mask": MASK},
+    "relevance_rank_accuracy": {"mask": MASK},
+    "sparseness": {},
+    "complexity": {},
+}
+
+
+def metric_options(name: str) -> dict:
+  if name not in METRIC_OPTIONS:
+    pytest.fail(f"metric {name!r} has no example: add its options to METRIC_OPTIONS")
+  return METRIC_OPTIONS[name]
+
+
+def per_example(result) -> tuple[list[jax.Array], list[int]]:
+  """The per-example parts of a metric's result, and the axis of the examples in each (a result's
+  other parts, e.g. RandomisationResult's layer names, are not arrays and cannot leave a jit)."""
+  axes = getattr(type(result), "EXAMPLE_AXES", None)
+  if axes is not None:
+    return [getattr(result, field) for field in axes], list(axes.values())
+  leaves = jax.tree.leaves(result)
+  return leaves, [0] * len(leaves)
+
+
+@functools.cache
+def scored(name: str) -> list[tuple[np.ndarray, int]]:
+  """The metric vmapped over two cases under one jit: case 0 has a class index the model does not
+  have at example 1, case 1 NaN relevance at example 1. One compiled function per metric.
+
+  Returns (values (cases, ...), axis of the examples in a case) per per-example part."""
+  metric = get_metric(name, **metric_options(name))
+  relevance = jnp.asarray(explained("gradient_x_input")["single"])
+  targets = jnp.array([[0, 3], [0, 1]])
+  relevances = jnp.stack([relevance, relevance.at[1, 0, 0, 0].set(jnp.nan)])
+  axes = []
+
+  def parts(t, r):
+    values, example_axes = per_example(metric(tiny_cnn, PARAMS, X, t, r))
+    axes[:] = example_axes
+    return values
+
+  values = jax.device_get(jax.jit(jax.vmap(parts))(targets, relevances))
+  return list(zip(values, axes))
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_metric_gives_nan_never_a_number_for_invalid_examples_under_jit_and_vmap(name):
+  parts = scored(name)
+  assert parts, f"{name} returned no per-example values"
+  for values, axis in parts:
+    for case in (0, 1):  # an invalid target, NaN relevance: both at example 1
+      assert example_is_nan(values[case], 1, axis), (name, case)
+      assert example_is_finite(values[case], 0, axis), (name, case)
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_metric_refuses_a_concrete_invalid_target_or_nan_relevance(name):
+  metric = get_metric(name, **metric_options(name))
+  relevance = jnp.asarray(explained("gradient_x_input")["single"])
+  with pytest.raises(ConfigError, match=r"class indices in \[0, 3\)"):
+    metric(tiny_cnn, PARAMS, X, jnp.array([0, 3]), relevance)
+  with pytest.raises(ConfigError, match=r"NaN or infinity in example\(s\) \[1\]"):
+    metric(tiny_cnn, PARAMS, X, jnp.array([0, 1]), relevance.at[1, 0, 0, 0].set(jnp.inf))
 
 
 # ---------------------------------------------------------------------------------------------

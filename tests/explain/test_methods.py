@@ -73,7 +73,7 @@ def test_random_control_is_seeded_blind_to_the_model_and_the_same_in_any_batch()
   for i in range(len(X)):  # ... and the same one alone as in the batch
     close(method(tiny_cnn, PARAMS, X[i:i + 1], TARGET[i:i + 1])[0], noise[i])
   other = jax.tree.map(jnp.zeros_like, PARAMS)
-  close(m.get_method("random", key=jax.random.key(3))(None, other, X, 1 - TARGET), noise)
+  close(m.get_method("random", key=jax.random.key(3))(None, other, X, 2 - TARGET), noise)
   assert not np.allclose(m.get_method("random", key=jax.random.key(4))(tiny_cnn, PARAMS, X,
                                                                       TARGET), noise)
 

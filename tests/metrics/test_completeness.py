@@ -86,7 +86,7 @@ def test_batch_equals_per_example_and_jit():
     (dict(baseline=np.zeros((3, 3))), r"baseline of shape \(3, 3\) does not broadcast to x"),
     (dict(relative=1), r"relative must be True or False"),
     (dict(relevance=jnp.zeros((B, H * W))), r"relevance must have the shape of x"),
-    (dict(target=np.zeros(B + 1, int)), r"target must be class indices"),
+    (dict(target=np.zeros(B + 1, int)), r"is a batch of 3 input\(s\).*but target has 4"),
 ])
 def test_bad_inputs_raise_one_line_config_errors(options, match):
   args = {"target": TARGET, "relevance": W_T * X, **options}

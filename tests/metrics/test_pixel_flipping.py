@@ -216,7 +216,7 @@ def test_channel_summed_relevance_gives_the_same_result():
     (dict(x=X[0]), r"x must be a batch of images \(B, H, W, C\)"),
     (dict(relevance=np.zeros((B, H, W, 3))), r"relevance must have the shape of x"),
     (dict(relevance=np.zeros((B, P))), r"relevance must have the shape of x"),
-    (dict(target=TARGET[:2]), r"target must be class indices"),
+    (dict(target=TARGET[:2]), r"but target has 2"),
     # An index past the model's K outputs would one-hot to a zero seed: every curve flat at 0.
     (dict(target=np.array([0, K, -1])), rf"target must be class indices in \[0, {K}\) \(the "
      rf"model's outputs\); got \[{K}, -1\] at example\(s\) \[1, 2\]"),

@@ -95,8 +95,8 @@ def test_flax_variables_are_randomised_under_params_and_other_collections_kept()
 
   variables = {"params": PARAMS, "stats": {"mean": np.zeros(3, np.float32)}}
   relevance = gradient(PARAMS, X, TARGET)
-  result = model_parameter_randomisation(mlp, variables, X, TARGET, relevance, explain=explain,
-                                         key=KEY)
+  result = model_parameter_randomisation(lambda v, x: mlp(v["params"], x), variables, X, TARGET,
+                                         relevance, explain=explain, key=KEY)
   assert result.layers == ("dense2", "dense1")
   assert all(v["stats"] is variables["stats"] for v in seen)
 

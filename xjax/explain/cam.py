@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from xjax.errors import ConfigError
 from xjax.explain.lrp.engine import value_and_gradient_at
 from xjax.explain.lrp.program import Program, trace
-from xjax.explain.targets import check_inputs, output_seed
+from xjax.explain.targets import check_inputs, explanation_method, output_seed
 
 Array = jax.Array
 
@@ -68,22 +68,35 @@ def spread_over_input(maps: Array, x: Array, method: str = "bilinear") -> Array:
   return jnp.broadcast_to(resized[..., None] / channels, x.shape).astype(x.dtype)
 
 
-def gradcam_maps(apply_fn: Callable, params: Any, x: Array, target: Array, *,
-                 layer: int | str | None = None, relu: bool = True) -> Array:
-  """Grad-CAM at the layer's resolution (B, h, w): `ReLU(sum_k alpha_k A_k)`."""
+def _gradcam_maps(apply_fn: Callable, params: Any, x: Array, target: Array, *,
+                  layer: int | str | None = None, relu: bool = True) -> Array:
   maps, grads = maps_and_gradients(apply_fn, params, x, target, layer)
   weighted = jnp.einsum("bk,bhwk->bhw", grads.mean(axis=(1, 2)), maps)
   return jax.nn.relu(weighted) if relu else weighted
 
 
-def cam_maps(apply_fn: Callable, params: Any, x: Array, target: Array, *,
-             layer: int | str | None = None) -> Array:
-  """CAM at the layer's resolution (B, h, w): `sum_k w_ck A_k` for global-average-pooling heads."""
+def _cam_maps(apply_fn: Callable, params: Any, x: Array, target: Array, *,
+              layer: int | str | None = None) -> Array:
   maps, grads = maps_and_gradients(apply_fn, params, x, target, layer)
   height, width = maps.shape[1:3]
   return height * width * jnp.einsum("bk,bhwk->bhw", grads.mean(axis=(1, 2)), maps)
 
 
+@explanation_method
+def gradcam_maps(apply_fn: Callable, params: Any, x: Array, target: Array, *,
+                 layer: int | str | None = None, relu: bool = True) -> Array:
+  """Grad-CAM at the layer's resolution (B, h, w): `ReLU(sum_k alpha_k A_k)`."""
+  return _gradcam_maps(apply_fn, params, x, target, layer=layer, relu=relu)
+
+
+@explanation_method
+def cam_maps(apply_fn: Callable, params: Any, x: Array, target: Array, *,
+             layer: int | str | None = None) -> Array:
+  """CAM at the layer's resolution (B, h, w): `sum_k w_ck A_k` for global-average-pooling heads."""
+  return _cam_maps(apply_fn, params, x, target, layer=layer)
+
+
+@explanation_method
 def gradcam(apply_fn: Callable, params: Any, x: Array, target: Array, *,
             layer: int | str | None = None, relu: bool = True) -> Array:
   """Grad-CAM (Selvaraju et al. 2017, Eq. 2), resized bilinearly to x (see `spread_over_input`).
@@ -94,13 +107,14 @@ def gradcam(apply_fn: Callable, params: Any, x: Array, target: Array, *,
       convolution. Its activation (after ReLU / residual sum) are the feature maps.
     relu: keep only positive evidence (the paper's choice).
   """
-  return spread_over_input(gradcam_maps(apply_fn, params, x, target, layer=layer, relu=relu), x)
+  return spread_over_input(_gradcam_maps(apply_fn, params, x, target, layer=layer, relu=relu), x)
 
 
+@explanation_method
 def cam(apply_fn: Callable, params: Any, x: Array, target: Array, *,
         layer: int | str | None = None) -> Array:
   """CAM (Zhou et al. 2016, Eq. 2) for networks with a global-average-pooling head, resized to x.
 
   For other heads this is `h w` times Grad-CAM without its ReLU, not a CAM.
   """
-  return spread_over_input(cam_maps(apply_fn, params, x, target, layer=layer), x)
+  return spread_over_input(_cam_maps(apply_fn, params, x, target, layer=layer), x)

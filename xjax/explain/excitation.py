@@ -22,13 +22,14 @@ from xjax.explain import rules
 from xjax.explain.cam import layer_maps, spread_over_input
 from xjax.explain.lrp.engine import check_rules, propagate
 from xjax.explain.lrp.program import trace
-from xjax.explain.targets import check_inputs, output_seed
+from xjax.explain.targets import check_inputs, explanation_method, output_seed
 
 Array = jax.Array
 # Tiny: MWP divides probabilities, and conservation matters more than smoothing here.
 _STABILIZER = 1e-12
 
 
+@explanation_method
 def winning_probability(apply_fn: Callable, params: Any, x: Array, target: Array, *,
                         contrastive: bool = False, layer: int | str | None = None) -> Array:
   """The (contrastive) marginal winning probability at the input, or at a layer's activation.
@@ -44,6 +45,11 @@ def winning_probability(apply_fn: Callable, params: Any, x: Array, target: Array
   Returns:
     Probabilities with the shape of x, or of the layer's activation.
   """
+  return _winning_probability(apply_fn, params, x, target, contrastive=contrastive, layer=layer)
+
+
+def _winning_probability(apply_fn: Callable, params: Any, x: Array, target: Array, *,
+                         contrastive: bool, layer: int | str | None) -> Array:
   program = trace(apply_fn, params, x)
   outputs = program.avals[program.output_var]
   check_inputs(x, target, outputs.shape[-1])
@@ -59,6 +65,7 @@ def winning_probability(apply_fn: Callable, params: Any, x: Array, target: Array
   return propagate(program, params, x, probability, check_rules(program, composite), at=at)
 
 
+@explanation_method
 def excitation_backprop(apply_fn: Callable, params: Any, x: Array, target: Array, *,
                         contrastive: bool = False, layer: int | str | None = None) -> Array:
   """Excitation backprop heatmap with the shape of x.
@@ -67,8 +74,8 @@ def excitation_backprop(apply_fn: Callable, params: Any, x: Array, target: Array
   the layer's activation, resized bicubically to x (as Caffe-ExcitationBP's demo does) and spread
   over its channels (`heatmaps.channel_sum` gives the map).
   """
-  probability = winning_probability(apply_fn, params, x, target, contrastive=contrastive,
-                                    layer=layer)
+  probability = _winning_probability(apply_fn, params, x, target, contrastive=contrastive,
+                                     layer=layer)
   if layer is None:
     return probability
   summed = probability.sum(-1)

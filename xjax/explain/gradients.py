@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.explain.targets import check_count, check_inputs, output_seed
+from xjax.explain.targets import check_count, check_inputs, explanation_method, output_seed
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -61,6 +61,12 @@ def input_gradient(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> A
   return grad
 
 
+def _checked_gradient(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
+  _check_x_and_target(x, target)
+  return input_gradient(apply_fn, params, x, target)
+
+
+@explanation_method
 def gradient(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
   """The signed input gradient `d f_c / d x` of the explained output (or `d (t . f) / d x`).
 
@@ -76,19 +82,20 @@ def gradient(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
   Raises:
     ConfigError: for a target that does not fit `x` or the model's outputs, or integer `x`.
   """
-  _check_x_and_target(x, target)
-  return input_gradient(apply_fn, params, x, target)
+  return _checked_gradient(apply_fn, params, x, target)
 
 
+@explanation_method
 def saliency(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
   """Saliency map `|d f_c / d x|` per input element (Simonyan et al., ICLR-W 2014, Sec. 3.1).
 
   The paper reduces the colour channels with a max afterwards; that is a heatmap reduction
   (`xjax.explain.heatmaps.channel_max_abs`) and is not done here. Arguments as in `gradient`.
   """
-  return jnp.abs(gradient(apply_fn, params, x, target))
+  return jnp.abs(_checked_gradient(apply_fn, params, x, target))
 
 
+@explanation_method
 def sensitivity(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
   """Sensitivity analysis `R_i = (d f_c / d x_i)^2` (Montavon, Samek, Mueller,
   DSP 2018, Sec. 3.1; seminar report Sec. 4.1).
@@ -96,9 +103,10 @@ def sensitivity(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Arra
   The squared gradient decomposes the squared gradient norm, `sum_i R_i = ||grad f||^2`, not `f`.
   Arguments as in `gradient`.
   """
-  return jnp.square(gradient(apply_fn, params, x, target))
+  return jnp.square(_checked_gradient(apply_fn, params, x, target))
 
 
+@explanation_method
 def gradient_x_input(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
   """Simple Taylor decomposition at the root point 0, `R = x * grad f(x)` (DSP 2018, Sec. 3.2;
   seminar report Sec. 4.2).
@@ -106,7 +114,7 @@ def gradient_x_input(apply_fn: ApplyFn, params: Any, x: Array, target: Array) ->
   For bias-free ReLU networks `f` is positively homogeneous, so `sum_i R_i = f_c(x)` exactly.
   Arguments as in `gradient`.
   """
-  return x * gradient(apply_fn, params, x, target)
+  return x * _checked_gradient(apply_fn, params, x, target)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,6 +206,7 @@ SMOOTHGRAD_BASES: dict[str, Callable[[Array, Array], Array]] = {
 }
 
 
+@explanation_method
 def smoothgrad(apply_fn: ApplyFn, params: Any, x: Array, target: Array, *, key: Array,
                num_samples: int = 50, noise_scale: float = 0.15, chunk_size: int | None = None,
                base: str = "gradient",
@@ -306,6 +315,7 @@ def _broadcast_baseline(x: Array, baseline: Array | float | None) -> Array:
   return jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
 
 
+@explanation_method
 def integrated_gradients(apply_fn: ApplyFn, params: Any, x: Array, target: Array, *,
                          baseline: Array | float | None = None, steps: int = 50,
                          chunk_size: int | None = None, method: str = "gausslegendre",

@@ -41,6 +41,7 @@ from typing import Any
 import jax
 
 from xjax.errors import ConfigError
+from xjax.explain.targets import explanation_method
 from xjax.registry import Registry
 
 Method = Callable[[Callable, Any, jax.Array, jax.Array], jax.Array]
@@ -135,6 +136,7 @@ def _random(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None
   del option, bounds
   key = jax.random.key(0) if key is None else key
 
+  @explanation_method
   def random(apply_fn: Callable, params: Any, x: jax.Array, target: jax.Array) -> jax.Array:
     del apply_fn, params, target  # blind to the model: what a metric gives an uninformed map
     # Each image's noise comes from the key folded with the bits of three of its pixels: the

@@ -28,7 +28,7 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_model_target, output_seed
-from xjax.metrics.relevance import checked_relevance
+from xjax.metrics.relevance import checked_relevance, per_example_metric
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -47,6 +47,7 @@ def _baseline_images(x: Array, baseline: Any) -> Array:
   return jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
 
 
+@per_example_metric
 def completeness(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                  baseline: Any = 0.0, relative: bool = False) -> Array:
   """(B,) the completeness error `sum(relevance) - (f(x) - f(baseline))` of each example.

@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from xjax.metrics.relevance import checked_relevance
+from xjax.metrics.relevance import checked_relevance, per_example_metric
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -53,6 +53,7 @@ def _magnitudes(x: Any, relevance: Any, sum_channels: bool) -> Array:
   return jnp.abs(relevance.reshape(relevance.shape[0], -1))
 
 
+@per_example_metric
 def sparseness(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                sum_channels: bool = False) -> Array:
   """Sparseness (Chalasani, Chen, Chowdhury, Wu, Jha, "Concise explanations of neural networks
@@ -87,6 +88,7 @@ def sparseness(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevanc
   return jnp.sum(weights * values, axis=-1) / (n * jnp.sum(values, axis=-1))
 
 
+@per_example_metric
 def complexity(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                sum_channels: bool = False) -> Array:
   """Complexity (Bhatt, Weller, Moura, "Evaluating and aggregating feature-based model

@@ -23,7 +23,12 @@ import jax.numpy as jnp
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_model_target
-from xjax.metrics.relevance import check_explain, pixel_relevance, recomputed_relevance
+from xjax.metrics.relevance import (
+  check_explain,
+  per_example_metric,
+  pixel_relevance,
+  recomputed_relevance,
+)
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -40,6 +45,7 @@ def _unit(h: Array) -> Array:
   return h / jnp.where(norm > 0, norm, 1.0)  # an all-zero heatmap stays 0
 
 
+@per_example_metric
 def diffusion(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
               explain: Callable[[Any, Array, Array], Array], other: Array | None = None,
               unit: bool = True) -> Array:

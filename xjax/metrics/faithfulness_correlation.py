@@ -25,7 +25,7 @@ from xjax.errors import ConfigError
 from xjax.explain.targets import check_count, check_model_target
 from xjax.metrics.correlation import pearson
 from xjax.metrics.pixel_flipping import SCORES, ApplyFn, baseline_images, perturbed_scores
-from xjax.metrics.relevance import check_images, pixel_relevance
+from xjax.metrics.relevance import check_images, per_example_metric, pixel_relevance
 
 Array = jax.Array
 
@@ -84,6 +84,7 @@ def subset_correlation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
   return pearson(inside.T, drops)
 
 
+@per_example_metric
 def faithfulness_correlation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                              relevance: Array, *, subset_size: int = 224, num_samples: int = 100,
                              baseline: Any = 0.0, score: str = "logit", key: Array | None = None,

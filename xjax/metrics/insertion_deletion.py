@@ -28,7 +28,7 @@ from xjax.metrics.pixel_flipping import (
   baseline_images,
   pixel_flipping,
 )
-from xjax.metrics.relevance import check_images
+from xjax.metrics.relevance import check_images, per_example_metric
 
 Array = jax.Array
 
@@ -56,6 +56,9 @@ class InsertionDeletionResult(NamedTuple):
   fractions: Array
   insertion_area: Array
   deletion_area: Array
+
+  # Where each per-example field has its examples (`xjax.explain.targets.poison_examples`).
+  EXAMPLE_AXES = {"insertion": 0, "deletion": 0, "insertion_area": 0, "deletion_area": 0}
 
 
 def gaussian_blur(x: Array, sigma: float) -> Array:
@@ -104,6 +107,7 @@ def canvas_images(x: Array, baseline: Any, key: Array | None, blur_sigma: float)
   return baseline_images(jnp.asarray(x), baseline, key)
 
 
+@per_example_metric
 def insertion_deletion(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                        relevance: Array, *, steps: int = 20, fraction: float = 1.0,
                        deletion_baseline: Any = 0.0, insertion_baseline: Any = "blur",

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.metrics.relevance import pixel_relevance, relevance_ranks
+from xjax.metrics.relevance import per_example_metric, pixel_relevance, relevance_ranks
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -109,6 +109,7 @@ def _dilate(mask: Array, radius: float) -> Array:
 # The metrics.
 
 
+@per_example_metric
 def pointing_game(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                   mask: Array | None = None, tolerance: float = 0) -> Array:
   """The pointing game (Zhang, Lin, Brandt, Shen, Sclaroff, "Top-down neural attention by
@@ -155,6 +156,7 @@ def pointing_game(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relev
   return _undefined_if_empty(hit, ground_truth)
 
 
+@per_example_metric
 def attribution_localisation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                              relevance: Array, *, mask: Array | None = None,
                              positive_only: bool = True, weighted: bool = False) -> Array:
@@ -204,6 +206,7 @@ def attribution_localisation(apply_fn: ApplyFn, params: Any, x: Array, target: A
   return _undefined_if_empty(share, ground_truth)
 
 
+@per_example_metric
 def relevance_mass_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                             relevance: Array, *, mask: Array | None = None) -> Array:
   """Relevance mass accuracy (Arras, Osman, Samek, "CLEVR-XAI: A benchmark dataset for the ground
@@ -238,6 +241,7 @@ def relevance_mass_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Ar
   return _undefined_if_empty(inside / scores.sum(axis=(1, 2)), ground_truth)
 
 
+@per_example_metric
 def relevance_rank_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                             relevance: Array, *, mask: Array | None = None) -> Array:
   """Relevance rank accuracy (Arras, Osman, Samek, "CLEVR-XAI: A benchmark dataset for the ground

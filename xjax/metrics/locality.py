@@ -38,7 +38,7 @@ import numpy as np
 from jax.scipy.special import xlogy
 
 from xjax.errors import ConfigError
-from xjax.metrics.relevance import pixel_relevance
+from xjax.metrics.relevance import per_example_metric, pixel_relevance
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -125,6 +125,7 @@ def part_cells(keypoints: Any, visible: Any, bbox: Any, height: int, width: int)
   return jnp.where(inside, nearest, -1)
 
 
+@per_example_metric
 def part_histograms(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                     keypoints: Array | None = None, keypoints_visible: Array | None = None,
                     bbox: Array | None = None) -> Array:

@@ -26,7 +26,7 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_count, check_model_target, output_seed
-from xjax.metrics.relevance import checked_relevance, relevance_ranks
+from xjax.metrics.relevance import checked_relevance, per_example_metric, relevance_ranks
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -49,6 +49,9 @@ class PixelFlippingResult(NamedTuple):
   curves: Array
   fractions: Array
   area: Array
+
+  # Where each per-example field has its examples (`xjax.explain.targets.poison_examples`).
+  EXAMPLE_AXES = {"curves": 0, "area": 0}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,6 +119,7 @@ def _pixel_ranks(relevance: Array, order: str) -> Array:
 # The metric.
 
 
+@per_example_metric
 def pixel_flipping(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                    steps: int = 20, fraction: float = 1.0, baseline: Any = 0.0,
                    order: str = "most_relevant_first", score: str = "logit",

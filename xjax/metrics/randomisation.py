@@ -37,7 +37,12 @@ import numpy as np
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_inputs
 from xjax.metrics.correlation import pearson, ranks
-from xjax.metrics.relevance import check_explain, checked_relevance, recomputed_relevance
+from xjax.metrics.relevance import (
+  check_explain,
+  checked_relevance,
+  per_example_metric,
+  recomputed_relevance,
+)
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -52,6 +57,9 @@ class RandomisationResult(NamedTuple):
   in `layers` in the order they were randomised."""
   similarity: Array
   layers: tuple[str, ...]
+
+  # Where each per-example field has its examples (`xjax.explain.targets.poison_examples`).
+  EXAMPLE_AXES = {"similarity": 1}
 
 
 def _pearson(a: Array, b: Array) -> Array:
@@ -115,6 +123,7 @@ def _randomised(layer: Any, key: Array) -> Any:
   return jax.tree_util.tree_unflatten(tree, new)
 
 
+@per_example_metric
 def model_parameter_randomisation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                                   relevance: Array, *, explain: ExplainFn, key: Array | None = None,
                                   order: str = "top_down", similarity: str = "spearman",
@@ -178,6 +187,7 @@ def model_parameter_randomisation(apply_fn: ApplyFn, params: Any, x: Array, targ
   return RandomisationResult(jnp.stack(rows), tuple(str(n) for n in names))
 
 
+@per_example_metric
 def random_logit(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                  explain: ExplainFn, key: Array | None = None, num_classes: int | None = None,
                  similarity: str = "spearman") -> Array:

@@ -29,7 +29,7 @@ from xjax.metrics.pixel_flipping import (
   curve_area,
   perturbed_scores,
 )
-from xjax.metrics.relevance import pixel_relevance, relevance_ranks
+from xjax.metrics.relevance import per_example_metric, pixel_relevance, relevance_ranks
 
 Array = jax.Array
 
@@ -50,6 +50,9 @@ class RegionPerturbationResult(NamedTuple):
   fractions: Array
   area: Array
   aopc: Array
+
+  # Where each per-example field has its examples (`xjax.explain.targets.poison_examples`).
+  EXAMPLE_AXES = {"curves": 0, "area": 0, "aopc": 0}
 
 
 def _check_patch_size(patch_size: Any, height: int, width: int) -> int:
@@ -76,6 +79,7 @@ def patch_ids(height: int, width: int, patch_size: int) -> np.ndarray:
   return rows[:, None] * per_row + cols[None, :]
 
 
+@per_example_metric
 def region_perturbation(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array,
                         *, patch_size: int = 8, steps: int | None = None,
                         order: str = "most_relevant_first", baseline: Any = 0.0,

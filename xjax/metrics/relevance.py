@@ -2,10 +2,18 @@
 
 Every metric takes `x` (B, H, W, C) and the relevance of each input element, (B, H, W, C), or of
 each pixel, (B, H, W) (channels already summed).
+
+Every registered metric is decorated with `per_example_metric`: outside `jax.jit` a class index
+outside the model's outputs or relevance holding NaN or infinity is a `ConfigError`; under `jit`
+(where values cannot be looked at) the scores and curves of such an example are NaN, never a
+finite number computed from a zero seed or from NaNs sorted somewhere into a ranking (the same
+mechanism as the methods', `xjax.explain.targets`).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -13,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
+from xjax.explain.targets import checked_examples, poison_examples, valid_examples
 
 
 def check_images(x: Any) -> None:
@@ -45,6 +54,28 @@ def checked_relevance(x: Any, relevance: Any) -> jax.Array:
   if not jnp.issubdtype(relevance.dtype, jnp.floating):
     relevance = relevance.astype(jnp.float32)
   return relevance
+
+
+def per_example_metric(metric: Callable) -> Callable:
+  """Decorates `metric(apply_fn, params, x, target, relevance, **options)` with the checks every
+  metric shares; the result of an invalid example is NaN (see the module docstring).
+
+  `apply_fn` or `target` may be None for the metrics that ignore them (localisation, complexity):
+  then the target is not checked.
+  """
+
+  @functools.wraps(metric)
+  def checked(apply_fn: Callable, params: Any, x: Any, target: Any, relevance: Any, *args: Any,
+              **options: Any) -> Any:
+    check_images(x)
+    # The metric's own checks first (its options, the relevance's shape), then the target's.
+    result = metric(apply_fn, params, x, target, relevance, *args, **options)
+    valid = (valid_examples(x) if apply_fn is None or target is None
+             else checked_examples(apply_fn, params, x, target))
+    finite = jnp.isfinite(jnp.reshape(jnp.asarray(relevance), (jnp.shape(x)[0], -1))).all(-1)
+    return poison_examples(result, valid & finite)
+
+  return checked
 
 
 def pixel_relevance(x: Any, relevance: Any) -> jax.Array:

@@ -40,7 +40,12 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_count, check_inputs
-from xjax.metrics.relevance import check_explain, checked_relevance, recomputed_relevance
+from xjax.metrics.relevance import (
+  check_explain,
+  checked_relevance,
+  per_example_metric,
+  recomputed_relevance,
+)
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Array]
@@ -89,6 +94,7 @@ def sensitivities(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relev
   return _norm(change, norm) / _norm(flat, norm)
 
 
+@per_example_metric
 def max_sensitivity(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                     explain: ExplainFn, radius: float = 0.02, num_samples: int = 10,
                     key: Array | None = None, norm: str = "fro") -> Array:
@@ -117,6 +123,7 @@ def max_sensitivity(apply_fn: ApplyFn, params: Any, x: Array, target: Array, rel
                        num_samples=num_samples, key=key, norm=norm).max(0)
 
 
+@per_example_metric
 def avg_sensitivity(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                     explain: ExplainFn, radius: float = 0.02, num_samples: int = 10,
                     key: Array | None = None, norm: str = "fro") -> Array:

@@ -16,13 +16,14 @@ import jax.numpy as jnp
 
 from xjax.explain.lrp.engine import check_rules, propagate
 from xjax.explain.lrp.program import LayerInfo, Program, trace
-from xjax.explain.targets import check_inputs, output_seed
+from xjax.explain.targets import check_inputs, explanation_method, output_seed
 
 Array = jax.Array
 
 __all__ = ["LayerInfo", "Program", "layers", "lrp", "trace"]
 
 
+@explanation_method
 def lrp(apply_fn: Callable[[Any, Array], Array], params: Any, x: Array, target: Array,
         composite: Callable[[LayerInfo], Callable] | None = None, *,
         max_pool: str = "winner") -> Array:
