@@ -22,7 +22,8 @@ Variants (`--config=runs/configs/explainer.py:VARIANT[,smoke]`):
              boxes, the parts of the paper's CUB evaluation (back, forehead, tail).
   cub        the full CUB-200-2011 in the same folder layout (the extracted CUB_200_2011.tgz), the
              same parts. (TFDS's caltech_birds2011 has no part locations.)
-  smoke      (a modifier) tiny: 16x16 shapes, one epoch each; for tests.
+  smoke      (a modifier) tiny, on the chosen dataset: one epoch each, a small VGG; shapes at
+             16x16 (256 images, 3 classes), CUB's crops at 32x32. For tests.
 """
 
 import ml_collections
@@ -64,14 +65,19 @@ def get_config(variant: str = "shapes"):
     c.explainer.epochs = 30
     c.explainer.parts = CUB_PARTS
   if "smoke" in modifiers:
+    # Small, on the dataset the user named (a smoke run of CUB reads the CUB folder, and fails
+    # with its data-not-found line when it is not there): never another dataset.
     c.name += "_smoke"
-    c.data.name, c.data.options = "shapes", dict(image_size=16, num_classes=3, num_examples=256)
-    c.data.augmentation = dict(flip=False, shift=0)
+    if dataset == "shapes":
+      c.data.options = dict(image_size=16, num_classes=3, num_examples=256)
+      c.data.augmentation = dict(flip=False, shift=0)
+    else:  # every image of the folder (CUB has no size option), its crops at 32x32
+      c.data.options = dict(c.data.options, image_size=(32, 32))
+      c.data.augmentation = dict(flip=True, shift=2)
     c.data.batch_size, c.data.eval_batch_size = 32, 64
     c.model.config, c.model.dense = (8, "M", 16), (16, 16)
     c.train.epochs = 1
     c.train.log_every_steps = 4
-    c.explainer.parts = None
     c.explainer.update(dict(epochs=1, top_n=8, num_images=32, figure_filters=2,
                             figure_images=2))
   return c

@@ -23,7 +23,9 @@ Variants (`--config=runs/configs/srae.py:VARIANT[,smoke]`):
              the train split (the paper: 50 and 8000).
   cub        the full CUB-200-2011 in the same folder layout (the extracted CUB_200_2011.tgz), 30
              random classes as the paper. (TFDS's caltech_birds2011 has no part locations.)
-  smoke      (a modifier) tiny: 16x16 shapes, one epoch, 100 SRAE steps; for tests.
+  smoke      (a modifier) tiny, on the chosen dataset: one epoch, a small VGG, 100 SRAE steps;
+             shapes at 16x16 (256 images, 3 classes), CUB's crops at 32x32 (3 random classes).
+             For tests.
 """
 
 import ml_collections
@@ -62,13 +64,20 @@ def get_config(variant: str = "shapes"):
     c.srae.pointing_tolerance = 4.0  # 15 / 224 of 64 pixels
     c.srae.classes = 30 if dataset == "cub" else None
   if "smoke" in modifiers:
+    # Small, on the dataset the user named (a smoke run of CUB reads the CUB folder, and fails
+    # with its data-not-found line when it is not there): never another dataset.
     c.name += "_smoke"
-    c.data.name, c.data.options = "shapes", dict(image_size=16, num_classes=3, num_examples=256)
-    c.data.augmentation = dict(flip=False, shift=0)
+    if dataset == "shapes":
+      c.data.options = dict(image_size=16, num_classes=3, num_examples=256)
+      c.data.augmentation = dict(flip=False, shift=0)
+    else:  # every image of the folder (CUB has no size option), its crops at 32x32
+      c.data.options = dict(c.data.options, image_size=(32, 32))
+      c.data.augmentation = dict(flip=True, shift=2)
+      c.srae.pointing_tolerance = 2.0  # 15 / 224 of 32 pixels
     c.data.batch_size, c.data.eval_batch_size = 32, 64
     c.model.config, c.model.dense = (8, "M", 16, "M"), (16, 16)
     c.train.epochs = 1
     c.train.log_every_steps = 4
     c.srae.update(dict(k=3, hidden=8, steps=100, batch_size=32, num_images=4, z_features=4,
-                       figure_images=2, classes=None))
+                       figure_images=2, classes=None if dataset == "shapes" else 3))
   return c

@@ -183,3 +183,36 @@ def test_divergence_names_the_target_and_step(weights):
     maximize(lambda w, x: jnp.exp(linear_apply(w, x) * 50.0), weights, 1, input_shape=SHAPE,
              key=KEY, objective="logit", weight=0.0, optimizer=optax.sgd(10.0), steps=20,
              segment_steps=10, progress=False)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(input_shape=(3, 3)), r"input_shape=\(3, 3\) does not fit apply_fn: a batch of shape "
+     r"\(1, 3, 3\) fails with: "),
+    (dict(input_shape=(1, 3, 3, 2)), r"input_shape=\(1, 3, 3, 2\) does not fit apply_fn"),
+    (dict(input_shape=(3, 3.5, 2)), r"input_shape must be a non-empty tuple of ints >= 1"),
+    (dict(input_shape=3), r"input_shape must be a non-empty tuple of ints >= 1"),
+    (dict(prior="code", generator=lambda z: z, code_shape=(0,)), "code_shape must be"),
+    (dict(optimizer=optax.sgd(-0.1)), "optimizer's first step moves against the gradient"),
+    (dict(optimizer=optax.adam(-1.0)), "optimizer's first step moves against the gradient"),
+    (dict(optimizer=0.05), "optimizer must be an optax GradientTransformation"),
+    (dict(segment_steps=0), "segment_steps must be an int >= 1"),
+    (dict(weight="big"), r"weight \(the prior's lambda\) must be finite and >= 0"),
+    (dict(tv_weight=-1.0), "tv_weight must be finite and >= 0"),
+    (dict(init_scale=float("nan")), "init_scale must be finite and >= 0"),
+    (dict(bounds=(1.0, -1.0)), "bounds must be None or"),
+    (dict(bounds=(-np.inf, np.inf)), "bounds must be None or"),
+    (dict(key=0), "key must be one PRNG key"),
+])
+def test_bad_arguments_are_one_line_errors_naming_the_argument(cnn_params, options, message):
+  options = {"input_shape": SHAPE, "key": KEY, "steps": 2, "progress": False, **options}
+  with pytest.raises(ConfigError, match=message) as info:
+    maximize(tiny_cnn, cnn_params, 0, **options)
+  assert "\n" not in str(info.value)
+
+
+def test_image_regularizers_need_images():
+  with pytest.raises(ConfigError, match=r"input_shape must be \(height, width, channels\)"):
+    maximize(lambda w, x: x @ w, jnp.ones((4, 2)), 0, input_shape=(4,), key=KEY, steps=2,
+             jitter=1, progress=False)
+  with pytest.raises(ConfigError, match=r"x must be a batch of images \(B, H, W, C\)"):
+    total_variation(jnp.ones((2, 3)))

@@ -52,6 +52,8 @@ from xjax.metrics import attribution_localisation
 from xjax.nn.registry import logits_fn
 from xjax.plot.heatmaps import plot_explanations
 from xjax.plot.metrics import plot_metric_curves
+from xjax.registry import positive
+from xjax.train import config_checks
 from xjax.train.loop import load_sources
 
 # The x axis of each curve metric's panel.
@@ -59,6 +61,14 @@ CURVE_AXES = {"pixel_flipping": "share of pixels replaced",
               "region_perturbation": "share of patches replaced",
               "insertion_deletion": "share of pixels inserted / deleted",
               "model_parameter_randomisation": "layers randomised"}
+# The settings of the `evaluate` experiment (`EvaluateProtocol.check`, before any data loads).
+RULES = {
+    "num_examples": config_checks.counts,
+    "batch_size": config_checks.counts,
+    "block_l1": (positive, "the weight of the block-wise L1 fine-tuning"),
+    "finetune_epochs": config_checks.counts,
+    "figure_examples": config_checks.counts,
+}
 
 
 def _mean_curves(scores: Mapping[str, scoring.MethodScores], fractions: Mapping[str, np.ndarray]
@@ -212,9 +222,7 @@ class EvaluateProtocol(Protocol):
   def check(self, config) -> None:
     checked_specs(config.evaluate.methods)
     scoring.plan_metrics(config.evaluate.metrics.to_dict())
-    if config.evaluate.block_l1 <= 0:
-      raise ConfigError(f"evaluate.block_l1 must be > 0 (the penalty's weight); got "
-                        f"{config.evaluate.block_l1}.")
+    config_checks.check_section(config.evaluate, "evaluate", RULES)
 
   def runs(self, config, sources) -> list[Run]:
     tuned = copy_config(config, name=f"{config.name}/block_l1")

@@ -47,9 +47,31 @@ from xjax.nn.layers import layer_shapes
 from xjax.nn.registry import logits_fn
 from xjax.plot.explainer import plot_filter_peaks
 from xjax.plot.heatmaps import plot_explanations
+from xjax.registry import non_negative, positive
+from xjax.train import config_checks
 from xjax.train.loop import build_model
 
 PARTS = ("keypoints", "keypoints_visible")
+# The settings of `explainer` (`ExplainerProtocol.check`, before any data loads).
+RULES = {
+    "layer": config_checks.name,
+    "reconstruct": (config_checks.sequence(config_checks.name, length=2),
+                    "the two dense layers above `layer`"),
+    "head": config_checks.name,
+    "num_filters": (config_checks.optional(config_checks.counts),
+                    "None: as many as the explained layer has channels"),
+    "reconstruction_weights": config_checks.sequence(non_negative, length=2),
+    "eta": non_negative,
+    "filter_weight": non_negative,
+    "epochs": config_checks.counts,
+    "learning_rate": positive,
+    "parts": (config_checks.optional(config_checks.sequence(config_checks.integer(0))),
+              "None: every part"),
+    "top_n": config_checks.integer(2),
+    "num_images": config_checks.counts,
+    "figure_filters": config_checks.counts,
+    "figure_images": config_checks.counts,
+}
 
 
 def explainer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -152,6 +174,7 @@ class ExplainerProtocol(Protocol):
     if options.form not in FORMS:
       raise ConfigError(f"explainer.form must be one of {', '.join(FORMS)}; got "
                         f"{options.form!r}.")
+    config_checks.check_section(options, "explainer", RULES)
     if options.top_n < 2 or options.num_images < options.top_n:
       raise ConfigError(f"explainer.top_n must be >= 2 and <= num_images; got top_n "
                         f"{options.top_n}, num_images {options.num_images}.")

@@ -41,15 +41,46 @@ from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
 from xjax.explain.maximize import PRIORS, maximize
 from xjax.explain.methods import canonical_spec, get_method
-from xjax.metrics.pixel_flipping import pixel_flipping
+from xjax.metrics.pixel_flipping import BASELINES, pixel_flipping
 from xjax.nn.registry import logits_fn
 from xjax.plot.heatmaps import plot_explanations
 from xjax.plot.maximize import plot_prototypes
 from xjax.plot.metrics import plot_flipping_curves
-from xjax.train import report
+from xjax.registry import Check, in_range, non_negative
+from xjax.train import config_checks, report
 
 RUNS = ("classifier", "expert", "generator")
 RANDOM = "random"  # the pixel-flipping reference: a random order of the pixels
+
+# The settings of `maximize` and `explain` (`MaximizeProtocol.check`, before any data loads).
+MAXIMIZE_RULES = {
+    "steps": config_checks.counts,
+    "num_starts": config_checks.counts,
+    # optax.adam(learning_rate) moves every pixel (or code) by about the learning rate per step
+    # whatever the gradient's scale (m / sqrt(v) is about +-1), and the pixels span [-1, 1] (the
+    # box constraints) and the codes are N(0, I): a step above 1 crosses that range, and at 1e12
+    # the first step throws every pixel to a corner of the box. <= 0 would not ascend.
+    "learning_rate": (in_range(0, 1, include_low=False),
+                      "Adam moves each pixel or code by about the learning rate per step and "
+                      "both span about [-1, 1]: a larger step crosses that at once; <= 0 would "
+                      "descend"),
+    "init_scale": non_negative,
+    "box_constraints": config_checks.boolean,
+    "tv_weight": non_negative,
+    "jitter": (config_checks.integer(0), "pixels"),
+    "classes": config_checks.optional(config_checks.sequence(config_checks.integer(0))),
+}
+LAMBDAS = Check(lambda v: isinstance(v, (list, tuple)), "a list of lambdas")
+EXPLAIN_RULES = {
+    "num_figure_examples": config_checks.counts,
+    "num_flipping": config_checks.counts,
+    "flipping_steps": config_checks.counts,
+    "flipping_fraction": in_range(0, 1, include_low=False),
+    "flipping_baseline": Check(lambda v: v in BASELINES or config_checks.finite(v),
+                               f"a finite number or one of {', '.join(BASELINES)}"),
+    "batch_size": config_checks.counts,
+    "methods": config_checks.sequence(config_checks.name),
+}
 
 
 def nearest_distances(prototypes: np.ndarray, classes: np.ndarray, images: np.ndarray,
@@ -89,6 +120,18 @@ class MaximizeProtocol(Protocol):
     self._arrays: dict = {}
 
   def check(self, config) -> None:
+    config_checks.check_section(config.maximize, "maximize", MAXIMIZE_RULES)
+    config_checks.check_section(config.explain, "explain", EXPLAIN_RULES)
+    for part in ("expert", "generator"):  # the two runs' own settings (`module_config`)
+      spec, prefix = config.maximize[part], f"maximize.{part}"
+      config_checks.check_model(spec.model, f"{prefix}.model")
+      config_checks.check_losses(spec.losses, f"{prefix}.losses")
+      config_checks.check_optimizer({**config.optimizer.to_dict(), **spec.optimizer.to_dict()},
+                                    f"{prefix}.optimizer")  # on the experiment's, as it trains
+      config_checks.check_value(f"{prefix}.epochs", spec.epochs, config_checks.counts)
+    for prior, weight in config.maximize.weights.items():
+      config_checks.check_value(f"maximize.weights.{prior}", weight,
+                                (non_negative, "the prior's lambda"))
     unknown = [p for p in config.maximize.priors if p not in PRIORS]
     if unknown or not config.maximize.priors:
       raise ConfigError(f"maximize.priors must name some of {', '.join(PRIORS)}; got "
@@ -100,7 +143,10 @@ class MaximizeProtocol(Protocol):
     if unknown:
       raise ConfigError(f"maximize.sweep names unknown prior(s) {', '.join(unknown)}; expected "
                         f"some of {', '.join(PRIORS)}.")
-    negative = [f"{p}={w}" for p, ws in config.maximize.sweep.items() for w in ws if w < 0]
+    for prior, weights in config.maximize.sweep.items():
+      config_checks.check_value(f"maximize.sweep.{prior}", weights, LAMBDAS)
+    negative = [f"{p}={w}" for p, ws in config.maximize.sweep.items() for w in ws
+                if not non_negative(w)]
     if negative:
       raise ConfigError(f"maximize.sweep lambdas must be >= 0; got {', '.join(negative)}.")
     for spec in config.explain.methods:

@@ -42,7 +42,20 @@ from xjax.methods import separable
 from xjax.nn.registry import logits_fn
 from xjax.plot.heatmaps import plot_explanations
 from xjax.plot.separable import plot_dense_weights
-from xjax.train import report
+from xjax.registry import positive
+from xjax.train import config_checks, report
+
+# The settings of `separable` (`SeparableProtocol.check`, before any data loads).
+RULES = {
+    "lambdas": config_checks.sequence(positive, text="a non-empty list of positive, finite "
+                                      "numbers (the block-wise L1 weights)"),
+    "num_examples": (config_checks.counts, "N of Eq. 7"),
+    "explain_batch_size": config_checks.counts,
+    "stop_on_penalised_loss": config_checks.boolean,
+    "finetune_learning_rate": (config_checks.optional(positive), "None: the pre-training's"),
+    "figure_lambda": positive,
+    "figure_examples": config_checks.counts,
+}
 
 
 def run_name(lam: float | None) -> str:
@@ -251,6 +264,7 @@ class SeparableProtocol(Protocol):
   sections = ("separable",)
 
   def check(self, config) -> None:
+    config_checks.check_section(config.separable, "separable", RULES)
     runs_of(config)
 
   def runs(self, config, sources) -> list[Run]:

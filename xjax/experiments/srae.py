@@ -50,11 +50,32 @@ from xjax.metrics.locality import box_masks, locality_entropy, part_histograms
 from xjax.nn.layers import check_layer
 from xjax.nn.registry import logits_fn
 from xjax.plot.heatmaps import plot_explanations
+from xjax.registry import Check, non_negative, positive
+from xjax.train import config_checks
 from xjax.train.loop import build_model
 
 METHODS = ("srae", "nn", "sae", "z", "excitation_backprop")
 TRAINED = ("srae", "nn", "sae")  # the methods with modules to train
 PARTS = ("keypoints", "keypoints_visible", "bbox")
+# The numeric settings of `srae` (`SraeProtocol.check`, before any data loads).
+RULES = {
+    "k": (config_checks.counts, "x-features per module"),
+    "hidden": config_checks.counts,
+    "steps": config_checks.counts,
+    "batch_size": config_checks.counts,
+    "num_images": config_checks.counts,
+    "z_features": config_checks.counts,
+    "figure_images": config_checks.counts,
+    "beta": non_negative,
+    "q": positive,
+    "pointing_tolerance": (non_negative, "pixels"),
+    "layer": config_checks.name,
+    "heatmap_layer": config_checks.name,
+    "classes": Check(lambda v: v is None or config_checks.counts(v)
+                     or config_checks.sequence(config_checks.integer(0))(v),
+                     "None (every class), a number of classes to draw (an integer >= 1) or a "
+                     "non-empty list of class indices (integers >= 0)"),
+}
 
 
 def chosen_classes(spec, num_classes: int, seed: int) -> list[int]:
@@ -124,12 +145,7 @@ class SraeProtocol(Protocol):
     if options.mse not in srae.MSE_MODES:
       raise ConfigError(f"srae.mse must be one of {', '.join(srae.MSE_MODES)}; got "
                         f"{options.mse!r}.")
-    for name in ("k", "hidden", "steps", "batch_size", "num_images", "z_features"):
-      if int(options[name]) < 1:
-        raise ConfigError(f"srae.{name} must be >= 1; got {options[name]}.")
-    if options.beta < 0 or options.q <= 0:
-      raise ConfigError(f"srae.beta must be >= 0 and srae.q > 0; got {options.beta}, "
-                        f"{options.q}.")
+    config_checks.check_section(options, "srae", RULES)
 
   def runs(self, config, sources) -> list[Run]:
     # Everything that would fail after the network's training fails here, before it.

@@ -26,7 +26,7 @@ from xjax.experiments.protocol import Protocol, Run
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
 from xjax.explain.methods import METHODS, canonical_spec
-from xjax.train import report
+from xjax.train import config_checks, report
 
 
 @EXPERIMENTS.register("tour")
@@ -41,6 +41,8 @@ class TourProtocol(Protocol):
       raise ConfigError(f"tour.methods is empty; known methods: {', '.join(METHODS)}.")
     for spec in config.tour.methods:
       canonical_spec(spec)  # an unknown name fails now, not after training
+    config_checks.check_section(config.tour, "tour", {"num_examples": config_checks.counts,
+                                                      "batch_size": config_checks.counts})
 
   def runs(self, config, sources) -> list[Run]:
     return [Run("model", copy_config(config, name=f"{config.name}/model"),

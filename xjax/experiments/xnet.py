@@ -28,14 +28,27 @@ from xjax.experiments.runner import copy_config
 from xjax.explain import heatmaps
 from xjax.explain.methods import get_method
 from xjax.methods import xnet_monitor as monitor
+from xjax.methods.xnet import OBJECTIVES
 from xjax.nn.registry import logits_fn
 from xjax.plot import xnet as plots
-from xjax.train import report
+from xjax.registry import one_of, positive
+from xjax.train import config_checks, report
 from xjax.train.loop import build_model
 
 # run name -> (drop-loss objective, matching) of the Sec. 4 ablations
 ABLATIONS = {"sum": ("sum", "none"), "initial_match": ("sum", "initial"),
              "em_match": ("sum", "em")}
+# The settings of `xnet` (`XNetProtocol.check`, before any data loads).
+RULES = {
+    "categories": config_checks.sequence(config_checks.name),
+    "alpha": (positive, "the drop loss's weight in the XNet run; the baseline has 0"),
+    "objective": one_of(*OBJECTIVES),
+    "matching": one_of(*monitor.MATCHINGS),
+    "match_examples": (config_checks.optional(config_checks.counts),
+                       "train images for the matching; None: all"),
+    "figure_examples": config_checks.counts,
+    "top_images": config_checks.counts,
+}
 
 
 def category_columns(config, info) -> list[int]:
@@ -108,6 +121,7 @@ class XNetProtocol(Protocol):
   sections = ("xnet",)
 
   def check(self, config) -> None:
+    config_checks.check_section(config.xnet, "xnet", RULES)
     runs_of(config)
 
   def runs(self, config, sources) -> list[Run]:

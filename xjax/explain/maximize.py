@@ -37,11 +37,13 @@ import optax
 from tqdm.auto import tqdm
 
 from xjax.errors import ConfigError, XjaxError
+from xjax.registry import Check, in_range, non_negative
 
 Array = jax.Array
 
 OBJECTIVES = ("log_prob", "logit", "channel", "unit")
 PRIORS = ("l2", "expert", "code")
+finite = Check(in_range(-np.inf, np.inf).test, "a finite number")
 
 
 class DivergenceError(XjaxError):
@@ -131,16 +133,24 @@ def objective_function(apply_fn: Callable, params: Any, *, objective: str = "log
   number of targets (classes, channels or units) there are.
 
   Raises:
-    ConfigError: an unknown objective, a layer objective without a layer, or an unknown layer.
+    ConfigError: an unknown objective, a layer objective without a layer, or an unknown layer;
+      an `input_shape` that is no shape, or of a rank or size `apply_fn` cannot take.
   """
   if objective not in OBJECTIVES:
     raise ConfigError(f"Unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}.")
+  input_shape = _check_shape("input_shape", input_shape)
+  try:  # a wrong rank or size fails in apply_fn's first layer: say which argument it was
+    outputs = jax.eval_shape(lambda x: apply_fn(params, x),
+                             jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+  except XjaxError:
+    raise
+  except Exception as e:  # noqa: BLE001 - any failure here is an input_shape / apply_fn mismatch
+    raise ConfigError(f"input_shape={input_shape} does not fit apply_fn: a batch of shape "
+                      f"{(1, *input_shape)} fails with: {str(e).splitlines()[0]}") from None
   if objective in ("log_prob", "logit"):
     if layer is not None:
       raise ConfigError(f"objective={objective!r} takes no layer (got layer={layer!r}); use "
                         f"objective='channel' or 'unit' for an intermediate layer.")
-    outputs = jax.eval_shape(lambda x: apply_fn(params, x),
-                             jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
     if len(outputs.shape) != 2:
       raise ConfigError(f"apply_fn must return outputs (B, C) for objective={objective!r}; it "
                         f"returns shape {outputs.shape}.")
@@ -155,9 +165,15 @@ def objective_function(apply_fn: Callable, params: Any, *, objective: str = "log
 # Regularizers and input transformations.
 
 
+def _check_images(x: Array) -> None:
+  if np.ndim(x) != 4:
+    raise ConfigError(f"x must be a batch of images (B, H, W, C); got shape {np.shape(x)}.")
+
+
 def total_variation(x: Array) -> Array:
   """Anisotropic total variation of NHWC images, `sum |x[i+1, j] - x[i, j]| + |x[i, j+1] - ...|`
   (Mahendran & Vedaldi, CVPR 2015, Eq. 11 with beta = 1)."""
+  _check_images(x)
   return (jnp.sum(jnp.abs(jnp.diff(x, axis=1))) + jnp.sum(jnp.abs(jnp.diff(x, axis=2))))
 
 
@@ -165,6 +181,9 @@ def jitter_and_scale(x: Array, key: Array, jitter: int, scale: tuple[float, floa
                      ) -> Array:
   """A random translation of up to `jitter` pixels and a random zoom in `scale` about the centre,
   keeping the image's shape (Olah et al. 2017, "transformation robustness")."""
+  _check_images(x)
+  if not _is_int(jitter, 0):
+    raise ConfigError(f"jitter must be an int >= 0 (pixels); got {jitter!r}.")
   height, width = x.shape[1:3]
   shift_key, scale_key = jax.random.split(key)
   shift = jax.random.randint(shift_key, (2,), -jitter, jitter + 1).astype(jnp.float32)
@@ -180,26 +199,93 @@ def jitter_and_scale(x: Array, key: Array, jitter: int, scale: tuple[float, floa
 # Checks.
 
 
+def _is_int(value: Any, minimum: int) -> bool:
+  return (not isinstance(value, bool) and isinstance(value, (int, np.integer))
+          and value >= minimum)
+
+
+def _real(value: Any) -> float | None:
+  """`value` as a float if it is one real number (Python, NumPy or JAX), else None."""
+  if isinstance(value, (bool, str)) or np.ndim(value) != 0:
+    return None
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return None
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+  """`value` as two finite numbers (low, high), or None if it is not that."""
+  try:
+    low, high = (_real(v) for v in value)
+  except (TypeError, ValueError):
+    return None
+  return (low, high) if finite(low) and finite(high) else None
+
+
+def _check_shape(name: str, shape: Any, what: str = "one input") -> tuple[int, ...]:
+  """`shape` as a tuple of ints, or a ConfigError naming the argument `name`."""
+  try:
+    dims = tuple(shape)
+  except TypeError:
+    dims = ()
+  if not dims or not all(_is_int(d, 1) for d in dims):
+    raise ConfigError(f"{name} must be a non-empty tuple of ints >= 1, the shape of {what} "
+                      f"without the batch axis (e.g. (32, 32, 1)); got {shape!r}.")
+  return tuple(int(d) for d in dims)
+
+
 def _check_options(prior, steps, num_starts, weight, jitter, scale, bounds, expert, generator,
-                   code_shape):
+                   code_shape, init_scale, tv_weight, segment_steps):
   if prior not in PRIORS:
     raise ConfigError(f"Unknown prior {prior!r}; known: {', '.join(PRIORS)}.")
-  for name, value in (("steps", steps), ("num_starts", num_starts)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+  for name, value in (("steps", steps), ("num_starts", num_starts),
+                      ("segment_steps", segment_steps)):
+    if not _is_int(value, 1):
       raise ConfigError(f"{name} must be an int >= 1; got {value!r}.")
-  if not np.isfinite(weight) or weight < 0:
-    raise ConfigError(f"weight (the prior's lambda) must be finite and >= 0; got {weight!r}.")
-  if isinstance(jitter, bool) or not isinstance(jitter, (int, np.integer)) or jitter < 0:
+  for name, value in (("weight (the prior's lambda)", weight), ("init_scale", init_scale),
+                      ("tv_weight", tv_weight)):
+    if not non_negative(_real(value)):
+      raise ConfigError(f"{name} must be finite and >= 0; got {value!r}.")
+  if not _is_int(jitter, 0):
     raise ConfigError(f"jitter must be an int >= 0 (pixels); got {jitter!r}.")
-  if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1]):
+  scale_pair, bounds_pair = _pair(scale), _pair(bounds)
+  if scale is not None and not (scale_pair and 0 < scale_pair[0] <= scale_pair[1]):
     raise ConfigError(f"scale must be None or (low, high) with 0 < low <= high; got {scale!r}.")
-  if bounds is not None and not (len(bounds) == 2 and bounds[0] < bounds[1]):
-    raise ConfigError(f"bounds must be None or (low, high) with low < high; got {bounds!r}.")
+  if bounds is not None and not (bounds_pair and bounds_pair[0] < bounds_pair[1]):
+    raise ConfigError(f"bounds must be None or (low, high), finite, with low < high; got "
+                      f"{bounds!r}.")
   if prior == "expert" and not callable(expert):
     raise ConfigError("prior='expert' needs expert=log_prob, a function x (B, ...) -> (B,).")
   if prior == "code" and (not callable(generator) or code_shape is None):
     raise ConfigError("prior='code' needs generator=g, a function z (B, *code_shape) -> x, and "
                       "code_shape.")
+
+
+def _check_key(key: Any) -> None:
+  legacy = getattr(key, "dtype", None) == jnp.uint32 and getattr(key, "shape", None) == (2,)
+  typed = (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+           and key.shape == ())
+  if not (legacy or typed):
+    raise ConfigError(f"key must be one PRNG key, e.g. jax.random.key(0); got {key!r}.")
+
+
+def _check_optimizer(optimizer: Any, variable_shape: tuple[int, ...]) -> None:
+  """An optax transformation whose first step climbs: `maximize` hands it the negative
+  gradient, so a negative learning rate would silently turn the ascent into a descent."""
+  if not (callable(getattr(optimizer, "init", None))
+          and callable(getattr(optimizer, "update", None))):
+    raise ConfigError(f"optimizer must be an optax GradientTransformation, e.g. "
+                      f"optax.adam(0.05); got {optimizer!r}.")
+  # One update of a zero variable for the ascent direction +1 everywhere (handed over as -1):
+  # any optimizer that ascends moves along it (Adam and SGD by the learning rate).
+  zero = jnp.zeros(variable_shape, jnp.float32)
+  updates, _ = optimizer.update(-jnp.ones_like(zero), optimizer.init(zero), zero)
+  step = float(sum(jnp.sum(u) for u in jax.tree.leaves(updates)))
+  if not np.isfinite(step) or step < 0:
+    raise ConfigError(f"optimizer's first step moves against the gradient it is given (a "
+                      f"negative or non-finite learning rate?): its update for an ascent "
+                      f"direction of +1 sums to {step:.3g}; give it a learning rate > 0.")
 
 
 def _check_init(init: Any, num_targets: int, num_starts: int,
@@ -291,28 +377,39 @@ def maximize(apply_fn: Callable, params: Any, target: Any, *, input_shape: tuple
     `Prototypes`, one row per target in the order given.
 
   Raises:
-    ConfigError: an unknown objective, prior or layer; a target out of range; a generator whose
-      images do not fit the network; bad option values.
+    ConfigError: an unknown objective, prior or layer; a target out of range; an `input_shape`
+      or `code_shape` of a rank or size the network or generator cannot take (naming the
+      argument); a generator whose images do not fit the network; an optimizer whose first step
+      descends (a negative learning rate); bad option values (each naming its argument).
     DivergenceError: the objective or x became NaN or infinite (names the target and the step).
   """
-  input_shape = tuple(int(d) for d in input_shape)
+  input_shape = _check_shape("input_shape", input_shape)
   _check_options(prior, steps, num_starts, weight, jitter, scale, bounds, expert, generator,
-                 code_shape)
+                 code_shape, init_scale, tv_weight, segment_steps)
+  _check_key(key)
+  if (jitter or scale is not None or tv_weight) and len(input_shape) != 3:
+    raise ConfigError(f"jitter, scale and tv_weight act on images: input_shape must be "
+                      f"(height, width, channels); got {input_shape}.")
   value_fn = objective_function(apply_fn, params, objective=objective, layer=layer,
                                 input_shape=input_shape)
   targets = _check_targets(target, value_fn.size, objective)
   if prior == "code":
-    code_shape = tuple(int(d) for d in code_shape)
+    code_shape = _check_shape("code_shape", code_shape, "one code")
     _check_generator(generator, code_shape, input_shape)
     variable_shape = code_shape
   else:
     variable_shape = input_shape
   if prior == "expert":
-    out = jax.eval_shape(expert, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+    try:
+      out = jax.eval_shape(expert, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+    except Exception as e:  # noqa: BLE001 - any failure here is an expert / input_shape mismatch
+      raise ConfigError(f"expert cannot take inputs of input_shape={input_shape}: "
+                        f"{str(e).splitlines()[0]}") from None
     if tuple(out.shape) != (1,):
       raise ConfigError(f"expert must return one log-density per input, shape (B,); it returns "
                         f"{tuple(out.shape)} for a batch of one.")
   optimizer = optax.adam(0.05) if optimizer is None else optimizer
+  _check_optimizer(optimizer, variable_shape)
   transform = jitter > 0 or scale is not None
 
   def image_of(variable: Array) -> Array:
