@@ -8,25 +8,50 @@
 
 Every entrypoint imports the plug-ins (`xjax.plugins`), so any registered model, loss term or
 method works from any of them; a user error (`XjaxError`, a bad flag or config key) prints
-`error: ...` and exits with status 2 (143 after SIGTERM saved a checkpoint).
+`error: ...` and exits with status 2 (143 after SIGTERM saved a checkpoint, 130 after SIGINT:
+the error's `exit_status`). A Ctrl-C anywhere else is one line too, with status 130. The workdir
+(or the output folder of explain / evaluate) is checked for writing before any work.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-import xjax.plugins  # noqa: F401 (registers every model, loss term, method and experiment)
-from xjax.errors import XjaxError
+def _sigint_while_starting(signum, frame):
+  """Ctrl-C while the modules below load (5 s: JAX, every plug-in): one line, no traceback."""
+  del signum, frame
+  print("error: SIGINT: stopped while starting; nothing was done.", file=sys.stderr, flush=True)
+  os._exit(130)
+
+
+# Installed before the slow imports, and only when a `python -m runs.<name>` command is the
+# program (not where SIGINT is ignored, nor in a process that merely imports this module).
+if (getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", "").startswith("runs.")
+    and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+  signal.signal(signal.SIGINT, _sigint_while_starting)
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import xjax.plugins  # noqa: E402, F401 (registers every model, loss term, method and experiment)
+from xjax.errors import XjaxError  # noqa: E402
+from xjax.train import workdir as rundir  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, `runs/configs/NAME.py[:VARIANT[,MODIFIER]]`; override keys "
     "with --config.KEY=VALUE.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "The run's directory: checkpoints, metrics, results.")
+_RESUME_WITH_CHANGES = flags.DEFINE_bool(
+    "resume_with_changes", False, "Continue the run (or experiment) in --workdir although its "
+    "saved config.json differs from --config: config.json becomes the new config, and the "
+    "change, with the step it took effect at, is recorded in config_changes.jsonl and "
+    "results.json. Without it such a rerun is refused, listing the keys that differ.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() first (one process per host, or per "
     "GPU as SLURM starts them; each reads its share of every global batch). The "
@@ -50,12 +75,33 @@ def _fail(message: str, status: int = 2):
 
 
 def _guarded(body: Callable[[], object]) -> None:
-  """Runs `body`; an `XjaxError` becomes one `error: ...` line and exit status 2 (143 on
-  SIGTERM)."""
+  """Runs `body`; an `XjaxError` becomes one `error: ...` line and its `exit_status` (2 unless
+  it says otherwise: `Interrupted` after SIGTERM or SIGINT)."""
   try:
     body()
   except XjaxError as e:
-    _fail(str(e), 143 if type(e).__name__ == "Interrupted" else 2)
+    _fail(str(e), getattr(e, "exit_status", 2))
+
+
+def _app_run(main: Callable[[list[str]], object]) -> None:
+  """`app.run` with our flag parsing; a Ctrl-C outside the training loop (which saves and
+  raises `Interrupted` itself) is one line, exit status 130, never a traceback."""
+  if signal.getsignal(signal.SIGINT) is _sigint_while_starting:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except KeyboardInterrupt:
+    _fail("SIGINT: stopped; what was saved before is kept (run the same command again to "
+          "continue).", 130)
+
+
+def _check_writable(*paths: str | Path, what: str = "output folder") -> None:
+  """One `error: ...` line, before any work, when a folder the command writes is not writable."""
+  def body():
+    for path in paths:
+      rundir.check_writable(path, what)
+
+  _guarded(body)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -117,20 +163,24 @@ def _config_main(main: Callable[..., object]) -> Callable[[list[str]], None]:
       _ = "name" in config
     except OSError as e:
       _fail(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}")
-    _guarded(lambda: main(config, _WORKDIR.value))
+    _check_writable(_WORKDIR.value, what="workdir")
+    _guarded(lambda: main(config, _WORKDIR.value,
+                          resume_with_changes=_RESUME_WITH_CHANGES.value))
 
   return absl_main
 
 
 def run(main: Callable[..., object]) -> None:
-  """`app.run` with `main(config, workdir)` from --config and --workdir."""
-  app.run(_config_main(main), flags_parser=_parse_flags)
+  """`app.run` with `main(config, workdir, resume_with_changes=...)` from --config, --workdir and
+  --resume_with_changes."""
+  _app_run(_config_main(main))
 
 
 def _experiment_main(name: str) -> Callable[..., object]:
-  def main(config, workdir):
+  def main(config, workdir, resume_with_changes=False):
     from xjax.experiments import get_experiment, run_experiment
-    return run_experiment(get_experiment(name), config, workdir)
+    return run_experiment(get_experiment(name), config, workdir,
+                          resume_with_changes=resume_with_changes)
 
   return main
 
@@ -157,11 +207,13 @@ def explain() -> None:
 
   def absl_main(argv):
     _start(argv, ("workdir",))
+    # It writes WORKDIR/explanations.npz and WORKDIR/figures/: known now, not after computing.
+    _check_writable(_WORKDIR.value, Path(_WORKDIR.value) / "figures", what="workdir")
     _guarded(lambda: explain_workdir(_WORKDIR.value, methods.value, n=n.value, split=split.value,
                                      target=target.value, batch_size=batch_size.value,
                                      seed=seed.value))
 
-  app.run(absl_main, flags_parser=_parse_flags)
+  _app_run(absl_main)
 
 
 def metric_options(items: list[str]) -> dict[str, dict]:
@@ -212,6 +264,7 @@ def evaluate() -> None:
     if _CONFIG.value is not None:  # --config: the experiment, in --workdir
       return _config_main(_experiment_main("evaluate"))(argv)
     _start(argv, ("workdir",))
+    _check_writable(out.value or Path(_WORKDIR.value) / "evaluation")
 
     def body():
       from xjax.experiments.evaluate import evaluate_workdir
@@ -222,4 +275,4 @@ def evaluate() -> None:
 
     _guarded(body)
 
-  app.run(absl_main, flags_parser=_parse_flags)
+  _app_run(absl_main)

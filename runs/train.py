@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from runs import cli
 from xjax.experiments.runner import train_run
-from xjax.train.loop import check_config
+from xjax.train.config_checks import check_config
 
 
-def main(config, workdir):
+def main(config, workdir, resume_with_changes=False):
   check_config(config)
-  return train_run(config, workdir)
+  return train_run(config, workdir, resume_with_changes=resume_with_changes)
 
 
 if __name__ == "__main__":

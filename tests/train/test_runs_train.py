@@ -263,3 +263,24 @@ def test_a_corrupt_final_checkpoint_retrains_its_steps_and_saves_the_best_again(
   _assert_trees_close(_params(workdir), _params(plain), rtol=1e-6, atol=1e-7)
   _assert_trees_close(load_params(workdir, "best")["params"], load_params(plain, "best")["params"],
                       rtol=1e-6, atol=1e-7)
+
+
+def test_a_changed_config_is_refused_before_any_work_and_recorded_when_asked(plain, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(plain, workdir)
+  refused = _train(workdir, "--config.optimizer.learning_rate=0.01")
+  assert refused.returncode == 2 and refused.stdout == "", refused.stderr[-3000:]
+  assert refused.stderr.splitlines() == [
+      f"error: {workdir} holds a run of another config: optimizer.learning_rate 0.001 -> 0.01. "
+      f"Rerun with --resume_with_changes to continue it with these changes (recorded in "
+      f"config_changes.jsonl), or use a new workdir."]
+  resumed = _train(workdir, "--config.optimizer.learning_rate=0.01", "--resume_with_changes")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resuming with a changed config from step 32: optimizer.learning_rate" in resumed.stdout
+  assert json.loads((workdir / "config.json").read_text())["optimizer"]["learning_rate"] == 0.01
+  expected = [{"step": 32, "changes": {"optimizer.learning_rate": {"old": 0.001, "new": 0.01}}}]
+  strip = lambda records: [{k: r[k] for k in ("step", "changes")} for r in records]
+  assert strip(json.loads((workdir / "results.json").read_text())["config_changes"]) == expected
+  lines = (workdir / "config_changes.jsonl").read_text().splitlines()
+  assert strip(map(json.loads, lines)) == expected
+  assert not (workdir / "lock").exists()

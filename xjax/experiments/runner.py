@@ -4,11 +4,15 @@ It trains the protocol's runs in order, each in `workdir/<run>/` (a run that fin
 one that was killed resumes from its latest checkpoint), draws each run's training curves, asks the
 protocol to analyse every run, and writes
 
-  workdir/results.json   {"name": ..., <run>: {...}, ..., "checks": {...}}
+  workdir/config.json    the experiment's config
+  workdir/results.json   {"name": ..., <run>: {...}, ..., "checks": {...}, "config_changes": [...]}
   workdir/results.md     the protocol's tables (the paper's numbers beside ours) and the checks
   workdir/figures/       the protocol's figures
 
-then prints one JSON line: the protocol's summary and the workdir.
+then prints one JSON line: the protocol's summary and the workdir. The workdir is locked while it
+runs (each run's own workdir by its training), and a rerun with another config is refused before
+any data is loaded unless `resume_with_changes` (`xjax.train.workdir`), which records the change
+in config_changes.jsonl with the step each run had reached.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from xjax.errors import ConfigError
 from xjax.experiments.protocol import Protocol, Run, TrainedRun
 from xjax.plot.curves import plot_training_curves
 from xjax.train import report
+from xjax.train import workdir as rundir
+from xjax.train.config_checks import check_config
 from xjax.train.loop import (
   build_model,
-  check_config,
   load_sources,
   skipped_images,
   train_and_evaluate,
@@ -46,16 +51,19 @@ def _resolve(reference: str, workdir: Path, names: list[str]) -> str:
   return str(workdir / reference) if reference in names else reference
 
 
-def train_run(config: ml_collections.ConfigDict, workdir: str | Path, hooks=None) -> dict:
-  """`train_and_evaluate`, then the training curves in `workdir/figures/training_curves.png`."""
-  trained = train_and_evaluate(config, workdir, hooks)
+def train_run(config: ml_collections.ConfigDict, workdir: str | Path, hooks=None, *,
+              resume_with_changes: bool = False) -> dict:
+  """`train_and_evaluate` (`resume_with_changes`: see there), then the training curves in
+  `workdir/figures/training_curves.png`."""
+  trained = train_and_evaluate(config, workdir, hooks, resume_with_changes=resume_with_changes)
   if trained["history"] and jax.process_index() == 0:  # one writer, as for the run's files
     plot_training_curves(trained["history"], Path(workdir) / "figures" / "training_curves.png",
                          title=f"{trained['name']}: {config.model.name}")
   return trained
 
 
-def _train(run: Run, workdir: Path, names: list[str], info) -> TrainedRun:
+def _train(run: Run, workdir: Path, names: list[str], info, resume_with_changes: bool
+           ) -> TrainedRun:
   c = copy_config(run.config)
   if run.init_from is not None:
     c.train.init_from = _resolve(run.init_from, workdir, names)
@@ -64,7 +72,7 @@ def _train(run: Run, workdir: Path, names: list[str], info) -> TrainedRun:
   if run.frozen:
     c.train.frozen = tuple(run.frozen)
   print(f"== {run.name}" + (f": {run.description}" if run.description else ""), flush=True)
-  trained = train_run(c, workdir / run.name, run.hooks)
+  trained = train_run(c, workdir / run.name, run.hooks, resume_with_changes=resume_with_changes)
   return TrainedRun(run.name, c, workdir / run.name, build_model(c, info), trained)
 
 
@@ -94,17 +102,30 @@ def _rounded(value):
   return value
 
 
+def _started(workdir: Path) -> bool:
+  """Whether the experiment in `workdir` has done work with its saved config: results, or a
+  checkpoint of one of its runs."""
+  return (workdir / "results.json").exists() or any(
+      rundir.has_checkpoint(p) for p in workdir.iterdir() if p.is_dir())
+
+
 def run_experiment(protocol: Protocol, config: ml_collections.ConfigDict,
-                   workdir: str | Path) -> dict:
+                   workdir: str | Path, *, resume_with_changes: bool = False) -> dict:
   """Trains (or resumes) the protocol's runs, analyses them, writes and prints the results.
 
   Args:
     protocol: the experiment (`xjax.experiments.protocol.Protocol`).
     config: its config (the runs' configs are derived from it by the protocol).
     workdir: the experiment's directory; run the same call again to resume.
+    resume_with_changes: continue an experiment whose saved config differs from `config` (and
+      its runs, whose configs then differ too), recording the change; without it that is refused
+      (`ConfigChanged`) before any data is loaded.
 
   Returns:
     The content of results.json.
+
+  Raises:
+    WorkdirError: the workdir is not writable, in use, or holds an experiment of another config.
   """
   check_config(config)
   missing = [name for name in protocol.sections if name not in config]
@@ -113,19 +134,37 @@ def run_experiment(protocol: Protocol, config: ml_collections.ConfigDict,
                       f"experiment {protocol.title!r} needs: use its own config file.")
   protocol.check(config)
   workdir = Path(workdir)
+  rundir.check_writable(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  with rundir.locked(workdir):
+    changes = rundir.changed_config(workdir, config, started=_started(workdir),
+                                    resume_with_changes=resume_with_changes)
+    return _run_experiment(protocol, config, workdir, changes, resume_with_changes)
+
+
+def _run_experiment(protocol: Protocol, config: ml_collections.ConfigDict, workdir: Path,
+                    changes: dict, resume_with_changes: bool) -> dict:
+  """`run_experiment` in a checked, locked workdir; `changes`: its config's, to record."""
   sources = load_sources(config.data)
   info = sources["train"].info
   plan = protocol.runs(config, sources)
   names = [run.name for run in plan]
+  # Saved once the plan stands (a config the protocol refuses leaves nothing behind); a change
+  # is recorded with the step each run had reached, where it took effect.
+  steps = {run.name: rundir.latest_step(workdir / run.name) or 0 for run in plan}
+  rundir.record_config(workdir, config, changes, steps=steps)
+  if changes:
+    print(f"Resuming with a changed config: {rundir.describe_changes(changes)} (recorded in "
+          f"{workdir / rundir.CHANGES_FILE}).", flush=True)
   analysed = {}
   for run in plan:
-    trained = _train(run, workdir, names, info)
+    trained = _train(run, workdir, names, info, resume_with_changes)
     analysed[run.name] = protocol.analyse(config, trained, sources)
 
   runs = {name: public(result) for name, result in analysed.items()}
   checks = protocol.checks(config, runs)
-  results = {**protocol.header(config, runs), **runs, "checks": checks}
+  results = {**protocol.header(config, runs), **runs, "checks": checks,
+             "config_changes": rundir.read_changes(workdir)}
   if config.data.get("skip_unreadable"):
     results["skipped_unreadable_images"] = {split: len(skipped_images(source))
                                             for split, source in sources.items()}

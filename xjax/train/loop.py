@@ -20,12 +20,16 @@ A run can start from another run's best parameters (`train.init_from`), load pre
 
 Started again in the same workdir, a run resumes from its latest checkpoint (parameters, optimizer
 state, step, RNG, data position, loop state) and ends with the same parameters as a run that was
-never interrupted. SIGTERM saves a checkpoint and stops (`Interrupted`).
+never interrupted. SIGTERM or SIGINT (Ctrl-C) saves a checkpoint and stops (`Interrupted`).
+
+One process writes a workdir at a time (`xjax.train.workdir.locked`), and a workdir whose run was
+started with another config is refused before any data is loaded unless `resume_with_changes`
+(then config.json becomes the new config, and the change and the step it took effect at are kept
+in config_changes.jsonl and results.json's `config_changes`).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import signal
 import time
@@ -42,6 +46,7 @@ from xjax.data import pipeline, registry, tasks
 from xjax.errors import ConfigError, XjaxError
 from xjax.nn import registry as models
 from xjax.train import checkpoint, report, sharding
+from xjax.train import workdir as rundir
 from xjax.train.frozen import freeze, frozen_mask, load_pretrained
 from xjax.train.losses import build_loss_terms, is_penalty
 from xjax.train.optim import make_optimizer
@@ -50,33 +55,48 @@ from xjax.train.step import compile_eval_step, compile_train_step, make_eval_ste
 
 
 class Interrupted(XjaxError):
-  """SIGTERM arrived: a checkpoint was saved and the run stopped; run it again to resume."""
+  """SIGTERM or SIGINT arrived: a checkpoint was saved and the run stopped; run it again to
+  resume. `exit_status` is the shell's for that signal, 128 + its number (143, 130)."""
+
+  def __init__(self, message: str, exit_status: int = 128 + signal.SIGTERM):
+    super().__init__(message)
+    self.exit_status = exit_status
 
 
-class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop checks after each step (then saves and stops)."""
+class _StopSignals:
+  """Turns SIGTERM and SIGINT into a flag the loop checks after each step (then saves and stops).
+
+  A second SIGINT (Ctrl-C pressed again while the step finishes or the checkpoint is written)
+  stops at once, as `KeyboardInterrupt`: the checkpoints already on disk are kept.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.raised = False
-    self._previous = None
+    self.signum = 0  # the first signal that arrived (0: none)
+    self._previous = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
+    for signum in self.SIGNALS:
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        break
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
+    del frame
+    if signum == signal.SIGINT and self.signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = self.signum or signum
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      if previous is not None:
+        signal.signal(signum, previous)
 
-  def agreed(self) -> bool:
-    """Whether any process has been sent SIGTERM, the same answer in every process.
+  def agreed(self) -> int:
+    """The signal any process has been sent (0: none), the same answer in every process.
 
     With several processes this is a collective: every process calls it at the same point of
     the same step, so all of them save and stop at the same step (a scheduler's signals reach
@@ -84,9 +104,9 @@ class _SigtermFlag:
     others in orbax's barriers while they wait for it in the next train step).
     """
     if jax.process_count() == 1:
-      return self.raised
+      return self.signum
     from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.raised))))
+    return int(np.max(multihost_utils.process_allgather(np.asarray(self.signum, np.int32))))
 
 
 class TrainHooks:
@@ -242,18 +262,36 @@ def _mean_metrics(rows: list[dict]) -> dict[str, float]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-                       hooks: TrainHooks | None = None) -> dict:
+                       hooks: TrainHooks | None = None, *, resume_with_changes: bool = False
+                       ) -> dict:
   """Trains, validates every epoch, tests the best parameters; returns results.json's content.
 
   `config.train.test_params` chooses the parameters tested: "best" (lowest validation loss,
   the default) or "last" (those at the end of training). `hooks` extend the loop (`TrainHooks`).
+  Before any data is loaded the workdir is checked (writable), locked (one writer), and, if its
+  run has a checkpoint, its config.json compared with `config`: a difference is refused
+  (`ConfigChanged`) unless `resume_with_changes`, which records it (`xjax.train.workdir`).
+
+  Raises:
+    WorkdirError: the workdir is not writable, in use (`WorkdirInUse`), or holds a run of another
+      config (`ConfigChanged`).
+    Interrupted: SIGTERM or SIGINT arrived; a checkpoint of the step named was saved.
   """
-  hooks = hooks or TrainHooks()
   test_params = config.train.get("test_params", "best")
   if test_params not in ("best", "last"):
     raise ConfigError(f"train.test_params must be 'best' or 'last', got {test_params!r}.")
   workdir = Path(workdir)
+  rundir.check_writable(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  with rundir.locked(workdir):
+    changes = rundir.changed_config(workdir, config, started=rundir.has_checkpoint(workdir),
+                                    resume_with_changes=resume_with_changes)
+    return _train_and_evaluate(config, workdir, hooks or TrainHooks(), test_params, changes)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, hooks: TrainHooks,
+                        test_params: str, changes: dict) -> dict:
+  """`train_and_evaluate` in a checked, locked workdir; `changes`: its config's, to record."""
   is_main = jax.process_index() == 0
   tc = config.train
 
@@ -309,8 +347,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                              sharding.replicated(mesh))
       print(f"Loaded pre-trained parameters: {'; '.join(notes)}.", flush=True)
     if is_main:
-      (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+      rundir.record_config(workdir, config)
   start_step = int(jax.device_get(state.step))
+  if changes:
+    # (With several processes, the others compared config.json before orbax's barrier in
+    # `RunCheckpoints` above, so none of them reads the new one.)
+    if is_main:
+      rundir.record_config(workdir, config, changes, step=start_step)
+    print(f"Resuming with a changed config from step {start_step}: "
+          f"{rundir.describe_changes(changes)} (recorded in "
+          f"{workdir / rundir.CHANGES_FILE}).", flush=True)
   writer = (report.MetricWriter(workdir / "metrics.jsonl", resume_step=start_step) if is_main
             else None)
   iterator = train_data.iterator(data_state)
@@ -341,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   started = time.time() - loop["train_seconds"]
   bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
              disable=None if is_main else True, dynamic_ncols=True)
-  with _SigtermFlag() as sigterm:
+  with _StopSignals() as signals:
     step = start_step
     while step < total_steps and not loop["stopped_early"]:
       if step % steps_per_epoch == 0:
@@ -387,20 +433,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         tqdm.write(f"epoch {epoch}: train loss {train_means['loss']:.4f} acc "
                    f"{_format(train_means['accuracy'])} | validation loss {val['loss']:.4f} acc "
                    f"{_format(val['accuracy'])}")
-      # SIGTERM can land at any moment of the step (in the evaluation too), after `saving` was
-      # decided: the flag is read once, here, and a set flag saves this step whatever was decided
-      # (`agreed`: with several processes, all of them read it here and get the same answer).
-      stop = sigterm.agreed()
+      # SIGTERM / SIGINT can land at any moment of the step (in the evaluation too), after
+      # `saving` was decided: the flag is read once, here, and a set flag saves this step whatever
+      # was decided (`agreed`: with several processes, all of them read it here and get the same
+      # answer).
+      stop = signals.agreed()
       if saving or stop:
         if step_metrics:
           flush_metrics(step)
         loop["train_seconds"] = time.time() - started
         save()
-      if stop or (saving and sigterm.agreed()):  # (a signal during the save: this step is saved)
+      stop = stop or (saving and signals.agreed())  # (during the save: this step is saved)
+      if stop:
         ckpt.wait()
         bar.close()
-        raise Interrupted(f"SIGTERM: saved step {step} in {ckpt.latest_dir}; run the same "
-                          f"command again to resume.")
+        raise Interrupted(f"{signal.Signals(stop).name}: saved step {step} in "
+                          f"{ckpt.latest_dir}; run the same command again to resume.",
+                          exit_status=128 + stop)
   bar.close()
   if int(jax.device_get(state.step)) != (ckpt.latest_step() or -1):
     save()
@@ -424,6 +473,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       "skipped_unreadable_images": {split: len(skipped_images(source))
                                     for split, source in sources.items()},
       **hooks.results(loop),
+      "config_changes": rundir.read_changes(workdir),
   }
   if is_main:
     report.write_json(workdir / "results.json", results)
@@ -433,20 +483,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                                       else round(test["accuracy"], 4)),
                     "test_loss": round(test["loss"], 4), "workdir": str(workdir)}), flush=True)
   return results
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Fails early, with the key's name, on the config values that would fail late."""
-  for key in ("data", "model", "optimizer", "train", "losses"):
-    if key not in config:
-      raise ConfigError(f"The config has no section {key!r}.")
-  if config.train.epochs < 1:
-    raise ConfigError(f"train.epochs must be >= 1, got {config.train.epochs}.")
-  known = set(inspect.signature(make_optimizer).parameters) - {"steps_per_epoch", "total_epochs"}
-  unknown = sorted(set(config.optimizer) - known)
-  if unknown:
-    raise ConfigError(f"Unknown optimizer option(s) {unknown}; valid options: "
-                      f"{', '.join(sorted(known))}.")
-  if config.data.normalization not in pipeline.NORMALIZATIONS:
-    raise ConfigError(f"Unknown data.normalization {config.data.normalization!r}; expected one of "
-                      f"{pipeline.NORMALIZATIONS}.")

@@ -76,6 +76,12 @@ def training_results_markdown(results: Mapping[str, Any],
              f"(stopped early: {results.get('stopped_early')}), "
              f"steps: {results.get('steps')}, train time: {results.get('train_seconds', 0):.1f} s, "
              f"devices: {results.get('num_devices')}.")
+  changes = results.get("config_changes") or []
+  if changes:  # a run resumed with another config (`--resume_with_changes`)
+    from xjax.train.workdir import describe_changes
+    out += ["", "## Config changes", "", markdown_table(
+        ["from step", "changes"],
+        [[c.get("step"), describe_changes(c.get("changes", {}), limit=100)] for c in changes])]
   history = results.get("history", [])
   if history:
     out += ["", "## Per epoch", "", markdown_table(
