@@ -86,8 +86,8 @@ import torch
 from torch import nn
 
 from benchmarks.torch_models import flax_to_torch, make_torch_model
-from xjax.nn import fast_ops
 from xjax.nn.registry import MODELS, count_params, get_model, init_variables, model_fields
+from xjax.ops import max_pool as xjax_max_pool
 from xjax.train.losses import build_loss_terms
 from xjax.train.optim import make_optimizer
 from xjax.train.sharding import make_mesh, replicated, shard_batch
@@ -423,7 +423,7 @@ def profile_layers(name: str, batch_size: int, image_size: int = 32, seed: int =
 
 
 def _pooling_inside(eqn):
-  """The pooling equation a custom-gradient call wraps (`xjax.nn.fast_ops.max_pool` on CPU),
+  """The pooling equation a custom-gradient call wraps (`xjax.ops.max_pool` on CPU),
   else `eqn` itself."""
   body = eqn.params.get("call_jaxpr") or eqn.params.get("fun_jaxpr")
   if eqn.primitive.name.startswith("custom_vjp_call") and body is not None:
@@ -434,11 +434,11 @@ def _pooling_inside(eqn):
 
 
 def _pool_fn(layer: Layer) -> Callable[[jax.Array], jax.Array]:
-  """The xjax pooling of a pooling layer (the models' own: `fast_ops.max_pool`, flax's average)."""
+  """The xjax pooling of a pooling layer (the models' own: `xjax.ops.max_pool`, flax's average)."""
   o = layer.options
   if layer.kind == "mean":
     return lambda x: jnp.mean(x, axis=o["axes"])
-  pool = fast_ops.max_pool if layer.kind == "max_pool" else fnn.avg_pool
+  pool = xjax_max_pool if layer.kind == "max_pool" else fnn.avg_pool
   return lambda x: pool(x, o["window"], strides=o["strides"], padding=o["padding"])
 
 

@@ -24,11 +24,14 @@ LIGHT_MODULES = ("xjax.train", "xjax.train.loop", "xjax.train.step", "xjax.train
                  "xjax.explain", "xjax.explain.methods", "xjax.explain.lrp")
 HEAVY_MODULES = ("matplotlib", "tensorflow")
 
-PACKAGES = ("xjax.data", "xjax.nn", "xjax.train", "xjax.methods", "xjax.explain", "xjax.metrics",
-            "xjax.experiments", "xjax.plot")
+PACKAGES = ("xjax.ops", "xjax.data", "xjax.nn", "xjax.train", "xjax.methods", "xjax.explain",
+            "xjax.metrics", "xjax.experiments", "xjax.plot")
 
 # importer -> packages it must not import (at module level).
 FORBIDDEN = {
+    # The CPU fast paths sit below everything: nothing of xjax above them.
+    "xjax.ops": ("xjax.data", "xjax.nn", "xjax.train", "xjax.methods", "xjax.explain",
+                 "xjax.metrics", "xjax.experiments", "xjax.plot"),
     "xjax.data": ("xjax.train", "xjax.methods", "xjax.explain", "xjax.metrics",
                   "xjax.experiments", "xjax.plot"),
     "xjax.nn": ("xjax.train", "xjax.methods", "xjax.explain", "xjax.metrics", "xjax.experiments",

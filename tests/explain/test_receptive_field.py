@@ -1,7 +1,7 @@
 """Receptive fields from the traced program: against a brute-force probe of which input rows and
 columns each unit reads (positive weights, zero biases: a unit is > 0 exactly where its field
-covers a lit row), on a tiny net (SAME, VALID via fast_ops' crop, stride 2, a residual sum,
-fast_ops max pooling, a dilated kernel) and on the conv maps of `cnn_cifar10` and a small `vgg`;
+covers a lit row), on a tiny net (SAME, VALID via xjax.ops' crop, stride 2, a residual sum,
+xjax.ops max pooling, a dilated kernel) and on the conv maps of `cnn_cifar10` and a small `vgg`;
 hand-computed centres; and the ops that have no receptive field."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from xjax import ops
 from xjax.errors import ConfigError, UnsupportedOperationError
 from xjax.explain.receptive_field import receptive_field_centres, receptive_fields
-from xjax.nn import fast_ops
 from xjax.nn.registry import get_model
 
 
@@ -63,12 +63,12 @@ class Tiny(nn.Module):
     conv = lambda c, k, name, **kw: nn.Conv(c, k, name=name, **kw)
     x = nn.relu(conv(3, (3, 3), "same", padding="SAME")(x))
     x = nn.relu(conv(3, (3, 3), "valid", padding="VALID",
-                     conv_general_dilated=fast_ops.conv_general_dilated)(x))
+                     conv_general_dilated=ops.conv_general_dilated)(x))
     # "SAME" with stride 2 pads (0, 1) on an even map, the 1x1 shortcut not at all: the residual
     # sum reads the union of both fields.
     x = nn.relu(conv(3, (3, 3), "down", strides=2, padding="SAME")(x)
                 + conv(3, (1, 1), "shortcut", strides=2)(x))
-    x = fast_ops.max_pool(x, (2, 2), strides=(2, 2))
+    x = ops.max_pool(x, (2, 2), strides=(2, 2))
     return nn.relu(conv(2, (2, 2), "dilated", kernel_dilation=2, padding="SAME")(x))
 
 

@@ -1,4 +1,5 @@
-"""`xjax.nn.fast_ops.conv_general_dilated`: lax's values and gradients, VALID convs faster."""
+"""The CPU fast paths of `xjax.ops` (convolutions, max pooling): lax's values and gradients,
+computed the faster way, and the programs the LRP engine reads from them."""
 
 from __future__ import annotations
 
@@ -9,15 +10,23 @@ import numpy as np
 import pytest
 from jax import lax
 
+from xjax import ops
 from xjax.explain import composites
 from xjax.explain.lrp import lrp, trace
-from xjax.nn import CNNCifar10, cnn, fast_ops
+from xjax.nn import CNNCifar10, cnn
 
 NHWC = ("NHWC", "HWIO", "NHWC")  # what flax's nn.Conv passes
 RNG = np.random.default_rng(0)
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu",
                                 reason="the crop is used on the CPU backend only")
+
+
+@pytest.fixture(autouse=True)
+def _fast_paths():
+  """These tests are about the fast paths: on, whatever `XJAX_PLAIN_LAX` says."""
+  with ops.plain_lax(False):
+    yield
 
 
 def primitives(fn, *args) -> list:
@@ -35,7 +44,7 @@ def test_valid_conv_matches_lax_forward_and_gradients(kernel, padding):
   x = jnp.asarray(RNG.normal(size=(2, 9, 11, 8)), jnp.float32)
   w = jnp.asarray(RNG.normal(size=(*kernel, 8, 4)), jnp.float32)
   ref = lambda x, w: lax.conv_general_dilated(x, w, **_dims(padding))
-  fast = lambda x, w: fast_ops.conv_general_dilated(x, w, **_dims(padding))
+  fast = lambda x, w: ops.conv_general_dilated(x, w, **_dims(padding))
   want, want_vjp = jax.vjp(ref, x, w)
   got, got_vjp = jax.vjp(fast, x, w)
   assert got.shape == want.shape
@@ -66,7 +75,7 @@ def test_other_convs_are_left_to_lax(kwargs, kernel):
   x = jnp.asarray(RNG.normal(size=(2, 8, 8, in_features)), jnp.float32)
   w = jnp.asarray(RNG.normal(size=(*kernel, 20, 4)), jnp.float32)
   ref = lambda x, w: lax.conv_general_dilated(x, w, dimension_numbers=NHWC, **kwargs)
-  fast = lambda x, w: fast_ops.conv_general_dilated(x, w, dimension_numbers=NHWC, **kwargs)
+  fast = lambda x, w: ops.conv_general_dilated(x, w, dimension_numbers=NHWC, **kwargs)
   got = primitives(fast, x, w)
   assert [e.primitive.name for e in got] == ["conv_general_dilated"]
   assert got[0].params == primitives(ref, x, w)[0].params
@@ -76,16 +85,16 @@ def test_other_convs_are_left_to_lax(kwargs, kernel):
 def test_default_dimension_numbers_nchw():
   x = jnp.asarray(RNG.normal(size=(2, 3, 9, 7)), jnp.float32)
   w = jnp.asarray(RNG.normal(size=(4, 3, 3, 5)), jnp.float32)
-  got = fast_ops.conv_general_dilated(x, w, (1, 1), "VALID")
+  got = ops.conv_general_dilated(x, w, (1, 1), "VALID")
   np.testing.assert_allclose(got, lax.conv_general_dilated(x, w, (1, 1), "VALID"), rtol=1e-5,
                              atol=1e-5)
   assert "slice" in [e.primitive.name for e in primitives(
-      lambda x, w: fast_ops.conv_general_dilated(x, w, (1, 1), "VALID"), x, w)]
+      lambda x, w: ops.conv_general_dilated(x, w, (1, 1), "VALID"), x, w)]
 
 
 def test_kernel_larger_than_input_is_left_to_lax():
   x, w = jnp.ones((1, 2, 2, 1)), jnp.ones((3, 3, 1, 1))
-  fast = lambda x, w: fast_ops.conv_general_dilated(x, w, **_dims("VALID"))
+  fast = lambda x, w: ops.conv_general_dilated(x, w, **_dims("VALID"))
   assert [e.primitive.name for e in primitives(fast, x, w)] == ["conv_general_dilated"]
 
 
@@ -101,7 +110,7 @@ def test_pointwise_conv_gradients_are_lax_s(dims, x_shape, w_shape, strides):
   w = jnp.asarray(RNG.normal(size=w_shape), jnp.float32)
   kwargs = dict(window_strides=strides, padding="VALID", dimension_numbers=dims)
   ref = lambda x, w: lax.conv_general_dilated(x, w, **kwargs)
-  fast = lambda x, w: fast_ops.conv_general_dilated(x, w, **kwargs)
+  fast = lambda x, w: ops.conv_general_dilated(x, w, **kwargs)
   want, want_vjp = jax.vjp(ref, x, w)
   got, got_vjp = jax.vjp(fast, x, w)
   np.testing.assert_array_equal(got, want)  # the forward pass is lax's own op
@@ -128,8 +137,8 @@ def test_patch_conv_matches_lax(x_shape, w_shape, padding):
   kwargs = dict(window_strides=(1,) * (len(x_shape) - 2), padding=padding)
   dims = NHWC if len(x_shape) == 4 else ("NWC", "WIO", "NWC")
   ref = lambda x, w: lax.conv_general_dilated(x, w, dimension_numbers=dims, **kwargs)
-  fast = lambda x, w: fast_ops.conv_general_dilated(x, w, dimension_numbers=dims, **kwargs)
-  linear = lambda x, w: fast_ops.linear_conv_general_dilated(x, w, dimension_numbers=dims, **kwargs)
+  fast = lambda x, w: ops.conv_general_dilated(x, w, dimension_numbers=dims, **kwargs)
+  linear = lambda x, w: ops.linear_conv_general_dilated(x, w, dimension_numbers=dims, **kwargs)
   want, want_vjp = jax.vjp(ref, x, w)
   got, got_vjp = jax.vjp(fast, x, w)  # differentiated: the patches' forward pass
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -147,19 +156,19 @@ def test_patch_conv_matches_lax(x_shape, w_shape, padding):
 
 
 def test_patch_path_threshold():
-  few = lambda c, strides=(1, 1): fast_ops.has_few_patch_values(
+  few = lambda c, strides=(1, 1): ops.has_few_patch_values(
       (1, 8, 8, c), (3, 3, c, 4), strides, "SAME", dimension_numbers=NHWC)
   assert few(7) and not few(8)  # 63 and 72 values per pixel against MAX_PATCH_VALUES 64
   assert not few(7, strides=(2, 2))
-  assert not fast_ops.has_few_patch_values((1, 7, 8, 8), (4, 7, 3, 3), (1, 1), "SAME",
-                                           dimension_numbers=("NCHW", "OIHW", "NCHW"))
+  assert not ops.has_few_patch_values((1, 7, 8, 8), (4, 7, 3, 3), (1, 1), "SAME",
+                                      dimension_numbers=("NCHW", "OIHW", "NCHW"))
 
 
 def test_linear_pointwise_conv_transposes_to_lax_s_gradient():
   x = jnp.asarray(RNG.normal(size=(3, 9, 9, 6)), jnp.float32)
   w = jnp.asarray(RNG.normal(size=(1, 1, 6, 5)), jnp.float32)
   kwargs = dict(window_strides=(2, 2), padding="VALID", dimension_numbers=NHWC)
-  linear = lambda v: fast_ops.linear_conv_general_dilated(v, w, **kwargs)
+  linear = lambda v: ops.linear_conv_general_dilated(v, w, **kwargs)
   ref = lambda v: lax.conv_general_dilated(v, w, **kwargs)
   np.testing.assert_allclose(linear(x), ref(x), rtol=1e-5, atol=1e-5)
   assert "conv_general_dilated" not in [e.primitive.name for e in primitives(linear, x)]
@@ -172,8 +181,8 @@ def test_pointwise_conv_hand_case():
   # x (1, 3, 1) channels [1, 2]; stride 2 reads pixels 0 and 2; w maps 2 channels to 1.
   x = jnp.asarray([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])
   w = jnp.asarray([[[10.0], [1.0]]])
-  f = lambda x, w: fast_ops.conv_general_dilated(x, w, (2,), "VALID",
-                                                 dimension_numbers=("NWC", "WIO", "NWC"))
+  f = lambda x, w: ops.conv_general_dilated(x, w, (2,), "VALID",
+                                            dimension_numbers=("NWC", "WIO", "NWC"))
   np.testing.assert_array_equal(f(x, w)[0, :, 0], [12.0, 56.0])
   dx, dw = jax.grad(lambda x, w: (f(x, w)[0, :, 0] * jnp.asarray([1.0, 2.0])).sum(), (0, 1))(x, w)
   np.testing.assert_array_equal(dx[0], [[10.0, 1.0], [0.0, 0.0], [20.0, 2.0]])
@@ -203,7 +212,7 @@ def test_cnn_cifar10_matches_plain_lax_convs(cifar, monkeypatch):
   model, variables, x = cifar
   logits, grads = _logits_and_grad(model, variables, x)
   monkeypatch.setattr(cnn, "_fast_conv", lax.conv_general_dilated)
-  monkeypatch.setattr(fast_ops, "max_pool", lambda x, window, strides=None, padding="VALID":
+  monkeypatch.setattr(ops, "max_pool", lambda x, window, strides=None, padding="VALID":
                       nn.max_pool(x, window, strides=strides, padding=padding))
   plain_variables = model.init(jax.random.key(0), x)
   assert jax.tree.map(jnp.shape, plain_variables) == jax.tree.map(jnp.shape, variables)
@@ -243,7 +252,7 @@ def test_lrp_merges_the_bias_into_the_cropped_conv(cifar, monkeypatch):
 
 
 class _ConvBN(nn.Module):
-  conv: object = fast_ops.conv_general_dilated
+  conv: object = ops.conv_general_dilated
   use_bias: bool = True
 
   @nn.compact
@@ -278,7 +287,7 @@ def test_batch_norm_folds_through_the_crop(use_bias):
 def test_conv_without_bias_keeps_its_crop():
   """With nothing to merge the crop stays in the layer: its output is the VALID conv's maps."""
   def apply_fn(w, x):
-    y = fast_ops.conv_general_dilated(x, w["k"], **_dims("VALID"))
+    y = ops.conv_general_dilated(x, w["k"], **_dims("VALID"))
     return nn.relu(y).sum(axis=(1, 2))
 
   x = jnp.asarray(RNG.normal(size=(2, 6, 6, 2)), jnp.float32)
@@ -295,24 +304,24 @@ def test_conv_without_bias_keeps_its_crop():
 def test_tiling_max_pool_matches_flax_forward_and_gradient(size):
   x = jnp.asarray(RNG.normal(size=(2, size, size, 3)), jnp.float32)  # no ties
   g = jnp.asarray(RNG.normal(size=(2, size // 2, size // 2, 3)), jnp.float32)
-  y, pullback = jax.vjp(lambda v: fast_ops.max_pool(v, (2, 2), strides=(2, 2)), x)
+  y, pullback = jax.vjp(lambda v: ops.max_pool(v, (2, 2), strides=(2, 2)), x)
   want_y, want_pullback = jax.vjp(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2)), x)
   np.testing.assert_array_equal(y, want_y)
   np.testing.assert_allclose(pullback(g)[0], want_pullback(g)[0], rtol=1e-6, atol=1e-7)
   # On CPU the gradient is the mask, not XLA's select-and-scatter.
-  grad_program = jax.make_jaxpr(jax.grad(lambda v: fast_ops.max_pool(v, (2, 2)).sum()))(x)
+  grad_program = jax.make_jaxpr(jax.grad(lambda v: ops.max_pool(v, (2, 2)).sum()))(x)
   assert "select_and_scatter_add" not in str(grad_program)
 
 
 def test_tied_maxima_share_the_gradient():
   x = jnp.array([[1.0, 3.0], [3.0, 0.0]]).reshape(1, 2, 2, 1)  # two maxima: each gets half
-  grad = jax.grad(lambda v: fast_ops.max_pool(v, (2, 2)).sum())(x)
+  grad = jax.grad(lambda v: ops.max_pool(v, (2, 2)).sum())(x)
   np.testing.assert_allclose(grad[0, ..., 0], [[0.0, 0.5], [0.5, 0.0]])
 
 
 def test_overlapping_or_padded_pooling_is_flaxs():
   x = jnp.asarray(RNG.normal(size=(2, 9, 9, 2)), jnp.float32)
   pool = lambda f: (lambda v: f(v, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))
-  np.testing.assert_array_equal(pool(fast_ops.max_pool)(x), pool(nn.max_pool)(x))
-  grad = jax.grad(lambda v: pool(fast_ops.max_pool)(v).sum())(x)
+  np.testing.assert_array_equal(pool(ops.max_pool)(x), pool(nn.max_pool)(x))
+  grad = jax.grad(lambda v: pool(ops.max_pool)(v).sum())(x)
   np.testing.assert_array_equal(grad, jax.grad(lambda v: pool(nn.max_pool)(v).sum())(x))

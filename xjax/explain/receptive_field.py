@@ -15,7 +15,7 @@ input pixel units, where pixel (i, j) covers [j, j + 1) x [i, i + 1) and has its
 `xjax.data.shapes`). A window op (convolution, pooling) whose unit i reads the input positions
 i * s - pad_lo + t * d, t = 0 .. k - 1, maps (lo, hi, step) to
 (lo - pad_lo * step, hi + (-pad_lo + (k - 1) * d) * step, s * step); a `slice` (the crop of an
-unpadded convolution computed padded, `xjax.nn.fast_ops`) or a `pad` shifts lo and hi;
+unpadded convolution computed padded, `xjax.ops.padded_crop`) or a `pad` shifts lo and hi;
 elementwise ops pass them through, and the sum of two branches (a residual connection) spans the
 union of theirs. Fields that reach into the padding extend past the image: the centre is that of
 the whole window, padding included (the usual convention), so a border unit of a "SAME"

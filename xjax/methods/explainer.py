@@ -35,9 +35,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xjax import ops
 from xjax.errors import ConfigError
 from xjax.methods import filter_loss as icnn
-from xjax.nn import fast_ops
 from xjax.nn.registry import MODELS, get_model
 from xjax.train.losses import LOSS_TERMS, ModelOutputs
 
@@ -86,10 +86,10 @@ class ExplainerEncoder(nn.Module):
             f"beta_{i}", nn.initializers.constant(self.beta_init), (self.num_filters,))
         x, out[f"mask_{i}"] = icnn.mask(x, mode=self.mask, beta=beta)
       if i == 1:
-        x = fast_ops.max_pool(x, (2, 2), strides=(2, 2))
+        x = ops.max_pool(x, (2, 2), strides=(2, 2))
     interp = NormLayer(name="norm_interp")(x)
     ordin = nn.relu(conv("conv_ordin")(maps))
-    ordin = NormLayer(name="norm_ordin")(fast_ops.max_pool(ordin, (2, 2), strides=(2, 2)))
+    ordin = NormLayer(name="norm_ordin")(ops.max_pool(ordin, (2, 2), strides=(2, 2)))
     w_p = self.param("w_p", nn.initializers.zeros, ())
     p = jax.nn.sigmoid(w_p)
     out["p"] = p

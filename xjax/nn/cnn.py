@@ -18,9 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xjax import ops
 from xjax.errors import ConfigError
-from xjax.nn import fast_ops
-from xjax.nn.fast_ops import conv_general_dilated as _fast_conv
+from xjax.ops import conv_general_dilated as _fast_conv
 
 Array = jax.Array
 
@@ -88,17 +88,17 @@ class CNNCifar10(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
     x = jnp.asarray(x, jnp.float32)
     # The VALID convolutions run "SAME"-padded and cropped on CPU, and the max pooling takes its
-    # gradient by a mask (xjax.nn.fast_ops).
+    # gradient by a mask (xjax.ops).
     conv = lambda c, pad, name: nn.Conv(c, (3, 3), padding=pad, kernel_init=_KERAS_KERNEL_INIT,
                                         conv_general_dilated=_fast_conv, name=name)
     x = nn.relu(conv(32, "SAME", "conv1")(x))
     x = nn.relu(conv(32, "VALID", "conv2")(x))
-    x = fast_ops.max_pool(x, (2, 2), strides=(2, 2))
+    x = ops.max_pool(x, (2, 2), strides=(2, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.relu(conv(64, "SAME", "conv3")(x))
     x = nn.relu(conv(64, "VALID", "conv4")(x))
     intermediates = {"conv_maps": x}
-    x = fast_ops.max_pool(x, (2, 2), strides=(2, 2))
+    x = ops.max_pool(x, (2, 2), strides=(2, 2))
     return _table1_head(x, 512, self.num_classes, intermediates, self.dropout_rate,
                         self.dense_dropout_rate, train)
 
@@ -195,7 +195,7 @@ class SumPoolCNN(nn.Module):
     if x.shape[1:3] != (32, 32):
       raise ConfigError(f"SumPoolCNN expects 32x32 inputs (MNIST padded to 32x32), got "
                         f"{x.shape[1:3]}.")
-    # The 5x5 convolutions run "SAME"-padded and cropped on CPU (xjax.nn.fast_ops).
+    # The 5x5 convolutions run "SAME"-padded and cropped on CPU (xjax.ops).
     x = nn.relu(nn.Conv(10, (5, 5), padding="VALID", conv_general_dilated=_fast_conv,
                         name="conv1")(x))
     x = sum_pool(x, 2, self.pool_scale)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from xjax.errors import ConfigError
-from xjax.nn.fast_ops import conv_general_dilated as _fast_conv
+from xjax.ops import conv_general_dilated as _fast_conv
 
 Array = jax.Array
 
@@ -31,7 +31,7 @@ def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
 def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
   pad = kernel // 2
   # On CPU the 1x1 projections take their gradients as matrix products, and the CIFAR stem's 3x3
-  # convolution of the RGB image is differentiated through its patches (xjax.nn.fast_ops).
+  # convolution of the RGB image is differentiated through its patches (xjax.ops).
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_CONV_INIT,
                  conv_general_dilated=_fast_conv, name=name)

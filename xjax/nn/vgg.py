@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xjax import ops
 from xjax.errors import ConfigError
-from xjax.nn import fast_ops
 
 Array = jax.Array
 
@@ -69,7 +69,7 @@ class VGG(nn.Module):
     num_convs = 0
     for v in resolve_config(self.config):
       if v == "M":
-        x = fast_ops.max_pool(x, (2, 2), strides=(2, 2))  # a mask gradient on CPU
+        x = ops.max_pool(x, (2, 2), strides=(2, 2))  # a mask gradient on CPU
         continue
       num_convs += 1
       x = nn.Conv(v, (3, 3), padding=((1, 1), (1, 1)), name=f"conv{num_convs}")(x)

@@ -31,7 +31,7 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.lrp.program import PASS_ACTIVATIONS, Layer, LayerInfo, Lit, Program
-from xjax.nn.fast_ops import conv_params, linear_conv_general_dilated, max_pool_winners_backward
+from xjax.ops import conv_params, linear_conv_general_dilated, max_pool_winners_backward
 
 Array = jax.Array
 MAX_POOL_MODES = ("winner", "average")
@@ -81,8 +81,8 @@ def _linear(layer: Layer, x: Array, weight: Array) -> Array:
   eqn = layer.linear
   if eqn.primitive.name == "conv_general_dilated":  # its input is lhs (the program checks)
     # On CPU an unpadded convolution runs padded and cropped, and a 1x1 one as a matrix product
-    # (`xjax.nn.fast_ops`, as the models do): the layer's forward pass and the rules' modified
-    # ones alike. Others: lax's own op.
+    # (`xjax.ops`, as the models do; plain lax with `XJAX_PLAIN_LAX`): the layer's forward pass
+    # and the rules' modified ones alike. Others: lax's own op.
     return _rearrange(layer, linear_conv_general_dilated(x, weight, **conv_params(eqn.params)))
   args = [x, weight] if layer.input_position == 0 else [weight, x]
   return _rearrange(layer, bind(eqn, args)[0])
@@ -264,8 +264,8 @@ def _tiles_windows(eqn) -> bool:
 
 def _max_pool_to_winners(eqn) -> Callable:
   """Max pooling over tiling windows whose relevance goes to the window's maximum, ties split
-  evenly: `xjax.nn.fast_ops.max_pool_winners_backward`, the same routing as the gradient by an
-  equality mask (XLA:CPU's select-and-scatter costs about ten times as much)."""
+  evenly: `xjax.ops.max_pool_winners_backward`, the same routing as the gradient by an equality
+  mask, on every backend (it also spares XLA:CPU's select-and-scatter)."""
   window = tuple(eqn.params["window_dimensions"])
   return _with_backward(eqn, lambda x, y, g: max_pool_winners_backward(x, y, g, window))
 
