@@ -167,9 +167,9 @@ def test_fine_tuning_config_carries_the_penalty_options(tmp_path):
   assert set(base.losses) == {"cross_entropy"} and base.optimizer.learning_rate == 1e-3
   assert base.train.init_from is None and tuple(base.train.validation_penalties) == ()
   # Fig. 6 draws dense1's inputs sorted by the block of their channel.
-  run = {"_variables": {"params": {"dense1": {"kernel": np.zeros((6272, 256))},
-                                   "classifier": {"kernel": np.zeros((256, 10))}}}}
-  blocks = run_separable.channel_input_blocks(c, run, 10)
+  params = {"dense1": {"kernel": np.zeros((6272, 256))},
+            "classifier": {"kernel": np.zeros((256, 10))}}
+  blocks = run_separable.channel_input_blocks(c, params, 10)
   assert list(blocks) == ["dense1/kernel"]
   np.testing.assert_array_equal(blocks["dense1/kernel"][:64], np.tile(
       (np.arange(32) * 10) // 32, 2))

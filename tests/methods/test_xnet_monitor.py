@@ -1,5 +1,5 @@
 """XNet over a dataset: per-neuron drop losses under a matching, category activations, top images,
-and the XNet model's structure."""
+the XNet model's structure, and the hooks' state in the training loop's."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 
 from xjax.errors import ConfigError
 from xjax.methods import xnet_monitor as monitor
+from xjax.methods.xnet import MEMBERSHIP_KEY
 from xjax.nn.registry import get_model
+from xjax.train.loop import LoopState
 
 
 def test_neuron_drop_losses_read_the_matched_entries():
@@ -74,3 +76,29 @@ def test_the_xnet_model_puts_a_head_on_a_backbone_without_classifier():
     get_model("xnet", backbone="nope").init(jax.random.key(0), x)
   with pytest.raises(ConfigError, match="matching"):
     monitor.XNetHooks(model, {}, [0, 1, 2, 3], matching="greedy")
+
+
+def test_the_hooks_keep_a_typed_state_in_the_loop_and_resume_from_the_old_layout():
+  model = get_model("xnet", backbone="cnn_fashion", num_neurons=2, num_classes=2)
+  hooks = monitor.XNetHooks(model, {}, [0, 1], matching="initial")
+  batch = {"attributes": np.array([[1, 0], [1, 1], [0, 1]], np.int8)}
+  loop = LoopState()
+  np.testing.assert_array_equal(hooks.transform_batch(batch, loop)[MEMBERSHIP_KEY],
+                                [[1, 0], [1, 1], [0, 1]])  # identity matching before any
+  assert loop.hooks["xnet"] == monitor.XNetState([0, 1])
+  assert loop.to_json()["hooks"] == {"xnet": {"neuron_of_category": [0, 1],
+                                              "drop_loss_history": [], "matchings": []}}
+  # A checkpoint written before `LoopState.hooks`: XNet's state beside the loop's keys.
+  xnet = {"neuron_of_category": [1, 0], "drop_loss_history": [[0.3, 0.4]],
+          "matchings": [{"epoch": 0, "neuron_of_category": [1, 0], "matrix": [[0, 1], [1, 0]]}]}
+  resumed = LoopState.from_json({"history": [], "best_validation_loss": None,
+                                 "best_epoch": None, "bad_epochs": 0, "stopped_early": False,
+                                 "train_seconds": 1.0, "epoch_logs": [], "xnet": xnet})
+  # The matching of epoch 0 and the drop losses before training were made: a resume at epoch 0
+  # makes neither again (no train state is needed to find that out).
+  hooks.on_epoch_start(None, 0, resumed)
+  assert resumed.hooks["xnet"] == monitor.XNetState(**xnet)
+  np.testing.assert_array_equal(hooks.transform_batch(batch, resumed)[MEMBERSHIP_KEY],
+                                [[0, 1], [1, 1], [1, 0]])  # category 0 is neuron 1's
+  assert hooks.results(resumed) == {"xnet": xnet}  # results.json's "xnet", as before
+  assert LoopState.from_json(resumed.to_json()).hooks == {"xnet": xnet}

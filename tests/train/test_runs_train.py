@@ -243,6 +243,27 @@ def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the
   _assert_trees_close(_params(workdir), _params(plain), rtol=1e-6, atol=1e-7)
 
 
+def test_a_checkpoint_with_the_old_loop_layout_resumes_exactly(plain, killed_after_two_saves,
+                                                               tmp_path):
+  # Checkpoints written before `LoopState` hold the loop's state as a flat dict, without
+  # "hooks" (a hook's state sat beside the loop's keys): such a run still resumes exactly.
+  workdir = tmp_path / "run"
+  shutil.copytree(killed_after_two_saves, workdir)
+  for metadata in (workdir / "checkpoints" / "latest").glob("*/loop/metadata"):
+    loop = json.loads(metadata.read_text())
+    assert loop.pop("hooks") == {}
+    metadata.write_text(json.dumps(loop))
+  resumed = _train(workdir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resuming from step 10" in resumed.stdout
+  _assert_trees_close(_params(workdir), _params(plain), rtol=1e-6, atol=1e-7)
+  a = json.loads((workdir / "results.json").read_text())
+  b = json.loads((plain / "results.json").read_text())
+  for epoch in (0, 1):
+    assert a["history"][epoch]["train_loss"] == pytest.approx(b["history"][epoch]["train_loss"],
+                                                              rel=1e-5)
+
+
 def test_no_readable_checkpoint_is_one_line_naming_what_was_tried(plain, tmp_path):
   shutil.copytree(plain, tmp_path / "run")
   best = tmp_path / "run" / "checkpoints" / "best"

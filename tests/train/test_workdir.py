@@ -189,3 +189,24 @@ def test_the_command_line_exits_with_the_errors_status(capsys):
   with pytest.raises(SystemExit) as exited:
     cli._guarded(lambda: rundir.check_writable(cli.__file__))
   assert exited.value.code == 2
+
+
+def test_interrupted_is_an_xjax_error_recognised_by_its_type(capsys):
+  from runs import cli
+  from xjax import errors
+  from xjax.train import loop
+
+  assert loop.Interrupted is errors.Interrupted and issubclass(errors.Interrupted,
+                                                               errors.XjaxError)
+  assert errors.Interrupted("stopped").exit_status == 128 + signal.SIGTERM
+
+  class Other(errors.XjaxError):
+    exit_status = 7  # only `Interrupted` chooses its status
+
+  def fail():
+    raise Other("not a signal")
+
+  with pytest.raises(SystemExit) as exited:
+    cli._guarded(fail)
+  assert exited.value.code == 2
+  assert capsys.readouterr().err == "error: not a signal\n"

@@ -36,7 +36,7 @@ import numpy as np
 from xjax.data import batching
 from xjax.errors import ConfigError, DataNotFoundError
 from xjax.experiments.loading import read_split
-from xjax.experiments.protocol import Protocol, Run, TrainedRun
+from xjax.experiments.protocol import Analysis, Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
 from xjax.explain.cam import gradcam
@@ -205,9 +205,9 @@ class ExplainerProtocol(Protocol):
   # ------------------------------------------------------------------------------------------
   # The analysis.
 
-  def analyse(self, config, run: TrainedRun, sources) -> dict:
+  def analyse(self, config, run: TrainedRun, sources) -> Analysis:
     if run.name == "performer":
-      return {"test_accuracy": run.trained["test_accuracy"]}
+      return Analysis({"test_accuracy": run.trained["test_accuracy"]})
     options = config.explainer
     if options.get("performer_workdir"):  # trained elsewhere: its own results.json
       own = Path(options.performer_workdir) / "results.json"
@@ -262,8 +262,8 @@ class ExplainerProtocol(Protocol):
     figure["maps"] = {who: np.asarray(jax.image.resize(
         out[name][shown], (len(shown), *x.shape[1:3], out[name].shape[-1]), "bilinear"))
         for who, name in (("performer", "conv_maps"), ("explainer", "interp_2"))}
-    result["_figure"] = {"images": test["image"][rows], "labels": test["label"][rows], **figure}
-    return result
+    return Analysis(result, {"images": test["image"][rows], "labels": test["label"][rows],
+                             **figure})
 
   # ------------------------------------------------------------------------------------------
   # Reporting.
@@ -310,8 +310,8 @@ class ExplainerProtocol(Protocol):
             + "\n".join(r for r in rows if r) + "\n")
     return [main, "## Location instability per part\n\n" + "\n".join(parts) + "\n"]
 
-  def figures(self, config, analysed, sources, directory: Path) -> None:
-    figure = analysed["explainer"]["_figure"]
+  def figures(self, config, analyses, sources, directory: Path) -> None:
+    figure = analyses["explainer"].figures
     chosen = {}
     for who in ("explainer", "performer"):
       per_filter = figure[who]["per_filter"]

@@ -36,7 +36,7 @@ from xjax.data import pipeline
 from xjax.errors import ConfigError
 from xjax.experiments.explain import method_key, run_method
 from xjax.experiments.loading import read_split
-from xjax.experiments.protocol import Protocol, Run, TrainedRun
+from xjax.experiments.protocol import Analysis, Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
 from xjax.explain.maximize import PRIORS, maximize
@@ -117,7 +117,6 @@ class MaximizeProtocol(Protocol):
   def __init__(self):
     self._trained: dict[str, TrainedRun] = {}
     self._analysis: dict = {}
-    self._arrays: dict = {}
 
   def check(self, config) -> None:
     config_checks.check_section(config.maximize, "maximize", MAXIMIZE_RULES)
@@ -160,21 +159,22 @@ class MaximizeProtocol(Protocol):
             Run("generator", module_config(config, "generator"),
                 description=f"the generator, {config.maximize.generator.model.name}")]
 
-  def analyse(self, config, run: TrainedRun, sources) -> dict:
-    # The prototypes need all three runs: they are computed once the last one has trained, and
-    # reported at the top level of results.json (`header`).
+  def analyse(self, config, run: TrainedRun, sources) -> Analysis:
+    # The prototypes need all three runs: they are computed once the last one has trained,
+    # reported at the top level of results.json (`header`), and their figure data is that last
+    # run's `Analysis.figures`.
     self._trained[run.name] = run
     result = {"test_loss": run.trained["test_loss"], "epochs": run.trained["epochs_completed"]}
     if run.name == "classifier":
       result["test_accuracy"] = run.trained["test_accuracy"]
-    if run.name == RUNS[-1]:
-      self._analyse(config, sources)
-    return result
+    return Analysis(result, self._analyse(config, sources) if run.name == RUNS[-1] else {})
 
   # ------------------------------------------------------------------------------------------
   # The analysis.
 
-  def _analyse(self, config, sources) -> None:
+  def _analyse(self, config, sources) -> dict:
+    """The prototypes and explanations: their numbers into `self._analysis` (results.json's top
+    level), their arrays returned (the figures')."""
     classifier = self._trained["classifier"]
     variables = classifier.variables()
     apply_fn = logits_fn(classifier.model)
@@ -186,8 +186,8 @@ class MaximizeProtocol(Protocol):
                                          (float(np.min(low)), float(np.max(high))))
     explanations = self._explanations(config, apply_fn, variables, sources["test"], (low, high))
     self._analysis = {"prototypes": prototypes, "explanations": explanations["numbers"]}
-    self._arrays = {"prototypes": found, "class_names": info.class_names
-                    or tuple(str(c) for c in range(info.num_classes)), **explanations["arrays"]}
+    return {"prototypes": found, "class_names": info.class_names
+            or tuple(str(c) for c in range(info.num_classes)), **explanations["arrays"]}
 
   def _prototypes(self, config, apply_fn, variables, info, train_x, train_labels, box):
     cfg = config.maximize
@@ -338,8 +338,8 @@ class MaximizeProtocol(Protocol):
         f"{explained['mean_explained_logit']:.3f}. `{RANDOM}`: pixels in random order.\n\n"
         + report.markdown_table(["method", "area", "std over images", "ms / image"], methods)]
 
-  def figures(self, config, analysed, sources, directory: Path) -> None:
-    arrays = self._arrays
+  def figures(self, config, analyses, sources, directory: Path) -> None:
+    arrays = analyses[RUNS[-1]].figures
     class_names = [arrays["class_names"][c] for c in self._analysis["prototypes"]["classes"]]
     captions = {p: [f"p={q:.2f}" for q in self._analysis["prototypes"][p]["probability"]]
                 for p in config.maximize.priors}

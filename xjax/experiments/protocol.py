@@ -7,13 +7,17 @@ what is particular to its paper:
   sections, check(config)              its config sections, and the checks of its settings that
                                        need no data (run before anything is loaded)
   runs(config, sources)                the training runs, in order (each a `Run`)
-  analyse(config, run, sources)        the numbers of one trained run (a dict for results.json;
-                                       keys starting with "_" are kept for the figures only)
+  analyse(config, run, sources)        one trained run's `Analysis`: its numbers for
+                                       results.json (`results`) and what only its figures need,
+                                       arrays, variables, models (`figures`)
   checks(config, analysed)             the acceptance numbers of the experiment
   tables(config, analysed, checks)     results.md sections, the paper's numbers (`config.paper`)
                                        beside ours
-  figures(config, analysed, sources, directory)
+  figures(config, analyses, sources, directory)
   summary(config, analysed, checks)    the one-line JSON summary printed at the end
+
+`checks`, `tables`, `header` and `summary` get each run's `results` by run name (`analysed`), as
+results.json holds them; `figures` gets each run's whole `Analysis` (`analyses`).
 
 `xjax.experiments.runner.run_experiment(protocol, config, workdir)` owns everything else: the
 data sources, the per-run workdirs and their resumption, the frozen and pre-trained modules,
@@ -76,6 +80,21 @@ class TrainedRun:
     return checkpoint.load_variables(self.workdir, which)
 
 
+@dataclasses.dataclass
+class Analysis:
+  """What a protocol makes of one trained run (`Protocol.analyse`).
+
+  Attributes:
+    results: the run's numbers, JSON-able: its entry of results.json, and what `checks`,
+      `tables`, `header` and `summary` read.
+    figures: what only `Protocol.figures` needs (arrays, variables, a model, a path), by a name
+      of the protocol's choosing; never written to results.json.
+  """
+
+  results: dict[str, Any]
+  figures: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class Protocol:
   """A paper's experiment; subclasses override `runs` and whatever else they report."""
 
@@ -90,10 +109,12 @@ class Protocol:
     """The training runs, in the order they are trained (later ones may start from earlier)."""
     raise NotImplementedError
 
-  def analyse(self, config: ml_collections.ConfigDict, run: TrainedRun, sources: dict) -> dict:
-    """The numbers of one trained run; by default its test accuracy and loss."""
+  def analyse(self, config: ml_collections.ConfigDict, run: TrainedRun,
+              sources: dict) -> Analysis:
+    """One trained run's numbers and figure data; by default its test accuracy and loss."""
     del config, sources
-    return {"test_accuracy": run.trained["test_accuracy"], "test_loss": run.trained["test_loss"]}
+    return Analysis({"test_accuracy": run.trained["test_accuracy"],
+                     "test_loss": run.trained["test_loss"]})
 
   def checks(self, config: ml_collections.ConfigDict, analysed: dict[str, dict]) -> dict:
     """The experiment's acceptance numbers (shown in results.md and the summary line)."""
@@ -106,9 +127,10 @@ class Protocol:
     del config, analysed, checks
     return []
 
-  def figures(self, config: ml_collections.ConfigDict, analysed: dict[str, dict], sources: dict,
-              directory: Path) -> None:
-    """Writes the experiment's figures into `directory`."""
+  def figures(self, config: ml_collections.ConfigDict, analyses: dict[str, Analysis],
+              sources: dict, directory: Path) -> None:
+    """Writes the experiment's figures into `directory`, from each run's `Analysis` (its
+    `results` and its `figures`) by run name."""
 
   def header(self, config: ml_collections.ConfigDict, analysed: dict[str, dict]) -> dict:
     """Top-level entries of results.json before the runs (e.g. the categories of XNet)."""

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
 import ml_collections
 
 from xjax.errors import ConfigError
-from xjax.experiments.protocol import Protocol, Run, TrainedRun
+from xjax.experiments.protocol import Analysis, Protocol, Run, TrainedRun
 from xjax.plot.curves import plot_training_curves
 from xjax.train import report
 from xjax.train import workdir as rundir
@@ -76,9 +77,24 @@ def _train(run: Run, workdir: Path, names: list[str], info, resume_with_changes:
   return TrainedRun(run.name, c, workdir / run.name, build_model(c, info), trained)
 
 
-def public(result: dict) -> dict:
-  """A run's analysis without its "_" entries (arrays kept for the figures)."""
-  return {k: v for k, v in result.items() if not k.startswith("_")}
+def as_analysis(analysed: Analysis | Mapping, protocol: Protocol, name: str) -> Analysis:
+  """What `protocol.analyse` returned for run `name`, as an `Analysis`.
+
+  A plain mapping is taken as the run's results alone (a protocol with no figure data may
+  return one). One with "_"-prefixed keys, the figure data of the layout before `Analysis`,
+  is refused rather than written to results.json.
+  """
+  if isinstance(analysed, Analysis):
+    return analysed
+  if isinstance(analysed, Mapping):
+    hidden = sorted(k for k in analysed if str(k).startswith("_"))
+    if hidden:
+      raise TypeError(f"{type(protocol).__name__}.analyse returned figure data in the keys "
+                      f"{hidden} of run {name!r}'s results: return "
+                      f"Analysis(results, figures) instead.")
+    return Analysis(dict(analysed))
+  raise TypeError(f"{type(protocol).__name__}.analyse returned a {type(analysed).__name__} for "
+                  f"run {name!r}; expected an Analysis (or a dict of results).")
 
 
 def results_markdown(protocol: Protocol, config, analysed: dict, checks: dict) -> str:
@@ -156,12 +172,13 @@ def _run_experiment(protocol: Protocol, config: ml_collections.ConfigDict, workd
   if changes:
     print(f"Resuming with a changed config: {rundir.describe_changes(changes)} (recorded in "
           f"{workdir / rundir.CHANGES_FILE}).", flush=True)
-  analysed = {}
+  analyses = {}
   for run in plan:
     trained = _train(run, workdir, names, info, resume_with_changes)
-    analysed[run.name] = protocol.analyse(config, trained, sources)
+    analyses[run.name] = as_analysis(protocol.analyse(config, trained, sources), protocol,
+                                     run.name)
 
-  runs = {name: public(result) for name, result in analysed.items()}
+  runs = {name: analysis.results for name, analysis in analyses.items()}
   checks = protocol.checks(config, runs)
   results = {**protocol.header(config, runs), **runs, "checks": checks,
              "config_changes": rundir.read_changes(workdir)}
@@ -170,7 +187,7 @@ def _run_experiment(protocol: Protocol, config: ml_collections.ConfigDict, workd
                                             for split, source in sources.items()}
   report.write_json(workdir / "results.json", results)
   (workdir / "results.md").write_text(results_markdown(protocol, config, runs, checks))
-  protocol.figures(config, analysed, sources, workdir / "figures")
+  protocol.figures(config, analyses, sources, workdir / "figures")
   print(json.dumps({**_rounded(protocol.summary(config, runs, checks)),
                     "workdir": str(workdir)}), flush=True)
   return results

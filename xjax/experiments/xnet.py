@@ -22,7 +22,7 @@ import numpy as np
 
 from xjax.data import pipeline
 from xjax.errors import ConfigError
-from xjax.experiments.protocol import Protocol, Run, TrainedRun
+from xjax.experiments.protocol import Analysis, Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
 from xjax.explain import heatmaps
@@ -93,7 +93,8 @@ def category_examples(outputs, n: int) -> np.ndarray:
   return np.stack(rows)
 
 
-def explain_examples(config, model, runs: dict, source, indices: np.ndarray, method: str):
+def explain_examples(config, model, analyses: dict[str, Analysis], source, indices: np.ndarray,
+                     method: str):
   """(K, n, H, W) channel-summed heatmaps of `method` for the predicted class, per run."""
   batch = source.read_batch(indices.reshape(-1))
   mean, std = pipeline.normalization_constants(source.info, config.data.normalization)
@@ -102,7 +103,7 @@ def explain_examples(config, model, runs: dict, source, indices: np.ndarray, met
   explain = jax.jit(lambda variables, x, target: get_method(method)(apply_fn, variables, x, target))
   out = {}
   for name in ("baseline", "xnet"):
-    variables = runs[name]["_variables"]
+    variables = analyses[name].figures["variables"]
     target = np.argmax(apply_fn(variables, x), axis=-1)
     relevance = explain(variables, x, target)
     out[name] = np.asarray(heatmaps.channel_sum(relevance)).reshape(*indices.shape, *x.shape[1:3])
@@ -138,7 +139,7 @@ class XNetProtocol(Protocol):
                       f"{objective or '(none: alpha = 0)'}, matching {matching}"))
     return plan
 
-  def analyse(self, config, run: TrainedRun, sources) -> dict:
+  def analyse(self, config, run: TrainedRun, sources) -> Analysis:
     """The run's numbers on the test split (module docstring) and what its figures need."""
     columns = category_columns(config, sources["test"].info)
     variables = run.variables()
@@ -149,7 +150,7 @@ class XNetProtocol(Protocol):
     per_image = monitor.per_image_drop_losses(variables["params"]["head"]["output"], outputs)
     matrix = monitor.category_means(per_image, outputs.membership)  # one pass of the k heads
     top = monitor.top_images(per_image, config.xnet.top_images)
-    return {
+    return Analysis({
         "test_accuracy": run.trained["test_accuracy"], "test_loss": run.trained["test_loss"],
         "drop_losses": monitor.neuron_drop_losses(matrix, xnet["neuron_of_category"]).tolist(),
         "drop_loss_history": xnet["drop_loss_history"],
@@ -160,10 +161,10 @@ class XNetProtocol(Protocol):
         "category_counts": outputs.membership.sum(axis=0).astype(int).tolist(),
         "epochs_completed": run.trained["epochs_completed"],
         "train_seconds": run.trained["train_seconds"],
-        "_variables": variables, "_outputs": outputs, "_model": run.model,
-        "_top": {"index": outputs.index[top],
-                 "scores": np.take_along_axis(per_image.T, top, 1)},
-    }
+    }, figures={
+        "variables": variables, "outputs": outputs, "model": run.model,
+        "top": {"index": outputs.index[top], "scores": np.take_along_axis(per_image.T, top, 1)},
+    })
 
   def checks(self, config, analysed) -> dict:
     base, xnet = analysed["baseline"], analysed["xnet"]
@@ -201,9 +202,10 @@ class XNetProtocol(Protocol):
                   for run in analysed.values())] for e in epochs]),
     ]
 
-  def figures(self, config, analysed, sources, directory: Path) -> None:
+  def figures(self, config, analyses, sources, directory: Path) -> None:
     """Fig. 1-6 of the paper for the baseline and XNet, Fig. 7 / 8 for the ablations run."""
     names, source = list(config.xnet.categories), sources["test"]
+    analysed = {name: analysis.results for name, analysis in analyses.items()}
     neurons = [f"neuron {j} ({names[c]})" for j, c in enumerate(
         np.argsort(analysed["xnet"]["neuron_of_category"]))]
     pair = ("baseline", "xnet")
@@ -214,15 +216,16 @@ class XNetProtocol(Protocol):
         {name: np.asarray(analysed[name]["category_activation"]) for name in pair},
         directory / "fig2_category_activation.png", category_names=names,
         title="category activation, normalised per neuron")
-    examples = category_examples(analysed["xnet"]["_outputs"], config.xnet.figure_examples)
-    model = analysed["xnet"]["_model"]
+    examples = category_examples(analyses["xnet"].figures["outputs"],
+                                 config.xnet.figure_examples)
+    model = analyses["xnet"].figures["model"]
     for number, method, overlay in ((3, "saliency", False), (4, "gradcam", True)):
-      images, maps = explain_examples(config, model, analysed, source, examples, method)
+      images, maps = explain_examples(config, model, analyses, source, examples, method)
       plots.plot_category_heatmaps(images, maps, directory / f"fig{number}_{method}.png",
                                    row_labels=names, overlay=overlay,
                                    title=f"{method} of the predicted class, by category")
     for number, name in ((5, "xnet"), (6, "baseline")):
-      top = analysed[name]["_top"]
+      top = analyses[name].figures["top"]
       images = source.read_batch(top["index"].reshape(-1))["image"]
       plots.plot_top_images(images.reshape(*top["index"].shape, *images.shape[1:]),
                             directory / f"fig{number}_top_images_{name}.png",

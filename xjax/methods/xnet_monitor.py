@@ -34,7 +34,7 @@ from xjax.methods.xnet import (
   drop_loss_matrix,
   match_neurons,
 )
-from xjax.train.loop import TrainHooks
+from xjax.train.loop import LoopState, TrainHooks
 
 MATCHINGS = ("none", "initial", "em")
 
@@ -131,12 +131,28 @@ def top_images(scores: np.ndarray, m: int = 9) -> np.ndarray:
   return np.argsort(-scores, axis=0, kind="stable")[:m].T
 
 
-class XNetHooks(TrainHooks):
-  """Per-epoch drop losses, and matching, for `train_and_evaluate` (module docstring).
+@dataclasses.dataclass
+class XNetState:
+  """What `XNetHooks` remembers across epochs, kept in `LoopState.hooks["xnet"]` (so saved in
+  every checkpoint, as a JSON object of these fields) and written to results.json's "xnet".
 
-  State kept in the loop (and so in every checkpoint) under "xnet": `neuron_of_category`,
-  `drop_loss_history` (per neuron, epoch 0 = before training) and `matchings`.
+  Attributes:
+    neuron_of_category: the neuron matched to each category (in category order).
+    drop_loss_history: each neuron's drop loss on the validation split, per epoch (epoch 0 =
+      before training).
+    matchings: each matching made: its `epoch`, `neuron_of_category` and drop-loss `matrix`.
   """
+
+  neuron_of_category: list[int]
+  drop_loss_history: list[list[float]] = dataclasses.field(default_factory=list)
+  matchings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class XNetHooks(TrainHooks):
+  """Per-epoch drop losses, and matching, for `train_and_evaluate` (module docstring); their
+  state is an `XNetState`."""
+
+  KEY = "xnet"  # this hook's key in `LoopState.hooks` (and in results.json)
 
   def __init__(self, model, sources: dict[str, Source], categories: Sequence[int], *,
                matching: str = "none", batch_size: int = 256, normalization: str = "unit",
@@ -148,38 +164,45 @@ class XNetHooks(TrainHooks):
     self.options = dict(batch_size=batch_size, normalization=normalization)
     self.match_examples = match_examples
 
-  def _state(self, loop: dict) -> dict:
-    return loop.setdefault("xnet", {"neuron_of_category": list(range(len(self.categories))),
-                                    "drop_loss_history": [], "matchings": []})
+  def _state(self, loop: LoopState) -> XNetState:
+    """The state in `loop`: new (identity matching) on the first call, and typed again after a
+    resume (a checkpoint restores it as the JSON object of its fields)."""
+    saved = loop.hooks.get(self.KEY)
+    if not isinstance(saved, XNetState):
+      saved = (XNetState(list(range(len(self.categories)))) if saved is None
+               else XNetState(**saved))
+      loop.hooks[self.KEY] = saved
+    return saved
 
   def _matrix(self, state, split: str, max_examples: int | None = None) -> np.ndarray:
     outputs = run_split(self.forward, state.variables, self.sources[split], self.categories,
                         max_examples=max_examples, **self.options)
     return split_drop_loss_matrix(jax.device_get(state.params["head"]["output"]), outputs)
 
-  def _record(self, state, xnet: dict) -> list[float]:
-    losses = neuron_drop_losses(self._matrix(state, "validation"), xnet["neuron_of_category"])
-    xnet["drop_loss_history"].append([float(v) for v in losses])
-    return xnet["drop_loss_history"][-1]
+  def _record(self, state, xnet: XNetState) -> list[float]:
+    losses = neuron_drop_losses(self._matrix(state, "validation"), xnet.neuron_of_category)
+    xnet.drop_loss_history.append([float(v) for v in losses])
+    return xnet.drop_loss_history[-1]
 
-  def on_epoch_start(self, state, epoch: int, loop: dict) -> None:
+  def on_epoch_start(self, state, epoch: int, loop: LoopState) -> None:
     xnet = self._state(loop)
     due = self.matching == "em" or (self.matching == "initial" and epoch == 0)
-    if due and not any(m["epoch"] == epoch for m in xnet["matchings"]):  # not made before a resume
+    if due and not any(m["epoch"] == epoch for m in xnet.matchings):  # not made before a resume
       matrix = self._matrix(state, "train", self.match_examples)
-      xnet["neuron_of_category"] = [int(j) for j in match_neurons(matrix)]
-      xnet["matchings"].append({"epoch": epoch, "neuron_of_category": xnet["neuron_of_category"],
-                                "matrix": matrix.tolist()})
-    if epoch == 0 and not xnet["drop_loss_history"]:
+      xnet.neuron_of_category = [int(j) for j in match_neurons(matrix)]
+      xnet.matchings.append({"epoch": epoch, "neuron_of_category": xnet.neuron_of_category,
+                             "matrix": matrix.tolist()})
+    if epoch == 0 and not xnet.drop_loss_history:
       self._record(state, xnet)  # before training, under the matching training starts with
 
-  def transform_batch(self, batch: dict[str, np.ndarray], loop: dict) -> dict[str, np.ndarray]:
-    neuron_of_category = self._state(loop)["neuron_of_category"]
+  def transform_batch(self, batch: dict[str, np.ndarray], loop: LoopState
+                      ) -> dict[str, np.ndarray]:
+    neuron_of_category = self._state(loop).neuron_of_category
     membership = category_membership(batch["attributes"], self.categories, neuron_of_category)
     return {**batch, MEMBERSHIP_KEY: membership.astype(np.int8)}
 
-  def on_epoch_end(self, state, epoch: int, loop: dict) -> dict[str, Any]:
+  def on_epoch_end(self, state, epoch: int, loop: LoopState) -> dict[str, Any]:
     return {"drop_losses": self._record(state, self._state(loop))}
 
-  def results(self, loop: dict) -> dict[str, Any]:
-    return {"xnet": self._state(loop)}
+  def results(self, loop: LoopState) -> dict[str, Any]:
+    return {self.KEY: dataclasses.asdict(self._state(loop))}

@@ -20,7 +20,9 @@ A run can start from another run's best parameters (`train.init_from`), load pre
 
 Started again in the same workdir, a run resumes from its latest checkpoint (parameters, optimizer
 state, step, RNG, data position, loop state) and ends with the same parameters as a run that was
-never interrupted. SIGTERM or SIGINT (Ctrl-C) saves a checkpoint and stops (`Interrupted`).
+never interrupted. SIGTERM or SIGINT (Ctrl-C) saves a checkpoint and stops (`Interrupted`, an
+`xjax.errors` error like the others, importable from here too). The loop's state (`LoopState`:
+history, early stopping, the hooks' state) is saved with every checkpoint.
 
 One process writes a workdir at a time (`xjax.train.workdir.locked`), and a workdir whose run was
 started with another config is refused before any data is loaded unless `resume_with_changes`
@@ -30,6 +32,7 @@ in config_changes.jsonl and results.json's `config_changes`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import time
@@ -43,24 +46,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xjax.data import pipeline, registry, tasks
-from xjax.errors import ConfigError, XjaxError
+from xjax.errors import ConfigError, Interrupted, XjaxError
 from xjax.nn import registry as models
 from xjax.train import checkpoint, report, sharding
 from xjax.train import workdir as rundir
+from xjax.train.config_checks import check_validation_penalties
 from xjax.train.frozen import freeze, frozen_mask, load_pretrained
-from xjax.train.losses import build_loss_terms, is_penalty
+from xjax.train.losses import build_loss_terms
 from xjax.train.optim import make_optimizer
 from xjax.train.state import TrainState, create_train_state
 from xjax.train.step import compile_eval_step, compile_train_step, make_eval_step, make_train_step
-
-
-class Interrupted(XjaxError):
-  """SIGTERM or SIGINT arrived: a checkpoint was saved and the run stopped; run it again to
-  resume. `exit_status` is the shell's for that signal, 128 + its number (143, 130)."""
-
-  def __init__(self, message: str, exit_status: int = 128 + signal.SIGTERM):
-    super().__init__(message)
-    self.exit_status = exit_status
 
 
 class _StopSignals:
@@ -109,26 +104,74 @@ class _StopSignals:
     return int(np.max(multihost_utils.process_allgather(np.asarray(self.signum, np.int32))))
 
 
+@dataclasses.dataclass
+class LoopState:
+  """What the loop remembers across steps, saved as JSON in every checkpoint (resumption).
+
+  Attributes:
+    history: one entry per finished epoch (its train and validation numbers, and what
+      `TrainHooks.on_epoch_end` added); results.json's `history`.
+    best_validation_loss: the lowest validation loss so far (None before the first epoch ends).
+    best_epoch: the epoch (1-based) that reached it.
+    bad_epochs: epochs since it last improved (early stopping's count).
+    stopped_early: early stopping ended the run.
+    train_seconds: the training time so far, over every resumption.
+    epoch_logs: this epoch's logged train metrics (each with its `steps`), kept across a resume
+      so that the epoch's train means count every step.
+    hooks: the hooks' own state, by a key of each hook's choosing (XNet: "xnet"): JSON-able
+      values or dataclasses of them. A checkpoint saves a dataclass as the JSON object of its
+      fields and restores that object, which the hook turns back into its type.
+  """
+
+  history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  best_validation_loss: float | None = None
+  best_epoch: int | None = None
+  bad_epochs: int = 0
+  stopped_early: bool = False
+  train_seconds: float = 0.0
+  epoch_logs: list[dict[str, float]] = dataclasses.field(default_factory=list)
+  hooks: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def to_json(self) -> dict[str, Any]:
+    """The JSON object saved in a checkpoint (a deep copy: later steps do not change it)."""
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, data: dict[str, Any]) -> LoopState:
+    """The state a checkpoint saved, in this layout or the one before `hooks`.
+
+    Checkpoints written before `LoopState` hold a flat dict whose hook state sits beside the
+    loop's keys (XNet's under "xnet"), and the oldest have no "epoch_logs": those hook keys are
+    moved under `hooks`, and a missing field takes its default, so such a run still resumes.
+    """
+    names = {field.name for field in dataclasses.fields(cls)}
+    own = {k: v for k, v in data.items() if k in names}
+    hooks = dict(own.pop("hooks", None) or {})
+    hooks.update({k: v for k, v in data.items() if k not in names})  # the old layout's
+    return cls(**own, hooks=hooks)
+
+
 class TrainHooks:
   """Extension points of `train_and_evaluate` for training-time methods (no-ops by default).
 
   A method that needs more than loss terms (XNet's matching and per-epoch drop losses) subclasses
-  this. Hooks keep what they must remember in `loop` (a JSON-able dict saved in every checkpoint),
-  so a resumed run continues with the same state.
+  this. Hooks keep what they must remember in `loop.hooks` (`LoopState`: under a key of their
+  own, saved in every checkpoint), so a resumed run continues with the same state.
   """
 
-  def on_epoch_start(self, state: TrainState, epoch: int, loop: dict) -> None:
+  def on_epoch_start(self, state: TrainState, epoch: int, loop: LoopState) -> None:
     """Before the first step of `epoch` (0-based), also when a run resumes at an epoch boundary."""
 
-  def transform_batch(self, batch: dict[str, np.ndarray], loop: dict) -> dict[str, np.ndarray]:
+  def transform_batch(self, batch: dict[str, np.ndarray], loop: LoopState
+                      ) -> dict[str, np.ndarray]:
     """A training batch, on the host, before it is sharded (e.g. to add a field)."""
     return batch
 
-  def on_epoch_end(self, state: TrainState, epoch: int, loop: dict) -> dict[str, Any]:
+  def on_epoch_end(self, state: TrainState, epoch: int, loop: LoopState) -> dict[str, Any]:
     """After epoch `epoch` (1-based) is validated; the result joins its entry of the history."""
     return {}
 
-  def results(self, loop: dict) -> dict[str, Any]:
+  def results(self, loop: LoopState) -> dict[str, Any]:
     """What the hooks add to the run's results.json (read from the restored `loop`)."""
     return {}
 
@@ -206,14 +249,7 @@ def validation_penalty(terms: dict, names, params) -> float:
   Raises:
     ConfigError: a name is not a loss term, or its term needs a batch (it is not a penalty).
   """
-  unknown = sorted(set(names) - set(terms))
-  if unknown:
-    raise ConfigError(f"train.validation_penalties {unknown} are not loss terms of this config; "
-                      f"its terms: {', '.join(terms)}.")
-  batch_terms = [name for name in names if not is_penalty(name)]
-  if batch_terms:
-    raise ConfigError(f"train.validation_penalties: {', '.join(map(repr, batch_terms))} is not "
-                      f"a penalty of the parameters alone (it needs a batch).")
+  check_validation_penalties(tuple(names), terms, "train.validation_penalties")
   total = 0.0
   for name in names:
     weight, term = terms[name]
@@ -331,10 +367,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, hooks:
 
   # ---------------------------------------------------------------- checkpoint
   ckpt = checkpoint.RunCheckpoints(workdir)
-  data_state, loop = None, {"history": [], "best_validation_loss": None, "best_epoch": None,
-                            "bad_epochs": 0, "stopped_early": False, "train_seconds": 0.0}
+  data_state, loop = None, LoopState()
   if ckpt.latest_step() is not None:
-    state, data_state, loop = ckpt.restore(state)
+    state, data_state, saved_loop = ckpt.restore(state)
+    loop = LoopState.from_json(saved_loop)
     print(f"Resuming from step {int(state.step)} in {ckpt.latest_dir}.", flush=True)
   else:
     if tc.get("init_from"):  # fine-tuning: start from another run's best parameters
@@ -362,7 +398,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, hooks:
   iterator = train_data.iterator(data_state)
 
   def save():
-    ckpt.save(state, iterator.get_state(), loop)
+    ckpt.save(state, iterator.get_state(), loop.to_json())
 
   # ---------------------------------------------------------------- loop
   step_metrics: list[dict] = []
@@ -371,7 +407,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, hooks:
     """The mean train metrics since the last flush into the loop state and metrics.jsonl."""
     nonlocal step_metrics
     logged = _mean_metrics(step_metrics)
-    loop["epoch_logs"].append({**logged, "steps": len(step_metrics)})
+    loop.epoch_logs.append({**logged, "steps": len(step_metrics)})
     step_metrics = []
     if not np.isfinite(logged["loss"]):
       ckpt.wait()
@@ -383,13 +419,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, hooks:
       writer.write(step, {"epoch": step / steps_per_epoch,
                           **{f"train/{k}": v for k, v in logged.items()}})
 
-  loop.setdefault("epoch_logs", [])  # this epoch's logged train metrics, kept across a resume
-  started = time.time() - loop["train_seconds"]
+  started = time.time() - loop.train_seconds
   bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
              disable=None if is_main else True, dynamic_ncols=True)
   with _StopSignals() as signals:
     step = start_step
-    while step < total_steps and not loop["stopped_early"]:
+    while step < total_steps and not loop.stopped_early:
       if step % steps_per_epoch == 0:
         hooks.on_epoch_start(state, step // steps_per_epoch, loop)
       batch = hooks.transform_batch(next(iterator), loop)
@@ -408,26 +443,26 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, hooks:
         if penalties:
           val["cross_entropy"] = val["loss"]
           val["loss"] += validation_penalty(terms, penalties, state.params)
-        logs, loop["epoch_logs"] = loop["epoch_logs"], []
+        logs, loop.epoch_logs = loop.epoch_logs, []
         train_means = {k: float(np.average([m[k] for m in logs],
                                            weights=[m["steps"] for m in logs]))
                        for k in ("loss", "accuracy")}
-        loop["history"].append({"epoch": epoch, "step": step, "train_loss": train_means["loss"],
+        loop.history.append({"epoch": epoch, "step": step, "train_loss": train_means["loss"],
                                 "train_accuracy": _finite_or_none(train_means["accuracy"]),
                                 "validation_loss": val["loss"],
                                 "validation_accuracy": val["accuracy"],
                                 **({"validation_cross_entropy": val["cross_entropy"]}
                                    if penalties else {}),
                                 **hooks.on_epoch_end(state, epoch, loop)})
-        best = loop["best_validation_loss"]
+        best = loop.best_validation_loss
         if best is None or val["loss"] < best:
-          loop.update(best_validation_loss=val["loss"], best_epoch=epoch, bad_epochs=0)
+          loop.best_validation_loss, loop.best_epoch, loop.bad_epochs = val["loss"], epoch, 0
           ckpt.save_best(state, {"epoch": epoch, **val})
         else:
-          loop["bad_epochs"] += 1
+          loop.bad_epochs += 1
           patience = tc.get("early_stopping_patience")
-          if patience and loop["bad_epochs"] >= patience:
-            loop["stopped_early"] = True
+          if patience and loop.bad_epochs >= patience:
+            loop.stopped_early = True
         if writer:
           writer.write(step, {"epoch": epoch, **{f"validation/{k}": v for k, v in val.items()}})
         tqdm.write(f"epoch {epoch}: train loss {train_means['loss']:.4f} acc "
@@ -441,7 +476,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, hooks:
       if saving or stop:
         if step_metrics:
           flush_metrics(step)
-        loop["train_seconds"] = time.time() - started
+        loop.train_seconds = time.time() - started
         save()
       stop = stop or (saving and signals.agreed())  # (during the save: this step is saved)
       if stop:
@@ -459,16 +494,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, hooks:
   tested = (ckpt.restore_best(state) or state) if test_params == "best" else state
   test = evaluate(eval_step, tested.variables, sources["test"], config, mesh)
   ckpt.close()
-  history = loop["history"]
+  history = loop.history
   results = {
       "name": config.get("name", config.data.name), "test_accuracy": test["accuracy"],
-      "test_loss": test["loss"], "best_validation_loss": loop["best_validation_loss"],
+      "test_loss": test["loss"], "best_validation_loss": loop.best_validation_loss,
       "best_validation_accuracy": next((h["validation_accuracy"] for h in history
-                                        if h["epoch"] == loop["best_epoch"]), None),
-      "best_epoch": loop["best_epoch"], "epochs_completed": len(history),
-      "stopped_early": loop["stopped_early"], "steps": int(jax.device_get(state.step)),
+                                        if h["epoch"] == loop.best_epoch), None),
+      "best_epoch": loop.best_epoch, "epochs_completed": len(history),
+      "stopped_early": loop.stopped_early, "steps": int(jax.device_get(state.step)),
       "test_params": test_params,
-      "train_seconds": loop["train_seconds"], "num_devices": mesh.size,
+      "train_seconds": loop.train_seconds, "num_devices": mesh.size,
       "num_params": models.count_params(state.params), "history": history,
       "skipped_unreadable_images": {split: len(skipped_images(source))
                                     for split, source in sources.items()},

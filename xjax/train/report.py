@@ -44,13 +44,6 @@ class MetricWriter:
       f.write(json.dumps(_plain({"step": step, **metrics})) + "\n")
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-  path = Path(path)
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
   Path(path).write_text(json.dumps(_plain(data), indent=2) + "\n")
 
