@@ -9,8 +9,9 @@
 Every entrypoint imports the plug-ins (`xjax.plugins`), so any registered model, loss term or
 method works from any of them; a user error (`XjaxError`, a bad flag or config key) prints
 `error: ...` and exits with status 2 (143 after SIGTERM saved a checkpoint, 130 after SIGINT:
-the error's `exit_status`). A Ctrl-C anywhere else is one line too, with status 130. The workdir
-(or the output folder of explain / evaluate) is checked for writing before any work.
+the `exit_status` of `xjax.errors.Interrupted`). A Ctrl-C anywhere else is one line too, with
+status 130. The workdir (or the output folder of explain / evaluate) is checked for writing
+before any work.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import xjax.plugins  # noqa: E402, F401 (registers every model, loss term, method and experiment)
-from xjax.errors import XjaxError  # noqa: E402
+from xjax.errors import Interrupted, XjaxError  # noqa: E402
 from xjax.train import workdir as rundir  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -75,17 +76,26 @@ def _fail(message: str, status: int = 2):
 
 
 def _guarded(body: Callable[[], object]) -> None:
-  """Runs `body`; an `XjaxError` becomes one `error: ...` line and its `exit_status` (2 unless
-  it says otherwise: `Interrupted` after SIGTERM or SIGINT)."""
+  """Runs `body`; an `XjaxError` becomes one `error: ...` line and exit status 2, or the
+  signal's status (143, 130) for `Interrupted` (SIGTERM or SIGINT saved a checkpoint)."""
   try:
     body()
   except XjaxError as e:
-    _fail(str(e), getattr(e, "exit_status", 2))
+    _fail(str(e), e.exit_status if isinstance(e, Interrupted) else 2)
 
 
-def _app_run(main: Callable[[list[str]], object]) -> None:
+_MULTIHOST_FLAGS = (_MULTIHOST, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)
+
+
+def _app_run(main: Callable[[list[str]], object], shown: tuple = ()) -> None:
   """`app.run` with our flag parsing; a Ctrl-C outside the training loop (which saves and
-  raises `Interrupted` itself) is one line, exit status 130, never a traceback."""
+  raises `Interrupted` itself) is one line, exit status 130, never a traceback.
+
+  `shown`: the command's flags, listed by its `--help`. absl's `--help` lists the flags of the
+  program's own module (`sys.argv[0]`); these are defined here, so they are declared its own.
+  """
+  for holder in (*shown, *_MULTIHOST_FLAGS):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[holder.name])
   if signal.getsignal(signal.SIGINT) is _sigint_while_starting:
     signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
@@ -173,7 +183,7 @@ def _config_main(main: Callable[..., object]) -> Callable[[list[str]], None]:
 def run(main: Callable[..., object]) -> None:
   """`app.run` with `main(config, workdir, resume_with_changes=...)` from --config, --workdir and
   --resume_with_changes."""
-  _app_run(_config_main(main))
+  _app_run(_config_main(main), shown=(_CONFIG, _WORKDIR, _RESUME_WITH_CHANGES))
 
 
 def _experiment_main(name: str) -> Callable[..., object]:
@@ -201,7 +211,8 @@ def explain() -> None:
   n = flags.DEFINE_integer("n", 16, "Explain the first n images of the split.")
   split = flags.DEFINE_string("split", "test", "The split: train, validation or test.")
   target = flags.DEFINE_enum("target", "predicted", TARGETS,
-                             "Explain the predicted class or the true label.")
+                             "Explain the predicted class (the default here: what the model "
+                             "says) or the true label (runs.evaluate's default).")
   batch_size = flags.DEFINE_integer("batch_size", 16, "Images per compiled call.")
   seed = flags.DEFINE_integer("seed", 0, "The seed of SmoothGrad's noise.")
 
@@ -213,7 +224,7 @@ def explain() -> None:
                                      target=target.value, batch_size=batch_size.value,
                                      seed=seed.value))
 
-  _app_run(absl_main)
+  _app_run(absl_main, shown=(_WORKDIR, methods, n, split, target, batch_size, seed))
 
 
 def metric_options(items: list[str]) -> dict[str, dict]:
@@ -255,7 +266,9 @@ def evaluate() -> None:
   n = flags.DEFINE_integer("n", 64, "Score the first n images of the split.")
   split = flags.DEFINE_string("split", "test", "The split: train, validation or test.")
   target = flags.DEFINE_enum("target", "label", TARGETS,
-                             "Explain the true label or the predicted class.")
+                             "Explain the true label (the default here: scores ask whether the "
+                             "evidence for the class is found) or the predicted class "
+                             "(runs.explain's default).")
   batch_size = flags.DEFINE_integer("batch_size", 32, "Images per compiled call.")
   seed = flags.DEFINE_integer("seed", 0, "The seed of the methods' and metrics' randomness.")
   out = flags.DEFINE_string("out", None, "Where to write; default WORKDIR/evaluation.")
@@ -275,4 +288,5 @@ def evaluate() -> None:
 
     _guarded(body)
 
-  _app_run(absl_main)
+  _app_run(absl_main, shown=(_CONFIG, _WORKDIR, _RESUME_WITH_CHANGES, methods, metrics, options,
+                             n, split, target, batch_size, seed, out))

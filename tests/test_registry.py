@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -96,6 +98,52 @@ def test_modules_register_at_the_first_lookup(monkeypatch):
   assert imported == []
   assert lazy.names() == ("x",) and imported == ["a.b", "c"]
   assert "x" in lazy and imported == ["a.b", "c"]  # once
+
+
+def test_modules_fix_the_order_whatever_was_imported_first(monkeypatch):
+  # Entries of the listed modules in their order, then the others in the order of registration,
+  # so that a table or a CLI's help does not depend on which module a program imported first.
+  monkeypatch.setattr(r.importlib, "import_module", lambda module: None)
+  ordered = r.Registry("thing", modules=("first", "second"))
+  for module, name in [("plugin", "p"), ("second", "s1"), ("first", "f"), ("second", "s2")]:
+    exec(f"registry.register({name!r}, lambda: 1)", {"__name__": module, "registry": ordered})
+  assert ordered.names() == ("f", "s1", "s2", "p")
+  assert [name for name, _ in ordered.items()] == list(ordered) == ["f", "s1", "s2", "p"]
+
+
+EXPECTED_NAMES = {
+    "xjax.metrics.registry:METRICS": (
+        "pixel_flipping", "region_perturbation", "insertion_deletion", "faithfulness_correlation",
+        "completeness", "model_parameter_randomisation", "random_logit", "diffusion",
+        "max_sensitivity", "avg_sensitivity", "pointing_game", "attribution_localisation",
+        "relevance_mass_accuracy", "relevance_rank_accuracy", "sparseness", "complexity"),
+    "xjax.nn.registry:MODELS": (
+        "cnn_cifar10", "cnn_fashion", "cnn_mnist", "sumpool_cnn", "mlp", "resnet18", "vgg", "xnet",
+        "gaussian_rbm", "adversarial_autoencoder", "explainer"),
+    "xjax.data.registry:DATASETS": (
+        "shapes", "mnist", "fashion_mnist", "cifar10", "celeb_a", "caltech_birds2011",
+        "celeb_a_local", "caltech_birds2011_local"),
+}
+
+
+@pytest.mark.parametrize("first", ["", "xjax.metrics.complexity", "xjax.nn.aae",
+                                   "xjax.data.cub_folder", "xjax.methods.explainer"])
+def test_the_registries_are_complete_and_in_order_on_any_import_path(first):
+  # In a fresh interpreter, importing one registering module first (or none): every entry is
+  # there, in the same order. The plug-ins (the model explainer) come last, once imported.
+  code = "\n".join([
+      "import importlib",
+      f"if {first!r}: importlib.import_module({first!r})",
+      "import xjax.plugins",
+      f"for spec in {list(EXPECTED_NAMES)!r}:",
+      "  module, name = spec.split(':')",
+      "  print(','.join(getattr(importlib.import_module(module), name).names()))",
+  ])
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert done.returncode == 0, done.stderr
+  names = [tuple(line.split(",")) for line in done.stdout.strip().splitlines()]
+  assert names == list(EXPECTED_NAMES.values())
 
 
 @pytest.mark.parametrize("check, good, bad", [

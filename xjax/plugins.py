@@ -2,11 +2,16 @@
 
 Registration happens on import: `xjax.methods.separable` registers the loss term `block_l1`,
 `xjax.methods.xnet` the term `xnet_drop`, `xjax.methods.explainer` the model `explainer` and
-its terms, `xjax.experiments` the experiments. The command lines
-(`runs/cli.py`) import this module first; in Python, `import xjax.plugins` does the same.
+its terms, the protocol modules of `xjax.experiments` the experiments. Which modules those are is
+one list, `xjax.experiments.registry.PLUGINS` (the experiments' registry imports it at its first
+lookup too). The command lines (`runs/cli.py`) import this module first; in Python,
+`import xjax.plugins` does the same.
 """
 
-import xjax.experiments  # noqa: F401 (registers the experiments)
-import xjax.methods.explainer  # noqa: F401 (registers the model explainer and its loss terms)
-import xjax.methods.separable  # noqa: F401 (registers the loss term block_l1)
-import xjax.methods.xnet  # noqa: F401 (registers the loss term xnet_drop)
+import importlib
+
+from xjax.experiments.registry import PLUGINS
+
+for _module in PLUGINS:
+  importlib.import_module(_module)
+del _module

@@ -73,14 +73,20 @@ class Registry:
 
   Args:
     kind: what the names name, in the singular; error messages say "Unknown <kind> 'x'".
-    modules: modules that register further entries, imported at the first lookup (so that the
-      registry is complete without importing them, and their imports, when it is defined).
+    modules: modules that register further entries (with the decorator, at their definitions),
+      imported at the first lookup (so that the registry is complete without importing them, and
+      their imports, when it is defined). They also fix the order of `names()`: the entries of
+      these modules in this order, each module's in the order it registers them, then those of
+      any other module in the order of registration; so the order (of tables, of a CLI's help)
+      does not depend on which module a program happened to import first.
     hint: added to the unknown-name error, e.g. where further entries come from.
   """
 
   def __init__(self, kind: str, modules: Sequence[str] = (), hint: str = ""):
     self.kind, self.hint = kind, f" ({hint})" if hint else ""
     self._modules = tuple(modules)
+    self._rank = {module: i for i, module in enumerate(self._modules)}
+    self._module_of: dict[str, str] = {}  # name -> the module that registered it
     self._objects: dict[str, Any] = {}
     self._checks: dict[str, Mapping[str, Check]] = {}
     self._metadata: dict[str, Mapping[str, Any]] = {}
@@ -111,6 +117,7 @@ class Registry:
     if unchecked:
       raise ValueError(f"checks of {self.kind} {name!r} name options it does not take: {unchecked}")
     self._objects[name], self._checks[name], self._metadata[name] = obj, checks, dict(metadata)
+    self._module_of[name] = _registering_module()
     return obj
 
   def _load(self) -> None:
@@ -160,14 +167,15 @@ class Registry:
     return self[name](*args, **options)
 
   def names(self) -> tuple[str, ...]:
-    """The registered names, in the order of registration."""
+    """The registered names, in the order of registration (by `modules` first, see the class)."""
     self._load()
-    return tuple(self._objects)
+    last = len(self._rank)
+    # sorted() is stable: within one rank, the order of registration.
+    return tuple(sorted(self._objects, key=lambda n: self._rank.get(self._module_of[n], last)))
 
   def items(self) -> tuple[tuple[str, Any], ...]:
-    """(name, factory) pairs, in the order of registration."""
-    self._load()
-    return tuple(self._objects.items())
+    """(name, factory) pairs, in the order of `names()`."""
+    return tuple((name, self._objects[name]) for name in self.names())
 
   def __contains__(self, name: object) -> bool:
     self._load()
@@ -182,6 +190,14 @@ class Registry:
   def __repr__(self) -> str:
     return f"Registry({self.kind!r}: {', '.join(self._objects)})"
 
+
+def _registering_module() -> str:
+  """The name of the module whose code called `register` (the first frame outside this module:
+  the decorator adds a frame of its own)."""
+  frame = inspect.currentframe()
+  while frame is not None and frame.f_globals.get("__name__") == __name__:
+    frame = frame.f_back
+  return "" if frame is None else frame.f_globals.get("__name__", "")
 
 
 def _parameters(factory: Callable, positional: int = 0) -> list[inspect.Parameter] | None:

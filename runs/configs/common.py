@@ -100,3 +100,20 @@ def cub_crops(c: ml_collections.ConfigDict, dataset: str) -> None:
   c.train.epochs = 60
   c.train.early_stopping_patience = 10
   c.train.log_every_steps = 20
+
+
+def smoke_network(c: ml_collections.ConfigDict, dataset: str, vgg: tuple) -> None:
+  """The `smoke` modifier of the CUB experiments: a tiny VGG (`vgg`) trained one epoch, on the
+  dataset the user named (a smoke run of CUB reads the CUB folder, and fails with its
+  data-not-found line when it is not there): never another dataset."""
+  c.name += "_smoke"
+  if dataset == "shapes":
+    c.data.options = dict(image_size=16, num_classes=3, num_examples=256)
+    c.data.augmentation = dict(flip=False, shift=0)
+  else:  # every image of the folder (CUB has no size option), its crops at 32x32
+    c.data.options = dict(c.data.options, image_size=(32, 32))
+    c.data.augmentation = dict(flip=True, shift=2)
+  c.data.batch_size, c.data.eval_batch_size = 32, 64
+  c.model.config, c.model.dense = vgg, (16, 16)
+  c.train.epochs = 1
+  c.train.log_every_steps = 4

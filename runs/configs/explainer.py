@@ -28,7 +28,7 @@ Variants (`--config=runs/configs/explainer.py:VARIANT[,smoke]`):
 
 import ml_collections
 
-from runs.configs.common import base_config, cub_crops, parse_variants
+from runs.configs.common import base_config, cub_crops, parse_variants, smoke_network
 
 VARIANTS = ("shapes", "cub_local", "cub")
 # Table 3 of the paper (CUB, VGG-16) and Table 4 (p, VGG-16 on CUB).
@@ -65,19 +65,7 @@ def get_config(variant: str = "shapes"):
     c.explainer.epochs = 30
     c.explainer.parts = CUB_PARTS
   if "smoke" in modifiers:
-    # Small, on the dataset the user named (a smoke run of CUB reads the CUB folder, and fails
-    # with its data-not-found line when it is not there): never another dataset.
-    c.name += "_smoke"
-    if dataset == "shapes":
-      c.data.options = dict(image_size=16, num_classes=3, num_examples=256)
-      c.data.augmentation = dict(flip=False, shift=0)
-    else:  # every image of the folder (CUB has no size option), its crops at 32x32
-      c.data.options = dict(c.data.options, image_size=(32, 32))
-      c.data.augmentation = dict(flip=True, shift=2)
-    c.data.batch_size, c.data.eval_batch_size = 32, 64
-    c.model.config, c.model.dense = (8, "M", 16), (16, 16)
-    c.train.epochs = 1
-    c.train.log_every_steps = 4
+    smoke_network(c, dataset, (8, "M", 16))
     c.explainer.update(dict(epochs=1, top_n=8, num_images=32, figure_filters=2,
                             figure_images=2))
   return c

@@ -30,7 +30,7 @@ Variants (`--config=runs/configs/srae.py:VARIANT[,smoke]`):
 
 import ml_collections
 
-from runs.configs.common import base_config, cub_crops, parse_variants
+from runs.configs.common import base_config, cub_crops, parse_variants, smoke_network
 
 VARIANTS = ("shapes", "cub_local", "cub")
 # Qi & Li, Table 1 (CUB, 30 classes; SRAE, NN, SAE, Z, ExcitationBP on y-hat).
@@ -64,20 +64,9 @@ def get_config(variant: str = "shapes"):
     c.srae.pointing_tolerance = 4.0  # 15 / 224 of 64 pixels
     c.srae.classes = 30 if dataset == "cub" else None
   if "smoke" in modifiers:
-    # Small, on the dataset the user named (a smoke run of CUB reads the CUB folder, and fails
-    # with its data-not-found line when it is not there): never another dataset.
-    c.name += "_smoke"
-    if dataset == "shapes":
-      c.data.options = dict(image_size=16, num_classes=3, num_examples=256)
-      c.data.augmentation = dict(flip=False, shift=0)
-    else:  # every image of the folder (CUB has no size option), its crops at 32x32
-      c.data.options = dict(c.data.options, image_size=(32, 32))
-      c.data.augmentation = dict(flip=True, shift=2)
+    smoke_network(c, dataset, (8, "M", 16, "M"))
+    if dataset != "shapes":
       c.srae.pointing_tolerance = 2.0  # 15 / 224 of 32 pixels
-    c.data.batch_size, c.data.eval_batch_size = 32, 64
-    c.model.config, c.model.dense = (8, "M", 16, "M"), (16, 16)
-    c.train.epochs = 1
-    c.train.log_every_steps = 4
     c.srae.update(dict(k=3, hidden=8, steps=100, batch_size=32, num_images=4, z_features=4,
                        figure_images=2, classes=None if dataset == "shapes" else 3))
   return c

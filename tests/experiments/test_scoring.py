@@ -16,8 +16,18 @@ import pytest
 
 from xjax.errors import ConfigError
 from xjax.experiments import scoring
+from xjax.experiments.explain import localisation_scores
 from xjax.explain.methods import get_method
-from xjax.metrics import pixel_flipping, pointing_game, relevance_mass_accuracy
+from xjax.metrics import (
+  METRICS,
+  RandomisationResult,
+  attribution_localisation,
+  pixel_flipping,
+  pointing_game,
+  relevance_mass_accuracy,
+)
+from xjax.metrics.insertion_deletion import InsertionDeletionResult
+from xjax.metrics.region_perturbation import RegionPerturbationResult
 
 H = W = 4
 N = 7
@@ -88,6 +98,40 @@ def test_planted_truth_gradient_x_input_localises_perfectly_and_beats_random(sco
   assert exact["pixel_flipping"].mean() < chance["pixel_flipping"].mean()
 
 
+def test_runs_explain_scores_the_heatmaps_as_runs_evaluate_does(scored):
+  # runs.explain scores the channel-summed heatmaps with `localisation_scores`; runs.evaluate
+  # scores the relevance with the engine (jit, in batches): one answer for the same heatmaps.
+  scores, _ = scored
+  for s in scores.values():
+    shares, hits = localisation_scores(s.relevance.sum(-1), MASK.astype(np.uint8))
+    np.testing.assert_array_equal(hits, s.columns["pointing_game"])
+    np.testing.assert_allclose(shares, attribution_localisation(None, None, X, None, s.relevance,
+                                                                mask=MASK), rtol=1e-6)
+
+
+def test_ties_of_the_maximum_are_scored_alike_by_runs_explain_and_runs_evaluate():
+  heat = np.zeros((3, 4, 4), np.float32)  # 0: constant, every pixel is a maximum
+  heat[1:, 0, 0] = heat[1:, 3, 3] = 1.0  # 1, 2: two maxima, (0, 0) first in row-major order
+  masks = np.zeros((3, 4, 4), np.uint8)
+  masks[0, 2, 1] = 1  # one pixel: a constant map hits it (the first argmax, (0, 0), would not)
+  masks[1, 3, 3] = 1  # the second maximum inside, the first outside: a hit
+  masks[2, 1:3, 1:3] = 1  # neither maximum inside: a miss
+  shares, hits = localisation_scores(heat, masks)
+  np.testing.assert_array_equal(hits, [1.0, 1.0, 0.0])
+  np.testing.assert_allclose(shares, [0.0, 0.5, 0.0], rtol=1e-6)
+  x = heat[..., None]
+  np.testing.assert_array_equal(hits, pointing_game(None, None, x, None, heat, mask=masks))
+  # The evaluate engine, with a "method" that returns the heatmaps themselves (x), in batches.
+  engine, _ = scoring.score_methods(
+      lambda w, x: x.reshape(len(x), -1) @ w, np.ones((16, 2), np.float32), x,
+      np.zeros(3, np.int32), {"heat": lambda apply_fn, params, x, target: x},
+      scoring.plan_metrics(["pointing_game", "attribution_localisation"]),
+      ground_truth={"mask": masks}, batch_size=2, log=lambda _: None)
+  np.testing.assert_array_equal(engine["heat"].columns["pointing_game"], hits)
+  np.testing.assert_allclose(engine["heat"].columns["attribution_localisation"], shares,
+                             rtol=1e-6)
+
+
 def test_mean_table_and_markdown(scored):
   scores, _ = scored
   table = scoring.mean_table(scores)
@@ -111,6 +155,42 @@ def test_score_columns_of_each_result_kind():
   assert curves["fractions"].shape == (2, 3)
   columns, curves = scoring.score_columns("sparseness", jnp.ones(2))
   assert list(columns) == ["sparseness"] and curves == {}
+
+
+def test_every_metric_declares_its_score_and_curves():
+  # scoring reads these instead of lists of field names of its own.
+  for name in METRICS:
+    about = METRICS.metadata(name)
+    assert {"description", "higher_is_better", "score"} <= set(about), name
+    assert about["score"] is None or isinstance(about["score"], str), name
+    assert all(isinstance(field, str) for field in about.get("curves", ())), name
+
+
+def test_score_columns_follow_the_registration():
+  b, steps = 2, 3
+  curve = jnp.arange(b * (steps + 1), dtype=jnp.float32).reshape(b, steps + 1)
+  fractions = jnp.linspace(0, 1, steps + 1)
+  region = RegionPerturbationResult(curve, fractions, jnp.ones(b), jnp.full(b, 2.0))
+  columns, curves = scoring.score_columns("region_perturbation", region)
+  assert list(columns) == ["region_perturbation", "region_perturbation.aopc"]
+  np.testing.assert_array_equal(columns["region_perturbation.aopc"], [2.0, 2.0])
+  assert set(curves) == {"curves", "fractions"} and curves["fractions"].shape == (b, steps + 1)
+  both = InsertionDeletionResult(curve, -curve, fractions, jnp.ones(b), jnp.zeros(b))
+  columns, curves = scoring.score_columns("insertion_deletion", both)
+  assert list(columns) == ["insertion_deletion", "insertion_deletion.deletion_area"]
+  np.testing.assert_array_equal(columns["insertion_deletion"], [1.0, 1.0])
+  assert set(curves) == {"insertion", "deletion", "fractions"}
+  # The randomisation's similarity is (steps, B): its score is the last step's, each step a curve
+  # point against the step number.
+  similarity = jnp.array([[0.9, 0.8], [0.5, 0.4], [0.1, 0.2]])
+  randomised = RandomisationResult(similarity, ("a", "b", "c"))
+  columns, curves = scoring.score_columns("model_parameter_randomisation", randomised)
+  np.testing.assert_allclose(columns["model_parameter_randomisation"], [0.1, 0.2])
+  np.testing.assert_allclose(curves["similarity"], similarity.T)
+  np.testing.assert_array_equal(curves["fractions"], [[1, 2, 3], [1, 2, 3]])
+  assert scoring.direction("region_perturbation.aopc") == "↑"
+  assert scoring.direction("insertion_deletion.deletion_area") == "↓"
+  assert scoring.direction("insertion_deletion") == "↑" and scoring.direction("completeness") == ""
 
 
 def test_errors_name_the_problem():

@@ -79,6 +79,9 @@ def test_target_label_and_default_composite(workdir, tmp_path):
   shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
   shutil.copy(workdir / "config.json", tmp_path / "config.json")
   workdir = tmp_path
+  stale = workdir / "figures" / "explain_saliency.png"  # an earlier run's method, not asked now
+  stale.parent.mkdir()
+  stale.write_bytes(b"old")
   result = _run("runs.explain", f"--workdir={workdir}", "--methods=lrp,gradcam", "--n=3",
                 "--target=label", "--batch_size=2")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -87,6 +90,7 @@ def test_target_label_and_default_composite(workdir, tmp_path):
   assert list(d["methods"]) == ["lrp:epsilon_plus", "gradcam"]  # lrp = lrp:epsilon_plus
   assert d["gradcam_relevance"].shape == (3, 16, 16, 3)
   assert (workdir / "figures" / "explain_lrp_epsilon_plus.png").exists()
+  assert not stale.exists()  # the figures folder shows this run's methods only
   assert json.loads((workdir / "config.json").read_text())["name"] == "shapes_smoke"
 
 
@@ -114,3 +118,12 @@ def test_workdir_without_checkpoint_is_a_one_line_error(workdir, tmp_path):
 def test_unknown_method_is_a_one_line_error(workdir, methods, message):
   _assert_one_line_error(_run("runs.explain", f"--workdir={workdir}", f"--methods={methods}"),
                          message)
+
+
+def test_help_lists_the_commands_own_flags():
+  # absl's --help shows only the program module's flags; the command's are defined in runs/cli.py.
+  result = _run("runs.explain", "--help")
+  assert result.returncode == 1  # absl's --help exits with 1
+  for flag in ("--workdir", "--methods", "--n:", "--target", "--batch_size", "--multihost"):
+    assert flag in result.stdout, flag
+  assert "predicted class (the default here" in " ".join(result.stdout.split())

@@ -52,3 +52,20 @@ def test_relevance_share():
   np.testing.assert_allclose(hm.relevance_share(h, per_image), [0.75, 0.0, 1.0])
   with pytest.raises(ConfigError):
     hm.relevance_share(h, jnp.ones((3, 3), bool))
+
+
+def test_relevance_share_is_the_attribution_localisation_metric():
+  # One computation (`positive_share`): the share of runs.explain is the metric of runs.evaluate.
+  from xjax.metrics import attribution_localisation
+  rng = np.random.default_rng(1)
+  h = rng.normal(size=(4, 5, 6)).astype(np.float32)
+  h[3] = -np.abs(h[3])  # no positive relevance: 0 in both
+  mask = rng.random((4, 5, 6)) < 0.4
+  mask[:, 0, 0] = True
+  share = hm.relevance_share(h, mask)
+  np.testing.assert_array_equal(
+      share, attribution_localisation(None, None, h[..., None], None, h, mask=mask))
+  assert float(share[3]) == 0.0
+  positive = np.maximum(h, 0)
+  np.testing.assert_allclose(share[:3], (positive * mask).sum((1, 2))[:3]
+                             / positive.sum((1, 2))[:3], rtol=1e-5)

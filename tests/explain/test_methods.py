@@ -102,6 +102,27 @@ def test_bad_options_are_config_errors(spec, message):
     m.get_method(spec)
 
 
+@pytest.mark.parametrize("bounds", [(0, 1, 2), (0,), "ab", (None, 1), (1.0, -1.0), (0, np.inf),
+                                    (np.zeros(3), np.ones(2)), (np.zeros((2, 3)), 1.0)])
+@pytest.mark.parametrize("spec", ["saliency", "lrp:dtd"])
+def test_bad_bounds_are_one_line_config_errors_for_every_method(spec, bounds):
+  with pytest.raises(ConfigError, match=r"bounds must be a \(low, high\) pair of finite scalars "
+                     r"or per-channel arrays") as e:
+    m.get_method(spec, bounds=bounds)
+  assert "\n" not in str(e.value)
+
+
+def test_good_bounds_scalars_or_per_channel_arrays():
+  for bounds in ((-1, 1), (np.zeros(3), np.ones(3)), (jnp.zeros(3), 1.0), [0.0, 0.0]):
+    assert callable(m.get_method("lrp:dtd", bounds=bounds))
+
+
+def test_cam_methods_are_imported_when_asked_for():
+  import importlib
+  cam = importlib.import_module("xjax.explain.cam")  # the module (the package exports a function)
+  assert m.get_method("cam") is cam.cam and m.get_method("gradcam") is cam.gradcam
+
+
 # --- what the methods compute ---------------------------------------------------------------------
 
 

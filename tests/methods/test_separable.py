@@ -1,5 +1,6 @@
 """Block-wise L1 (Rieger 2018, Eq. 5-6) against hand-computed matrices, its gradient, the block
-rules, and the diffusion metric (Eq. 7) on hand-made heatmaps."""
+rules, and the top-2 heatmaps (diffusion, Eq. 7, is `xjax.metrics.diffusion`'s: see
+tests/metrics/test_diffusion.py)."""
 
 from __future__ import annotations
 
@@ -49,17 +50,6 @@ def test_the_loss_term_is_the_penalty_and_layers_can_be_chosen():
   assert float(only(params, None, None)) == pytest.approx(2.0)
   with pytest.raises(ConfigError, match="No dense layer"):
     separable.block_l1(params, 2, layers=["dense9"])
-
-
-def test_diffusion_is_the_mean_frobenius_distance_of_the_two_heatmaps():
-  top1 = np.zeros((2, 3, 3))
-  top2 = np.zeros((2, 3, 3))
-  top2[0, 0, 0], top2[0, 2, 1] = 3.0, 4.0  # distance 5
-  top1[1] = 1.0  # distance sqrt(9) = 3 for the all-ones difference
-  assert float(separable.diffusion(top1, top2)) == pytest.approx((5.0 + 3.0) / 2)
-  assert float(separable.diffusion(top1, top1)) == 0.0
-  with pytest.raises(ConfigError, match="N, H, W"):
-    separable.diffusion(np.zeros((2, 3, 3, 1)), np.zeros((2, 3, 3, 1)))
 
 
 def test_the_dense_layers_of_a_table1_network_are_found():
@@ -119,22 +109,6 @@ def test_top2_heatmaps_of_many_images_equal_one_batch_whatever_the_padding():
     separable.top2_heatmaps_of(apply_fn, params, x[0])
   with pytest.raises(ConfigError, match="batch_size"):
     separable.top2_heatmaps_of(apply_fn, params, x, batch_size=0)
-
-
-def test_unit_heatmaps_have_norm_one_and_bound_diffusion_by_two():
-  h = jnp.asarray([[[3.0, 0.0], [0.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]])  # norms 5 and 0
-  unit = separable.unit_heatmaps(h)
-  np.testing.assert_allclose(unit[0], [[0.6, 0.0], [0.0, 0.8]], rtol=1e-6)
-  np.testing.assert_array_equal(unit[1], 0.0)  # all-zero stays zero, no NaN
-  # Opposite heatmaps: 2; orthogonal: sqrt(2); the same heatmap at another scale: 0.
-  a = jnp.asarray([[[1.0, 0.0]]])
-  b = jnp.asarray([[[0.0, 2.0]]])
-  np.testing.assert_allclose(separable.diffusion(separable.unit_heatmaps(a),
-                                                 separable.unit_heatmaps(-3 * a)), 2.0, rtol=1e-6)
-  np.testing.assert_allclose(separable.diffusion(separable.unit_heatmaps(a),
-                                                 separable.unit_heatmaps(b)), np.sqrt(2), rtol=1e-6)
-  np.testing.assert_allclose(separable.diffusion(separable.unit_heatmaps(a),
-                                                 separable.unit_heatmaps(7 * a)), 0.0, atol=1e-7)
 
 
 def test_channel_blocks_give_each_input_the_block_of_its_channel():

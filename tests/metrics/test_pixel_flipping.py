@@ -68,6 +68,20 @@ def test_flip_counts_round_half_up_from_exact_fractions():
   assert flip_counts(4, 8).tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4]  # 0.5 -> 1, 1.5 -> 2
 
 
+def test_flip_counts_round_the_decimal_fraction_as_written():
+  # 25 * 0.3 / 3 = 2.5 -> 3 and 7.5 -> 8; the binary 0.3 (0.29999...) would round both down.
+  from decimal import Decimal
+  from fractions import Fraction
+  for fraction in (0.3, np.float32(0.3), np.float64(0.3), Decimal("0.3"), Fraction(3, 10)):
+    assert flip_counts(25, 3, fraction).tolist() == [0, 3, 5, 8], fraction
+  assert flip_counts(10, 3, 0.15).tolist() == [0, 1, 1, 2]  # 0.5 -> 1, 1.5 -> 2
+  # pixel_flipping passes the fraction on as given (a float32 one too).
+  x = np.ones((1, 5, 5, 1), np.float32)
+  result = pixel_flipping(lambda w, x: x.reshape(1, -1) @ w, np.ones((25, 1), np.float32), x,
+                          np.zeros(1, np.int32), x, steps=3, fraction=np.float32(0.3))
+  np.testing.assert_allclose(result.fractions, np.array([0, 3, 5, 8]) / 25, rtol=1e-6)
+
+
 # --- the linear model: curves by hand -------------------------------------------------------------
 
 

@@ -44,7 +44,26 @@ def test_plot_explanations_writes_png(tmp_path, images):
                            labels=["class 1", "class 2"], cell_size=1.5, dpi=80)
   assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   with Image.open(path) as png:
-    assert png.size == (3 * 1.5 * 80, 2 * 1.5 * 80)  # (width, height) = (columns, rows) cells.
+    # (width, height) = (columns, rows) cells, and 0.6 inches for the colour scale.
+    assert png.size == (3 * 1.5 * 80, (2 * 1.5 + 0.6) * 80)
+
+
+def test_plot_explanations_outlines_the_mask_and_marks_mistakes(tmp_path):
+  images = np.full((2, 8, 8, 3), 255, np.uint8)  # white, so the outline is all that is dark
+  heatmaps = {"zeros": np.zeros((2, 8, 8))}  # white too
+  masks = np.zeros((2, 8, 8), bool)
+  masks[:, 2:6, 2:6] = True
+  plain = plot_explanations(images, heatmaps, tmp_path / "plain.png", labels=["a", "b"])
+  drawn = plot_explanations(images, heatmaps, tmp_path / "drawn.png", labels=["a", "b"],
+                            masks=masks, mistakes=[False, True])
+  with Image.open(plain) as a, Image.open(drawn) as b:
+    a, b = np.asarray(a.convert("RGB"), int), np.asarray(b.convert("RGB"), int)
+  dark = lambda png: (png.sum(-1) < 150).sum()
+  assert dark(b) > dark(a)  # the outlines, on the image and the heatmap of both rows
+  reddish = lambda png: ((png[..., 0] > 150) & (png[..., 1] < 100) & (png[..., 2] < 100)).sum()
+  assert reddish(b) > reddish(a)  # the label of the mistaken row
+  with pytest.raises(ConfigError, match="masks must have shape"):
+    plot_explanations(images, heatmaps, tmp_path / "x.png", masks=masks[:1])
 
 
 def test_plot_explanations_rejects_bad_shapes(tmp_path):

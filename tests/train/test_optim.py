@@ -37,3 +37,54 @@ def test_unknown_optimizer_and_schedule_are_config_errors():
     make_optimizer("rmsprop", learning_rate=0.1, steps_per_epoch=1)
   with pytest.raises(ConfigError, match="Unknown learning-rate schedule 'linear'"):
     learning_rate_schedule(0.1, "linear", 1)
+
+
+# --- the defaults and checks, in one place (`optim.DEFAULTS`, `optim.CHECKS`) ---------------------
+
+
+def test_every_default_is_the_one_of_defaults():
+  import inspect
+
+  from xjax.train import optim
+  for factory in (*(optim.OPTIMIZERS[name] for name in optim.OPTIMIZERS),
+                  optim.learning_rate_schedule):
+    for name, parameter in inspect.signature(factory).parameters.items():
+      if parameter.default is not inspect.Parameter.empty:
+        assert parameter.default == optim.DEFAULTS[name], (factory.__name__, name)
+  # The base config of runs/ writes the same values (its keys are what the command line sets).
+  from runs.configs.common import base_config
+  section = base_config().optimizer.to_dict()
+  assert {k: v for k, v in section.items() if k in optim.DEFAULTS} == {
+      k: v for k, v in optim.DEFAULTS.items() if k in section}
+
+
+def test_make_optimizer_leaves_the_defaults_to_the_factory():
+  # SGD without options is momentum 0.9 (DEFAULTS): the same updates as with it written out.
+  p = jnp.array([1.0, -2.0])
+  given = make_optimizer("sgd", learning_rate=0.1, steps_per_epoch=1, momentum=0.9)
+  default = make_optimizer("sgd", learning_rate=0.1, steps_per_epoch=1)
+  states = [tx.init(p) for tx in (given, default)]
+  for _ in range(3):
+    (u1, states[0]), (u2, states[1]) = (tx.update(p, s, p) for tx, s in zip((given, default),
+                                                                             states))
+    np.testing.assert_array_equal(u1, u2)
+  # An option of another optimizer is ignored (one config section serves them all), an option
+  # of none is an error, and the values are checked by the registry.
+  make_optimizer("adam", learning_rate=0.1, steps_per_epoch=1, momentum=0.5, nesterov=True)
+  with pytest.raises(ConfigError, match=r"Unknown optimizer option\(s\) \['momentun'\]"):
+    make_optimizer("sgd", learning_rate=0.1, steps_per_epoch=1, momentun=0.9)
+  with pytest.raises(ConfigError, match="Bad value 1.0 for option 'momentum' of optimizer 'sgd'"):
+    make_optimizer("sgd", learning_rate=0.1, steps_per_epoch=1, momentum=1.0)
+  with pytest.raises(ConfigError, match="Bad value 'yes' for option 'nesterov'"):
+    make_optimizer("sgd", learning_rate=0.1, steps_per_epoch=1, nesterov="yes")
+
+
+def test_the_config_checks_are_the_registrys():
+  from xjax.train import config_checks, optim
+  assert {k: v for k, v in config_checks.OPTIMIZER.items() if k != "name"} == optim.CHECKS
+  assert config_checks.make_optimizer_options() == {
+      "name", "learning_rate", "momentum", "nesterov", "weight_decay", "schedule",
+      "decay_every_epochs", "decay_factor"}
+  with pytest.raises(ConfigError, match=r"Bad value 1.0 for optimizer.momentum: expected a "
+                     r"number in \[0, 1\)"):
+    config_checks.check_optimizer({"name": "adam", "learning_rate": 1e-3, "momentum": 1.0})

@@ -35,6 +35,7 @@ import pathlib
 import numpy as np
 
 from xjax.data import image_ops
+from xjax.data.registry import DATASETS
 from xjax.data.source import DatasetInfo
 from xjax.errors import ConfigError, DataNotFoundError, UnreadableDataError
 
@@ -147,6 +148,7 @@ def _read_partition(path: pathlib.Path) -> dict[str, int]:
   return out
 
 
+@DATASETS.register("celeb_a_local", subdir="celeb_a")
 class CelebAFolder:
   """A split of CelebA read from `root` (module docstring), with PIL and an optional decoded cache.
 

@@ -37,6 +37,7 @@ import pathlib
 import numpy as np
 
 from xjax.data import image_ops
+from xjax.data.registry import DATASETS
 from xjax.data.source import DatasetInfo
 from xjax.errors import ConfigError, DataNotFoundError, UnreadableDataError
 
@@ -147,6 +148,8 @@ def _nice_scale(scale: float) -> float:
   return float(power) if abs(scale / power - 1) < 0.05 else float(f"{scale:.3g}")
 
 
+@DATASETS.register("caltech_birds2011_local", subdir="caltech_birds2011/CUB_200_2011",
+                   holdout=True)
 class CubFolder:
   """A split of CUB-200-2011 read from `root` (module docstring), with PIL and an optional cache.
 

@@ -15,36 +15,27 @@ whatever the run's seed, so runs with different seeds are validated on the same 
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
 import numpy as np
 
-from xjax.data.celeba_folder import CelebAFolder
-from xjax.data.cub_folder import CubFolder
 from xjax.data.padding import Padded
-from xjax.data.shapes import ShapesSource
 from xjax.data.source import DatasetInfo, Source
-from xjax.data.tfds_data import TfdsSource
 from xjax.errors import ConfigError, DataNotFoundError
 from xjax.registry import Registry
 
 SPLITS = ("train", "validation", "test")
 
+# The modules that register sources, in the order of `DATASETS.names()`; imported at the first
+# lookup (they import this module for `DATASETS`, so it imports none of them).
+MODULES = ("xjax.data.shapes", "xjax.data.tfds_data", "xjax.data.celeba_folder",
+           "xjax.data.cub_folder")
 # name -> the source's constructor, called as `make(split, **options)`, or `make(root, split,
 # **options)` for the local folders (metadata `subdir`: the folder under $XJAX_DATA_DIR).
 # Metadata `holdout`: the dataset has no validation split, one is held out of train; `tfds`: the
-# constructor takes `data_dir`.
-DATASETS = Registry("dataset")
-DATASETS.register("shapes", ShapesSource)
-for _name in ("mnist", "fashion_mnist", "cifar10", "celeb_a", "caltech_birds2011"):
-  DATASETS.register(_name, functools.partial(TfdsSource, _name), tfds=True,
-                    holdout=_name != "celeb_a")
-del _name
-DATASETS.register("celeb_a_local", CelebAFolder, subdir="celeb_a")
-DATASETS.register("caltech_birds2011_local", CubFolder, subdir="caltech_birds2011/CUB_200_2011",
-                  holdout=True)
+# constructor takes `data_dir`. Each source registers itself where it is defined.
+DATASETS = Registry("dataset", modules=MODULES)
 _HOLDOUT_SEED = 20180517  # fixed: the held-out validation images never depend on the run's seed
 
 

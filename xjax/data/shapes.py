@@ -74,6 +74,7 @@ import statistics
 
 import numpy as np
 
+from xjax.data.registry import DATASETS
 from xjax.data.source import DatasetInfo
 from xjax.errors import ConfigError
 
@@ -306,6 +307,7 @@ def _pixel_stats(image_size: int, num_classes: int, second_object: bool, noise: 
       round(float(x), 6) for x in pixels.std(0))
 
 
+@DATASETS.register("shapes")
 class ShapesSource:
   """One split of the shapes dataset (see the module docstring), rendered once and cached.
 

@@ -21,6 +21,7 @@ The data dir is `data_dir` if given, else the environment variable TFDS_DATA_DIR
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import os
 import pathlib
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from xjax.data import image_ops
+from xjax.data.registry import DATASETS
 from xjax.data.source import DatasetInfo
 from xjax.errors import ConfigError, DataNotFoundError, UnreadableDataError
 
@@ -378,6 +380,14 @@ class TfdsSource:
   def __repr__(self) -> str:
     return (f"TfdsSource({self.name!r}, {self.split!r}, n={self._len}, "
             f"image_shape={self.info.image_shape}, in_memory={self.in_memory})")
+
+
+# Every supported TFDS dataset, by its TFDS name; the constructor takes `data_dir` (`tfds`), and
+# where the dataset has no validation split, one is held out of train (`holdout`).
+for _name in SUPPORTED:
+  DATASETS.register(_name, functools.partial(TfdsSource, _name), tfds=True,
+                    holdout=_name != "celeb_a")
+del _name
 
 
 def records_to_batch(name: str, records: list[dict[str, Any]], indices: np.ndarray,

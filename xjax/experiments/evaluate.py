@@ -42,7 +42,7 @@ from xjax.data import pipeline
 from xjax.errors import ConfigError
 from xjax.experiments import scoring
 from xjax.experiments.explain import checked_specs, load_examples
-from xjax.experiments.protocol import Protocol, Run, TrainedRun
+from xjax.experiments.protocol import Analysis, Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
 from xjax.explain import heatmaps
@@ -210,6 +210,8 @@ def two_object_source(config):
   return load_sources(data, splits=("test",))["test"]
 
 
+@EXPERIMENTS.register("evaluate", description="every explanation method scored against ground "
+                      "truth on two-object shapes (runs.evaluate)")
 class EvaluateProtocol(Protocol):
   """The `evaluate` experiment (module docstring): a baseline and its block-wise L1 fine-tuning;
   the methods x metrics table on the baseline, the non-dominant class's shares on both."""
@@ -234,7 +236,7 @@ class EvaluateProtocol(Protocol):
             Run("block_l1", tuned, init_from="baseline",
                 description=f"fine-tuned with block-wise L1 (weight {config.evaluate.block_l1})")]
 
-  def analyse(self, config, run: TrainedRun, sources) -> dict:
+  def analyse(self, config, run: TrainedRun, sources) -> Analysis:
     data = _examples(config, sources["test"])
     records, x = data["records"], data["x"]
     apply_fn, variables = logits_fn(run.model), run.variables("best")
@@ -243,7 +245,7 @@ class EvaluateProtocol(Protocol):
               for s in checked_specs(config.evaluate.methods)}
     batch = config.evaluate.batch_size
     out = {"test_accuracy": run.trained["test_accuracy"], "num_examples": len(x)}
-    arrays = {}
+    figures, arrays = {}, {}
     if run.name == "baseline":
       print(f"-- {run.name}: every metric, explaining the label", flush=True)
       scores, fractions = scoring.score_methods(
@@ -253,7 +255,7 @@ class EvaluateProtocol(Protocol):
       out["table"] = scoring.mean_table(scores)
       out["timing"] = timing(scores)
       out["object_area_share"] = float(np.mean(records["mask"]))
-      out["_scores"], out["_fractions"] = scores, fractions
+      figures["scores"], figures["fractions"] = scores, fractions
       arrays.update(scoring.score_arrays(scores))
       arrays.update({f"{m}/fractions": f for m, f in fractions.items()})
     print(f"-- {run.name}: two-object images, explaining the second object's class", flush=True)
@@ -276,11 +278,11 @@ class EvaluateProtocol(Protocol):
     out["second_object_area_share"] = float(np.mean(records["second_mask"]))
     out["second_class_logit_mean"] = float(np.mean(logits[np.arange(len(x)), second]))
     out["second_class_is_top2"] = float(np.mean(np.argsort(-logits, 1)[:, 1] == second))
-    out["_second"] = shares
+    figures["second"] = shares
     arrays.update({f"second/{k}": v for k, v in scoring.score_arrays(shares).items()})
     arrays.update({f"second/{spec}/abs_share": v for spec, v in abs_shares.items()})
     np.savez_compressed(run.workdir / "scores.npz", **arrays, second_labels=second)
-    return out
+    return Analysis(out, figures)
 
   def checks(self, config, analysed) -> dict:
     table, base = analysed["baseline"]["table"], analysed["baseline"]
@@ -328,23 +330,19 @@ class EvaluateProtocol(Protocol):
               f"{tuned['second_class_logit_mean']:.2f}.\n\n" + "\n".join(rows) + "\n")
     return [main, second]
 
-  def figures(self, config, analysed, sources, directory: Path) -> None:
-    base, k = analysed["baseline"], config.evaluate.figure_examples
+  def figures(self, config, analyses, sources, directory: Path) -> None:
+    base, k = analyses["baseline"].figures, config.evaluate.figure_examples
     records = sources["test"].read_batch(np.arange(k))
     names = sources["test"].info.class_names
-    write_figures(directory, records["image"], base["_scores"], base["_fractions"],
+    write_figures(directory, records["image"], base["scores"], base["fractions"],
                   row_labels=[names[c] for c in records["label"]], num_images=k)
     records = two_object_source(config).read_batch(np.arange(k))
-    for name, run in analysed.items():
-      write_figures(directory, records["image"], run["_second"], {}, prefix=f"second_{name}_",
+    for name, analysis in analyses.items():
+      write_figures(directory, records["image"], analysis.figures["second"], {},
+                    prefix=f"second_{name}_",
                     row_labels=[f"second: {names[c]}" for c in records["second_label"]],
                     num_images=config.evaluate.figure_examples)
 
   def summary(self, config, analysed, checks) -> dict:
     return {"baseline_test_accuracy": analysed["baseline"]["test_accuracy"],
             "block_l1_test_accuracy": analysed["block_l1"]["test_accuracy"], **checks}
-
-
-EXPERIMENTS.register("evaluate", EvaluateProtocol,
-                     description="every explanation method scored against ground truth on "
-                     "two-object shapes (runs.evaluate)")

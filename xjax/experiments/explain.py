@@ -15,7 +15,8 @@ method. It writes into the workdir:
 
 and reports per method the time per image, for LRP the mean of sum(relevance) / target logit (1
 where relevance is conserved), and where the data has masks the share of positive relevance on
-the object.
+the object (attribution localisation) and the pointing game: the metrics of
+`xjax.metrics.localisation`, so that `runs.explain` and `runs.evaluate` give one answer.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from xjax.errors import ConfigError
 from xjax.experiments.loading import LoadedRun, load_run
 from xjax.explain import heatmaps
 from xjax.explain import methods as registry
+from xjax.metrics.localisation import attribution_localisation, pointing_game
 from xjax.plot.heatmaps import plot_explanations
 
 TARGETS = ("predicted", "label")
@@ -130,11 +132,24 @@ def load_examples(workdir: str | Path, split: str = "test", n: int = 16,
   return Examples(run, records, x, logits, targets, pipeline.input_bounds(info, normalization))
 
 
-def pointing_game(heatmaps_: np.ndarray, masks: np.ndarray) -> np.ndarray:
-  """(N,) whether each heatmap's largest value lies on the object (Zhang et al. 2016, "Top-down
-  neural attention by excitation backprop", without their tolerance: masks are exact here)."""
-  flat = heatmaps_.reshape(len(heatmaps_), -1)
-  return np.asarray(masks).reshape(len(masks), -1)[np.arange(len(flat)), flat.argmax(1)] > 0
+def localisation_scores(heatmaps_: np.ndarray, masks: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """(N,) each: attribution localisation (Kohlbrenner et al. 2020, the share of the positive
+  relevance on the object) and the pointing game (Zhang et al. 2016, a hit where a most relevant
+  pixel lies on the object; with ties, any of them) of each heatmap (N, H, W) against its 0/1
+  mask (N, H, W).
+
+  These are `xjax.metrics.attribution_localisation` and `xjax.metrics.pointing_game` with their
+  defaults (tolerance 0: the masks are exact), the scores `runs.evaluate` reports, so the two
+  commands agree on the same heatmaps.
+
+  Raises:
+    ConfigError: heatmaps holding NaN or infinity, masks of another shape, not 0/1 or empty.
+  """
+  heatmaps_ = np.asarray(heatmaps_)
+  x = heatmaps_[..., None]  # the metrics read only the images' shape, here one channel
+  return (np.asarray(attribution_localisation(None, None, x, None, heatmaps_, mask=masks)),
+          np.asarray(pointing_game(None, None, x, None, heatmaps_, mask=masks)))
 
 
 def explain_workdir(workdir: str | Path, specs: Sequence[str], *, n: int = 16, split: str = "test",
@@ -185,9 +200,13 @@ def explain_workdir(workdir: str | Path, specs: Sequence[str], *, n: int = 16, s
     heatmap = np.asarray(heatmaps.channel_sum(relevance))
     ratios = relevance.reshape(n, -1).sum(-1) / target_logits
     conservation = float(np.mean(ratios)) if registry.is_conservative(spec) else None
-    share = (float(np.mean(heatmaps.relevance_share(heatmap, mask)))
-             if mask is not None else None)
-    pointing = float(np.mean(pointing_game(heatmap, mask))) if mask is not None else None
+    share = pointing = None
+    if mask is not None:
+      try:
+        shares, hits = localisation_scores(heatmap, mask)
+      except ConfigError as e:
+        raise ConfigError(f"method {spec}: {e}") from None
+      share, pointing = float(np.mean(shares)), float(np.mean(hits))
     maps[spec] = heatmap
     arrays[method_key(spec)] = heatmap
     arrays[f"{method_key(spec)}_relevance"] = relevance
@@ -201,18 +220,23 @@ def explain_workdir(workdir: str | Path, specs: Sequence[str], *, n: int = 16, s
         f"{'-' if pointing is None else f'{pointing:.3f}':>9}")
   if mask is not None:
     log(f"(R+ on object: the share of positive relevance inside the object's mask; the object "
-        f"covers {np.mean(mask):.3f} of the pixels. pointing: the share of images whose most "
-        f"relevant pixel is on the object)")
+        f"covers {np.mean(mask):.3f} of the pixels. pointing: the share of images with a most "
+        f"relevant pixel (any of them, if tied) on the object)")
 
   # ---------------------------------------------------------------- write
   names = info.class_names or tuple(str(c) for c in range(info.num_classes))
   rows = [f"{names[label]} -> {names[prediction]}"
           for label, prediction in zip(labels, predictions)]
   figures = workdir / "figures"
-  plot_explanations(images, maps, figures / "explain.png", labels=rows)
+  wrong = np.asarray(labels) != np.asarray(predictions)
+  drawn = dict(labels=rows, masks=mask, mistakes=wrong)  # the mask: what the scores ask about
+  plot_explanations(images, maps, figures / "explain.png", **drawn)
+  written = {figures / f"explain_{method_key(spec)}.png" for spec in maps}
+  for stale in set(figures.glob("explain_*.png")) - written:  # an earlier run's other methods
+    stale.unlink()
   for spec, heatmap in maps.items():
     plot_explanations(images, {spec: heatmap}, figures / f"explain_{method_key(spec)}.png",
-                      labels=rows)
+                      **drawn)
   np.savez_compressed(workdir / "explanations.npz", **arrays)
   log(f"wrote {figures / 'explain.png'}, {len(maps)} per-method figures and "
       f"{workdir / 'explanations.npz'}")

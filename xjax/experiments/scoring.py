@@ -16,12 +16,14 @@ signature and filled in here:
   explain       the method itself, `explain(params, x, target)`, for the metrics that re-run it
   num_classes   the model's number of outputs (`random_logit`)
 
-Each metric's result becomes per-example score columns (`score_columns`): the metric's name for
-its main score (an array metric's value; the `area` of the curve metrics; the `insertion_area`
-of insertion / deletion; the similarity after the last randomisation step) and
-`<metric>.<field>` for the others (e.g. `region_perturbation.aopc`, `insertion_deletion.
-deletion_area`). Curves (`curves`, `insertion`, `deletion`) are kept per example for the
-figures.
+Each metric's result becomes per-example score columns (`score_columns`), as the metric
+declared when it registered (`score` and `curves`, see `xjax.metrics.registry`): the metric's
+name for its score (an array metric's value; the `area` of the curve metrics; the
+`insertion_area` of insertion / deletion; the similarity after the last randomisation step) and
+`<metric>.<field>` for its other per-example (B,) fields, those its result's `EXAMPLE_AXES`
+names (e.g. `region_perturbation.aopc`, `insertion_deletion.deletion_area`). Its curves
+(`curves`, `insertion`, `deletion`, the randomisation's similarity per step) are kept per example
+for the figures.
 """
 
 from __future__ import annotations
@@ -40,15 +42,8 @@ import numpy as np
 from xjax.data import batching
 from xjax.errors import ConfigError
 from xjax.experiments.explain import run_method
-from xjax.metrics import METRICS, RandomisationResult, get_metric
+from xjax.metrics import METRICS, get_metric
 from xjax.metrics.relevance import checked_relevance
-
-# The fields of a metric's result that are curves, one row per example (kept for the figures).
-CURVE_FIELDS = ("curves", "insertion", "deletion")
-# The field that is the metric's score, in the order they are looked for (an array result is
-# its own score); every other (B,) field becomes a column `<metric>.<field>`.
-MAIN_FIELDS = ("area", "insertion_area", "similarity")
-
 
 # What `score_methods` fills in, with the stand-ins that pass the registry's checks of a plan.
 FILLED = {"mask": None, "key": None, "explain": lambda params, x, target: x, "num_classes": 2}
@@ -97,31 +92,40 @@ def plan_metrics(metrics: Sequence[str] | Mapping[str, Mapping[str, Any]]) -> li
 def score_columns(name: str, result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
   """(columns, curves) of one metric's result: per-example scores and per-example curves.
 
-  The curves come with "fractions", their x axis (the perturbed fraction, or the randomisation
-  step), broadcast to one row per example so that it passes through `map_batches`.
+  Which field is the score and which are curves is what the metric registered (`score`,
+  `curves`); a result without fields is its own score. A field whose examples are not on its
+  first axis (the result's `EXAMPLE_AXES`, e.g. the randomisation's (steps, B) similarity) is
+  moved there. A score that is a curve is scored by its last point (the similarity once every
+  layer is randomised). The curves come with "fractions", their x axis (the result's
+  `fractions`, the perturbed fraction; without one, the step 1, 2, ...), broadcast to one row
+  per example so that it passes through `map_batches`.
+
+  Raises:
+    ValueError: the metric registered a score or curve field its result does not have.
   """
-  if isinstance(result, RandomisationResult):
-    # One row per randomisation step: the score is the similarity once every layer is randomised
-    # (cascading: the whole model; independent: the last layer), each step kept as a curve.
-    similarity = result.similarity.T  # (B, steps)
-    steps = jnp.arange(1, similarity.shape[1] + 1, dtype=similarity.dtype)
-    return ({name: similarity[:, -1]},
-            {"similarity": similarity, "fractions": jnp.broadcast_to(steps, similarity.shape)})
+  about = METRICS.metadata(name)
+  main, curve_fields = about.get("score"), tuple(about.get("curves", ()))
   if not hasattr(result, "_fields"):
     return {name: result}, {}
   fields = result._asdict()
-  main = next(field for field in MAIN_FIELDS if field in fields)
-  columns = {name: fields[main]}
-  curves = {}
-  for field, value in fields.items():
-    if field in CURVE_FIELDS:
-      curves[field] = value
-    elif field != main and np.ndim(value) == 1 and field != "fractions":
+  if any(field not in fields for field in (main, *curve_fields)):
+    raise ValueError(f"metric {name!r} registered score={main!r} and curves={curve_fields}, but "
+                     f"its result {type(result).__name__} has the fields {', '.join(fields)}.")
+  axes = getattr(result, "EXAMPLE_AXES", {})
+  per_example = {field: jnp.moveaxis(value, axes[field], 0) if axes.get(field, 0) else value
+                 for field, value in fields.items() if field in axes or field in curve_fields}
+  score = per_example.get(main, fields[main])
+  columns = {name: score[:, -1] if main in curve_fields else score}
+  curves = {field: per_example[field] for field in curve_fields}
+  for field, value in per_example.items():
+    if field != main and field not in curve_fields and np.ndim(value) == 1:
       columns[f"{name}.{field}"] = value
   if curves:
-    batch = next(iter(curves.values())).shape[0]
-    curves["fractions"] = jnp.broadcast_to(fields["fractions"], (batch, *np.shape(
-        fields["fractions"])))
+    first = next(iter(curves.values()))
+    batch, steps = first.shape[:2]
+    x_axis = (fields["fractions"] if "fractions" in fields
+              else jnp.arange(1, steps + 1, dtype=first.dtype))
+    curves["fractions"] = jnp.broadcast_to(x_axis, (batch, *np.shape(x_axis)))
   return columns, curves
 
 
@@ -242,11 +246,8 @@ def mean_table(scores: Mapping[str, MethodScores]) -> dict[str, dict[str, dict[s
 def direction(column: str) -> str:
   """"↑" (higher is better), "↓" or "" for a score column, from the metric's registration."""
   name, _, field = column.partition(".")
-  better = METRICS.metadata(name).get("higher_is_better")
-  if field in ("aopc",):
-    better = True
-  elif field == "deletion_area":
-    better = False
+  about = METRICS.metadata(name)
+  better = about.get("field_higher_is_better", {}).get(field, about.get("higher_is_better"))
   return "" if better is None else ("↑" if better else "↓")
 
 

@@ -7,7 +7,7 @@ of `separable.lambdas` (`lambda=0.1/`, ...). Then, for each run, on the first
 `separable.num_examples` test images: the DTD heatmaps of the top-1 and top-2 classes (z^B at the
 input with the bounds of the data's normalisation, z+ elsewhere; the top-2 class explained with the
 other outputs set to 0) and the diffusion metric d (Eq. 7), on heatmaps scaled to unit Frobenius
-norm ([A], `xjax.methods.separable.unit_heatmaps`; d in [0, 2] like the paper's Table 2) and, as
+norm ([A], `xjax.metrics.diffusion.unit_heatmaps`; d in [0, 2] like the paper's Table 2) and, as
 `diffusion_raw`, on the raw heatmaps.
 
   results.json   {"baseline": {...}, "lambda=0.1": {...}, ...}: test_accuracy, diffusion,
@@ -34,11 +34,12 @@ import numpy as np
 
 from xjax.data import pipeline
 from xjax.errors import ConfigError
-from xjax.experiments.protocol import Protocol, Run, TrainedRun
+from xjax.experiments.protocol import Analysis, Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
 from xjax.explain import heatmaps
 from xjax.methods import separable
+from xjax.metrics.diffusion import heatmap_distances
 from xjax.nn.registry import logits_fn
 from xjax.plot.heatmaps import plot_explanations
 from xjax.plot.separable import plot_dense_weights
@@ -97,8 +98,9 @@ def off_block_positive_share(params, num_classes: int, layers=None, channel_bloc
   return float(penalty) / max(positive, 1e-12)
 
 
-def analyse(config, run: TrainedRun, source) -> dict:
-  """The run's numbers on the first N test images (module docstring) and its heatmaps."""
+def analyse(config, run: TrainedRun, source) -> Analysis:
+  """The run's numbers on the first N test images (module docstring), and for the figures its
+  variables, heatmaps (`top1`, `top2`), explained `classes` and their `logits`."""
   trained, model = run.trained, run.model
   variables = run.variables("best")
   n = min(config.separable.num_examples, len(source))
@@ -115,15 +117,15 @@ def analyse(config, run: TrainedRun, source) -> dict:
   empty = np.stack([np.abs(h).sum((1, 2)) <= 1e-6 * np.abs(top_logits[:, i])
                     for i, h in enumerate((top1, top2))], axis=1)
   both = ~empty.any(axis=1)
-  unit1, unit2 = separable.unit_heatmaps(top1), separable.unit_heatmaps(top2)
+  # Eq. 7 per image, on unit heatmaps and on the raw ones; d is their mean.
+  d, d_raw = (np.asarray(heatmap_distances(top1, top2, unit=unit)) for unit in (True, False))
   num_classes = source.info.num_classes
   out = {
       "test_accuracy": trained["test_accuracy"], "test_loss": trained["test_loss"],
-      "diffusion": float(separable.diffusion(unit1, unit2)),
-      "diffusion_raw": float(separable.diffusion(top1, top2)), "num_examples": n,
+      "diffusion": float(np.mean(d)), "diffusion_raw": float(np.mean(d_raw)),
+      "num_examples": n,
       # d (unit heatmaps) over the images where neither heatmap is empty (see below).
-      "diffusion_nonempty": (float(separable.diffusion(unit1[both], unit2[both]))
-                             if both.any() else None),
+      "diffusion_nonempty": float(np.mean(d[both])) if both.any() else None,
       "nonempty_images": int(both.sum()),
       # DTD explains a logit with its sign: a negative one gives a negative heatmap.
       "mean_logits_top1_top2": top_logits.mean(0).tolist(),
@@ -134,9 +136,9 @@ def analyse(config, run: TrainedRun, source) -> dict:
           config.separable.channel_blocks),
       "epochs_completed": trained["epochs_completed"], "best_epoch": trained["best_epoch"],
       "stopped_early": trained["stopped_early"], "train_seconds": trained["train_seconds"],
-      "_variables": variables, "_top1": top1, "_top2": top2, "_classes": classes,
-      "_logits": top_logits,
   }
+  figures = {"variables": variables, "top1": top1, "top2": top2, "classes": classes,
+             "logits": top_logits}
   if "second_mask" in batch:
     # DTD splits the logit over the pixels with (mostly) non-negative shares, so a negative logit
     # gives a negative heatmap: the share is taken on the heatmap times the logit's sign, over the
@@ -148,7 +150,7 @@ def analyse(config, run: TrainedRun, source) -> dict:
                                   else None)
     out["second_object_share_images"] = int(has_positive.sum())
     out["top2_is_second_object"] = float(np.mean(classes[:, 1] == batch["second_label"]))
-  return out
+  return Analysis(out, figures)
 
 
 def checks_of(runs: dict, figure_run: str) -> dict:
@@ -212,32 +214,34 @@ def class_label(names, c: int) -> str:
   return names[c] if names and c < len(names) else str(c)
 
 
-def channel_input_blocks(config, run: dict, num_classes: int) -> dict[str, np.ndarray]:
+def channel_input_blocks(config, params: dict, num_classes: int) -> dict[str, np.ndarray]:
   """The input blocks of the layers in `separable.channel_blocks`, by kernel path (Fig. 6)."""
   channels = dict(config.separable.channel_blocks)
   return {path: separable.input_blocks(kernel.shape[0], num_classes,
                                       channels[separable.layer_of(path)])
-          for path, kernel in separable.dense_kernels(run["_variables"]["params"]).items()
+          for path, kernel in separable.dense_kernels(params).items()
           if separable.layer_of(path) in channels}
 
 
-def write_figures(config, figures: Path, runs: dict, source, figure_run: str) -> None:
-  """Fig. 4 / 5 (heatmap pairs) and Fig. 6 (dense weights) of the paper."""
-  base, tuned = runs["baseline"], runs[figure_run]
+def write_figures(config, figures: Path, analyses: dict[str, Analysis], source,
+                  figure_run: str) -> None:
+  """Fig. 4 / 5 (heatmap pairs) and Fig. 6 (dense weights) of the paper, from the figure data of
+  the baseline's and `figure_run`'s analyses."""
+  base, tuned = analyses["baseline"].figures, analyses[figure_run].figures
   names = source.info.class_names
-  k = min(config.separable.figure_examples, base["num_examples"])
-  gap = base["_logits"][:, 0] - base["_logits"][:, 1]
+  k = min(config.separable.figure_examples, analyses["baseline"].results["num_examples"])
+  gap = base["logits"][:, 0] - base["logits"][:, 1]
   ambiguous = np.argsort(gap, kind="stable")[:k]
   for number, stem, rows in ((4, "heatmaps", np.arange(k)), (5, "heatmaps_ambiguous", ambiguous)):
     images = source.read_batch(rows)["image"]
     maps, labels = {}, []
     for tag, run in (("baseline", base), (figure_run, tuned)):
       for i, which in enumerate(("top-1", "top-2")):
-        maps[f"{tag}\n{which}"] = run[f"_top{i + 1}"][rows]
+        maps[f"{tag}\n{which}"] = run[f"top{i + 1}"][rows]
     for r in rows:
       labels.append("\n".join(", ".join(
-          f"{class_label(names, c)} ({logit:+.1f})" for c, logit in zip(run["_classes"][r],
-                                                                        run["_logits"][r]))
+          f"{class_label(names, c)} ({logit:+.1f})" for c, logit in zip(run["classes"][r],
+                                                                        run["logits"][r]))
           for run in (base, tuned)))
     plot_explanations(images, maps, figures / f"fig{number}_{stem}.png", labels=labels)
   num_classes = source.info.num_classes
@@ -246,14 +250,13 @@ def write_figures(config, figures: Path, runs: dict, source, figure_run: str) ->
     return {k: kernels[k] for k in sorted(kernels, key=lambda k: (kernels[k].shape[1] ==
                                                                   num_classes, k))}
 
-  plot_dense_weights({tag: input_side_first(separable.dense_kernels(run["_variables"]["params"],
+  plot_dense_weights({tag: input_side_first(separable.dense_kernels(run["variables"]["params"],
                                                                     config.separable.layers))
                       for tag, run in (("baseline", base), (figure_run, tuned))},
                      figures / "fig6_dense_weights.png", num_classes=num_classes,
-                     input_blocks=channel_input_blocks(config, base, num_classes),
+                     input_blocks=channel_input_blocks(config, base["variables"]["params"],
+                                                       num_classes),
                      title=f"{config.name}: dense kernels (positive red, negative blue)")
-
-
 
 
 @EXPERIMENTS.register("separable")
@@ -275,7 +278,7 @@ class SeparableProtocol(Protocol):
                 f"fine-tuning the baseline with lambda = {lam:g}")
             for name, lam in runs_of(config).items()]
 
-  def analyse(self, config, run: TrainedRun, sources) -> dict:
+  def analyse(self, config, run: TrainedRun, sources) -> Analysis:
     return analyse(run.config, run, sources["test"])
 
   def checks(self, config, analysed) -> dict:
@@ -287,8 +290,8 @@ class SeparableProtocol(Protocol):
   def tables(self, config, analysed, checks) -> list[str]:
     return tables(config, analysed)
 
-  def figures(self, config, analysed, sources, directory: Path) -> None:
-    write_figures(config, directory, analysed, sources["test"],
+  def figures(self, config, analyses, sources, directory: Path) -> None:
+    write_figures(config, directory, analyses, sources["test"],
                   run_name(config.separable.figure_lambda))
 
   def summary(self, config, analysed, checks) -> dict:

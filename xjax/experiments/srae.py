@@ -40,7 +40,7 @@ import orbax.checkpoint as ocp
 from xjax.data import batching
 from xjax.errors import ConfigError
 from xjax.experiments.loading import read_split
-from xjax.experiments.protocol import Protocol, Run, TrainedRun
+from xjax.experiments.protocol import Analysis, Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.explain.excitation import excitation_backprop
 from xjax.methods import srae
@@ -54,7 +54,7 @@ from xjax.registry import Check, non_negative, positive
 from xjax.train import config_checks
 from xjax.train.loop import build_model
 
-METHODS = ("srae", "nn", "sae", "z", "excitation_backprop")
+COMPARED = ("srae", "nn", "sae", "z", "excitation_backprop")  # the rows of Table 1
 TRAINED = ("srae", "nn", "sae")  # the methods with modules to train
 PARTS = ("keypoints", "keypoints_visible", "bbox")
 # The numeric settings of `srae` (`SraeProtocol.check`, before any data loads).
@@ -138,9 +138,9 @@ class SraeProtocol(Protocol):
 
   def check(self, config) -> None:
     options = config.srae
-    unknown = [m for m in options.methods if m not in METHODS]
+    unknown = [m for m in options.methods if m not in COMPARED]
     if unknown or "srae" not in options.methods:
-      raise ConfigError(f"srae.methods must include 'srae' and name some of {', '.join(METHODS)}; "
+      raise ConfigError(f"srae.methods must include 'srae' and name some of {', '.join(COMPARED)}; "
                         f"got {tuple(options.methods)}.")
     if options.mse not in srae.MSE_MODES:
       raise ConfigError(f"srae.mse must be one of {', '.join(srae.MSE_MODES)}; got "
@@ -163,7 +163,7 @@ class SraeProtocol(Protocol):
   # ------------------------------------------------------------------------------------------
   # The analysis.
 
-  def analyse(self, config, run: TrainedRun, sources) -> dict:
+  def analyse(self, config, run: TrainedRun, sources) -> Analysis:
     options = config.srae
     info = sources["train"].info
     classes = chosen_classes(options.classes, info.num_classes, config.seed)
@@ -193,11 +193,15 @@ class SraeProtocol(Protocol):
                                                            data[split]["y"])).tolist()
                               for split in data}
                      for method, params in modules.items()}}
-    out.update(self._localities(config, run, variables, z_fn, modules, classes, data["test"]))
-    return out
+    localities, by_class = self._localities(config, run, variables, z_fn, modules, classes,
+                                            data["test"])
+    out.update(localities)
+    return Analysis(out, figures={"by_class": by_class})
 
-  def _localities(self, config, run, variables, z_fn, modules, classes, test) -> dict:
-    """Locality and pointing game of every method on each class's test images (+ figure data)."""
+  def _localities(self, config, run, variables, z_fn, modules, classes, test
+                  ) -> tuple[dict, dict]:
+    """Locality and pointing game of every method on each class's test images, and the figure
+    data by class (SRAE's maps and contributions; none without an SRAE module)."""
     options = config.srae
     maps_of = _heatmap_functions(run.model, z_fn, options.heatmap_layer)
     locality = {m: [] for m in options.methods if m != "sae" or "sae" in modules}
@@ -246,7 +250,7 @@ class SraeProtocol(Protocol):
                      "contributions": contributions,
                      "class_map": maps.get("excitation_backprop", [None])[0]}
     return {"locality": locality, "pointing_game": pointing, "feature_entropies": entropies,
-            "num_parts": int(test["keypoints"].shape[1]), "_figure": figure}
+            "num_parts": int(test["keypoints"].shape[1])}, figure
 
   # ------------------------------------------------------------------------------------------
   # Reporting.
@@ -266,7 +270,7 @@ class SraeProtocol(Protocol):
 
   def tables(self, config, analysed, checks) -> list[str]:
     result = analysed["network"]
-    methods = [m for m in METHODS if m in result["locality"]]
+    methods = [m for m in COMPARED if m in result["locality"]]
     paper = config.srae.paper.to_dict()
     std = {split: np.mean(v) for split, v in result["y_hat_std"].items()}
 
@@ -311,11 +315,11 @@ class SraeProtocol(Protocol):
     per_class = "## Per class\n\n" + "\n".join(rows) + "\n"
     return [main, per_class]
 
-  def figures(self, config, analysed, sources, directory: Path) -> None:
-    figure = analysed["network"].get("_figure", {})
+  def figures(self, config, analyses, sources, directory: Path) -> None:
+    figure, result = analyses["network"].figures["by_class"], analyses["network"].results
     if not figure:
       return
-    names = dict(zip(analysed["network"]["classes"], analysed["network"]["class_names"]))
+    names = dict(zip(result["classes"], result["class_names"]))
     shown = config.srae.figure_images
     images, maps, labels = [], [], []
     for c, f in figure.items():  # Fig. 2: each class's most important x-feature

@@ -22,7 +22,7 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.experiments.explain import explain_workdir
-from xjax.experiments.protocol import Protocol, Run
+from xjax.experiments.protocol import Analysis, Protocol, Run
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
 from xjax.explain.methods import METHODS, canonical_spec
@@ -48,13 +48,15 @@ class TourProtocol(Protocol):
     return [Run("model", copy_config(config, name=f"{config.name}/model"),
                 description=f"{config.model.name} on {config.data.name}")]
 
-  def analyse(self, config, run, sources) -> dict:
+  def analyse(self, config, run, sources) -> Analysis:
     methods = explain_workdir(run.workdir, list(config.tour.methods), n=config.tour.num_examples,
                               batch_size=config.tour.batch_size)
     arrays = np.load(run.workdir / "explanations.npz")
-    return {"test_accuracy": run.trained["test_accuracy"],
-            "object_share_of_pixels": float(np.mean(arrays["mask"])) if "mask" in arrays else None,
-            "methods": methods, "_figure": run.workdir / "figures" / "explain.png"}
+    return Analysis({"test_accuracy": run.trained["test_accuracy"],
+                     "object_share_of_pixels": (float(np.mean(arrays["mask"])) if "mask" in arrays
+                                                else None),
+                     "methods": methods},
+                    figures={"explain_figure": run.workdir / "figures" / "explain.png"})
 
   def checks(self, config, analysed) -> dict:
     run = analysed["model"]
@@ -84,9 +86,11 @@ class TourProtocol(Protocol):
             + report.markdown_table(["method", "relevance on the object", "pointing game",
                                      "sum R / f_c", "ms / image", "compile s"], rows)]
 
-  def figures(self, config, analysed, sources, directory: Path) -> None:
+  def figures(self, config, analyses, sources, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(analysed["model"]["_figure"], directory / "methods.png")
+    shutil.copyfile(analyses["model"].figures["explain_figure"], directory / "methods.png")
+    print(f"The test images and each method's heatmaps: {directory / 'methods.png'}; the "
+          f"table: {directory.parent / 'results.md'}.", flush=True)
 
   def summary(self, config, analysed, checks) -> dict:
     run = analysed["model"]

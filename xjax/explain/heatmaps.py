@@ -62,24 +62,49 @@ def normalize(h: Array, mode: str = "max_abs") -> Array:
   return h / jnp.where(scale > 0, scale, 1)
 
 
-def relevance_share(h: Array, mask: Array) -> Array:
-  """The share of each image's positive relevance that lies inside `mask`, in [0, 1], (B,).
+# Added to the total positive relevance, as Quantus 0.6.0's AttributionLocalisation does, so that
+# an image without positive relevance scores 0 rather than 0 / 0.
+SHARE_EPSILON = 1e-9
 
-  `sum(max(h, 0) * mask) / sum(max(h, 0))`: the relevance mass accuracy of a ground-truth
-  localisation metric (e.g. the pointing / mass tests of Quantus). An image without positive
-  relevance gets 0.
+
+def positive_share(h: Array, mask: Array, *, positive_only: bool = True) -> Array:
+  """The share of each image's relevance that lies inside `mask`, (B,): the one computation of
+  attribution localisation (Kohlbrenner, Bauer, Nakajima, Binder, Samek, Lapuschkin, "Towards
+  best practice in explaining neural network decisions with LRP", IJCNN 2020).
+
+  `sum_{p in mask} R+_p / (sum_p R+_p + 1e-9)` with `R+ = max(h, 0)`; with `positive_only=False`
+  the signed h instead. No checks: `relevance_share` and `xjax.metrics.attribution_localisation`
+  check their inputs and call this.
+
+  Args:
+    h: heatmaps (B, ...).
+    mask: a boolean array of the shape of `h`.
+    positive_only: clip h at 0 first (the paper's definition).
+  """
+  axes = _image_axes(h)
+  scores = jnp.maximum(h, 0) if positive_only else h
+  inside = jnp.sum(jnp.where(mask, scores, 0), axis=axes)
+  return inside / (jnp.sum(scores, axis=axes) + SHARE_EPSILON)
+
+
+def relevance_share(h: Array, mask: Array) -> Array:
+  """Attribution localisation (Kohlbrenner et al., IJCNN 2020) of heatmaps: the share of each
+  image's positive relevance that lies inside `mask`, in [0, 1], (B,).
+
+  `sum(max(h, 0) * mask) / (sum(max(h, 0)) + 1e-9)`, the same number as
+  `xjax.metrics.attribution_localisation` (both call `positive_share`), here for heatmaps alone
+  (no images) and with a mask that may be shared by all images. An image without positive
+  relevance gets 0. This is not relevance mass accuracy (Arras et al. 2022), which takes the
+  signed relevance (`xjax.metrics.relevance_mass_accuracy`).
 
   Args:
     h: heatmaps (B, H, W) (or any (B, ...)).
     mask: a boolean (or 0/1) array broadcastable to `h`, e.g. (B, H, W) or one (H, W) for all.
   """
-  axes = _image_axes(h)
+  _image_axes(h)
   try:
     mask = jnp.broadcast_to(jnp.asarray(mask), jnp.shape(h))
   except ValueError as e:
     raise ConfigError(f"mask of shape {jnp.shape(mask)} does not fit heatmaps of shape "
                       f"{jnp.shape(h)}.") from e
-  positive = jnp.maximum(h, 0)
-  inside = jnp.sum(jnp.where(mask.astype(bool), positive, 0), axis=axes)
-  total = jnp.sum(positive, axis=axes)
-  return jnp.where(total > 0, inside / jnp.where(total > 0, total, 1), 0)
+  return positive_share(jnp.asarray(h), mask.astype(bool))

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import explanation_method
@@ -104,7 +105,7 @@ def _lrp(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -
 def _cam_method(name: str) -> Callable[..., Method]:
   def make(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
     del option, bounds, key
-    return getattr(_lazy_import("xjax.explain.cam", name), name)
+    return getattr(importlib.import_module("xjax.explain.cam"), name)
 
   return make
 
@@ -117,7 +118,7 @@ METHODS.register("gradcam", _cam_method("gradcam"),
 def _excitation_method(name: str, contrastive: bool) -> Callable[..., Method]:
   def make(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
     del option, bounds, key
-    excitation = _lazy_import("xjax.explain.excitation", name)
+    excitation = importlib.import_module("xjax.explain.excitation")
     return functools.partial(excitation.excitation_backprop, contrastive=contrastive)
 
   return make
@@ -210,18 +211,25 @@ def get_method(spec: str, *, bounds: tuple[Any, Any] = (0.0, 1.0),
     A function `(apply_fn, params, x, target) -> relevance` with the shape of `x`.
 
   Raises:
-    ConfigError: an unknown method, composite or SmoothGrad base (listing the known ones), or an
-      option given to a method that takes none.
+    ConfigError: an unknown method, composite or SmoothGrad base (listing the known ones), an
+      option given to a method that takes none, or `bounds` not a (low, high) pair.
   """
   name, option = parse_spec(spec)
+  _check_bounds(bounds)
   return METHODS.get(name, option=option, bounds=bounds, key=key)
 
 
-def _lazy_import(module: str, name: str):
+def _check_bounds(bounds: Any) -> None:
+  """Raises a one-line ConfigError unless `bounds` is a (low, high) pair of finite scalars or
+  per-channel arrays (C,) with low <= high: checked for every method, so that a mistake shows
+  whichever method the spec names (the others ignore the box), before any is built."""
   try:
-    return importlib.import_module(module)
-  except ModuleNotFoundError as e:
-    if e.name != module:
-      raise
-    raise ConfigError(f"Method {name!r} needs {module}, which this installation does not "
-                      f"have yet.") from None
+    low, high = (np.asarray(b, np.float64) for b in bounds)
+    valid = (low.ndim <= 1 and high.ndim <= 1 and bool(np.all(np.isfinite(low)))
+             and bool(np.all(np.isfinite(high))) and bool(np.all(low <= high)))
+  except (TypeError, ValueError):  # not a pair, not numbers, or shapes that do not broadcast
+    valid = False
+  if not valid:
+    got = " ".join(repr(bounds).split())  # one line, also for arrays
+    raise ConfigError(f"bounds must be a (low, high) pair of finite scalars or per-channel arrays "
+                      f"(C,) with low <= high (the input box of z^B); got {got}.")

@@ -12,9 +12,11 @@ decomposition of Montavon et al. 2017 for the heatmaps.
   without bias elsewhere) of the top-1 and of the top-2 class, the latter with all other outputs
   set to 0 (class indices seed the output relevance with `onehot(c) * f(x)`).
 * **Diffusion** (Eq. 7): `d = 1/N sum_n ||R_{n,c1} - R_{n,c2}||_F`, the mean Frobenius distance of
-  the channel-summed heatmaps of the top-1 and top-2 classes. [A] `runs.separable` reports it on
-  heatmaps scaled to unit Frobenius norm (`unit_heatmaps`; d in [0, 2], the range of the paper's
-  Table 2) as `diffusion`, and on the raw heatmaps (whose scale is the logits') as `diffusion_raw`.
+  the channel-summed heatmaps of the top-1 and top-2 classes, computed in one place,
+  `xjax.metrics.diffusion.heatmap_distances` (also the `diffusion` metric's). [A] `runs.separable`
+  reports it on heatmaps scaled to unit Frobenius norm (`xjax.metrics.diffusion.unit_heatmaps`; d
+  in [0, 2], the range of the paper's Table 2) as `diffusion`, and on the raw heatmaps (whose
+  scale is the logits') as `diffusion_raw`.
 
 Kernels are Flax's `(n_in, n_out)`; only 2-D leaves named "kernel" (dense layers) are penalised.
 """
@@ -124,32 +126,6 @@ def block_l1_term(num_classes: int, layers: Iterable[str] | None = None,
 
 
 LOSS_TERMS.register("block_l1", block_l1_term, penalty=True)  # of the parameters alone
-
-
-def diffusion(top1: Array, top2: Array) -> Array:
-  """Eq. 7: the mean over images of the Frobenius norm of the heatmap difference.
-
-  Args:
-    top1, top2: channel-summed heatmaps (N, H, W) of the top-1 and top-2 classes.
-  """
-  top1, top2 = jnp.asarray(top1), jnp.asarray(top2)
-  if top1.shape != top2.shape or top1.ndim != 3:
-    raise ConfigError(f"diffusion needs two (N, H, W) heatmap stacks of the same shape; got "
-                      f"{top1.shape} and {top2.shape} (sum over channels first).")
-  return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(top1 - top2), axis=(1, 2))))
-
-
-def unit_heatmaps(h: Array) -> Array:
-  """Each heatmap (N, H, W) divided by its Frobenius norm (an all-zero heatmap stays 0).
-
-  [A] The paper's Table 2 values are all <= 2, the largest distance of two unit-norm heatmaps, and
-  the raw d scales with the output relevance (the logit): on unit heatmaps d measures how
-  different the explanations of c1 and c2 are, not how large their logits are (0 = the same
-  heatmap, sqrt(2) = orthogonal, 2 = opposite).
-  """
-  h = jnp.asarray(h)
-  norm = jnp.sqrt(jnp.sum(jnp.square(h), axis=(-2, -1), keepdims=True))
-  return h / jnp.where(norm > 0, norm, 1.0)
 
 
 def top2_heatmaps(apply_fn: Callable[[Any, Array], Array], params: Any, x: Array,

@@ -66,7 +66,7 @@ EMA_DECAY = 0.99  # [A] ~100 steps of memory: about an epoch of the paper's 8050
 LEARNING_RATE = 1e-3  # [A] Adam
 BATCH_SIZE = 64  # [A]
 MSE_MODES = ("ema", "batch")
-METHODS = ("srae", "nn", "sae")
+MODULE_KINDS = ("srae", "nn", "sae")  # SRAE and its two baselines (Table 1)
 
 
 def _shapes(s_z: int, k: int, hidden: int, reconstruction: bool) -> dict[str, Any]:
@@ -214,8 +214,8 @@ def sae_loss(params: Params, z: Array, y: Array | None = None, ema: Array | None
 def module_loss(method: str = "srae", *, beta: float = BETA, q: float = Q, mse: str = "ema",
                 decay: float = EMA_DECAY) -> Callable:
   """The single-module loss `(params, z, y, ema) -> (loss, (aux, new_ema))` of a method."""
-  if method not in METHODS:
-    raise ConfigError(f"Unknown SRAE method {method!r}; known: {', '.join(METHODS)}.")
+  if method not in MODULE_KINDS:
+    raise ConfigError(f"Unknown SRAE method {method!r}; known: {', '.join(MODULE_KINDS)}.")
   if mse not in MSE_MODES:
     raise ConfigError(f"Unknown SRAE mse mode {mse!r}; known: {', '.join(MSE_MODES)}.")
   if method == "sae":

@@ -19,7 +19,6 @@ read as the weights of the outputs, as the gradient methods read it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -28,10 +27,15 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_model_target, output_seed
+from xjax.metrics.registry import FLAG, METRICS, ApplyFn
 from xjax.metrics.relevance import checked_relevance, per_example_metric
+from xjax.registry import Check
 
 Array = jax.Array
-ApplyFn = Callable[[Any, Array], Array]
+
+# The check of `baseline`: a number or an array, not a name of pixel flipping's baselines.
+_BROADCAST_BASELINE = Check(lambda v: v is not None and not isinstance(v, (str, bytes)),
+                            "a number or an array broadcastable to x")
 
 
 def _baseline_images(x: Array, baseline: Any) -> Array:
@@ -47,6 +51,13 @@ def _baseline_images(x: Array, baseline: Any) -> Array:
   return jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
 
 
+@METRICS.register(
+    "completeness",
+    checks={"baseline": _BROADCAST_BASELINE, "relative": FLAG},
+    description="completeness: the sum of the relevance minus the change of the explained output "
+                "from the baseline (Sundararajan et al. 2017; Bach et al. 2015)",
+    # A signed error, best at 0: neither higher nor lower is better.
+    higher_is_better=None, score=None)
 @per_example_metric
 def completeness(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                  baseline: Any = 0.0, relative: bool = False) -> Array:

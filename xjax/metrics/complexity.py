@@ -21,16 +21,15 @@ default `abs=True` is what both metrics do anyway).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from xjax.metrics.registry import FLAG, METRICS, ApplyFn
 from xjax.metrics.relevance import checked_relevance, per_example_metric
 
 Array = jax.Array
-ApplyFn = Callable[[Any, Array], Array]
 
 # Quantus 0.6.0 `Sparseness` adds this to every |R| before sorting: an all-zero explanation then
 # has Gini index 0 (evenly spread) instead of 0 / 0.
@@ -53,6 +52,11 @@ def _magnitudes(x: Any, relevance: Any, sum_channels: bool) -> Array:
   return jnp.abs(relevance.reshape(relevance.shape[0], -1))
 
 
+@METRICS.register(
+    "sparseness",
+    checks={"sum_channels": FLAG},
+    description="sparseness: the Gini index of the absolute relevance (Chalasani et al. 2020)",
+    higher_is_better=True, score=None)
 @per_example_metric
 def sparseness(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                sum_channels: bool = False) -> Array:
@@ -88,6 +92,12 @@ def sparseness(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevanc
   return jnp.sum(weights * values, axis=-1) / (n * jnp.sum(values, axis=-1))
 
 
+@METRICS.register(
+    "complexity",
+    checks={"sum_channels": FLAG},
+    description="complexity: the entropy of the shares of the absolute relevance (Bhatt et al. "
+                "2020)",
+    higher_is_better=False, score=None)
 @per_example_metric
 def complexity(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                sum_channels: bool = False) -> Array:

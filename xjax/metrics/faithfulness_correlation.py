@@ -24,8 +24,10 @@ import jax.numpy as jnp
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_count, check_model_target
 from xjax.metrics.correlation import pearson
-from xjax.metrics.pixel_flipping import SCORES, ApplyFn, baseline_images, perturbed_scores
+from xjax.metrics.pixel_flipping import BASELINE, SCORES, ApplyFn, baseline_images, perturbed_scores
+from xjax.metrics.registry import AT_LEAST_TWO, COUNT, METRICS, OPTIONAL_COUNT
 from xjax.metrics.relevance import check_images, per_example_metric, pixel_relevance
+from xjax.registry import one_of
 
 Array = jax.Array
 
@@ -84,6 +86,13 @@ def subset_correlation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
   return pearson(inside.T, drops)
 
 
+@METRICS.register(
+    "faithfulness_correlation",
+    checks={"subset_size": COUNT, "num_samples": AT_LEAST_TWO, "baseline": BASELINE,
+            "score": one_of(*SCORES), "max_batch": OPTIONAL_COUNT},
+    description="faithfulness correlation: the Pearson correlation of the relevance of random "
+                "subsets and the drop of the output when they are removed (Bhatt et al. 2020)",
+    higher_is_better=True, score=None)
 @per_example_metric
 def faithfulness_correlation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                              relevance: Array, *, subset_size: int = 224, num_samples: int = 100,

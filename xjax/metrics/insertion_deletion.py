@@ -28,13 +28,17 @@ from xjax.metrics.pixel_flipping import (
   baseline_images,
   pixel_flipping,
 )
+from xjax.metrics.registry import COUNT, METRICS, OPTIONAL_COUNT
 from xjax.metrics.relevance import check_images, per_example_metric
+from xjax.registry import Check, at_least, in_range, one_of
 
 Array = jax.Array
 
 # The baselines of the perturbation metrics here and in `region_perturbation`: pixel flipping's
 # plus "blur", a Gaussian-blurred copy of each image (RISE's insertion canvas).
 CANVASES = (*BASELINES, "blur")
+CANVAS = Check(lambda v: not isinstance(v, str) or v in CANVASES,
+               f"a number, an array or one of {', '.join(CANVASES)}")
 
 
 class InsertionDeletionResult(NamedTuple):
@@ -107,6 +111,17 @@ def canvas_images(x: Array, baseline: Any, key: Array | None, blur_sigma: float)
   return baseline_images(jnp.asarray(x), baseline, key)
 
 
+@METRICS.register(
+    "insertion_deletion",
+    checks={"steps": COUNT, "fraction": in_range(0, 1, include_low=False),
+            "deletion_baseline": CANVAS, "insertion_baseline": CANVAS,
+            "blur_sigma": at_least(0), "score": one_of(*SCORES), "max_batch": OPTIONAL_COUNT},
+    description="insertion and deletion: the class probability as the most relevant pixels are "
+                "inserted into a blurred canvas or deleted, and the areas (Petsiuk et al. 2018)",
+    # For the insertion area; the result's `deletion_area` is lower-is-better.
+    higher_is_better=True,
+    score="insertion_area", curves=("insertion", "deletion"),
+    field_higher_is_better={"deletion_area": False})
 @per_example_metric
 def insertion_deletion(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                        relevance: Array, *, steps: int = 20, fraction: float = 1.0,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,14 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
+from xjax.explain.heatmaps import positive_share
+from xjax.metrics.registry import FLAG, METRICS, ApplyFn
 from xjax.metrics.relevance import per_example_metric, pixel_relevance, relevance_ranks
+from xjax.registry import non_negative
 
 Array = jax.Array
-ApplyFn = Callable[[Any, Array], Array]
-
-# Added to the total positive relevance by Quantus's AttributionLocalisation, so that an example
-# without positive relevance scores 0 rather than NaN.
-ATTRIBUTION_EPSILON = 1e-9
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,6 +106,12 @@ def _dilate(mask: Array, radius: float) -> Array:
 # The metrics.
 
 
+@METRICS.register(
+    "pointing_game",
+    checks={"tolerance": non_negative},
+    description="pointing game: 1 where the most relevant pixel lies within `tolerance` pixels of "
+                "the ground-truth mask (Zhang et al. 2016)",
+    higher_is_better=True, score=None)
 @per_example_metric
 def pointing_game(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                   mask: Array | None = None, tolerance: float = 0) -> Array:
@@ -121,7 +124,13 @@ def pointing_game(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relev
   maximum inside the mask, which is what Quantus 0.6.0's `PointingGame` computes.
 
   Ties of the maximum: a hit if ANY maximal pixel hits, as Quantus 0.6.0 (`np.any(s * (a ==
-  a.max()))`). So relevance that is constant (e.g. all zero) hits every non-empty mask.
+  a.max()))`). This is the one tie rule of xjax (`runs.explain`, the tour and `runs.evaluate` all
+  score with this function). It does not depend on the order the pixels are stored in, as
+  "the first argmax" would (a tie resolved row-major scores differently on a transposed or
+  flipped image), and it keeps the scores equal to Quantus's. Its price: relevance that is
+  constant (e.g. all zero, an empty heatmap) hits every non-empty mask, and a heatmap with
+  plateaus (e.g. an upsampled CAM) hits if any pixel of its top plateau touches the mask; read
+  such scores beside a measure of how concentrated the relevance is.
 
   Differences from Quantus 0.6.0: Quantus has no tolerance; its empty-mask NaN is assigned into
   a boolean array and so reads back as a hit (1.0), where here an empty mask is an error (NaN
@@ -156,6 +165,12 @@ def pointing_game(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relev
   return _undefined_if_empty(hit, ground_truth)
 
 
+@METRICS.register(
+    "attribution_localisation",
+    checks={"positive_only": FLAG, "weighted": FLAG},
+    description="attribution localisation: the share of the positive relevance inside the "
+                "ground-truth mask (Kohlbrenner et al. 2020)",
+    higher_is_better=True, score=None)
 @per_example_metric
 def attribution_localisation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                              relevance: Array, *, mask: Array | None = None,
@@ -165,7 +180,8 @@ def attribution_localisation(apply_fn: ApplyFn, params: Any, x: Array, target: A
   positive relevance that falls inside the mask.
 
   mu_b = sum_{p in mask} R+_p / (sum_p R+_p + 1e-9), with R+ = max(R, 0) of the channel-summed
-  relevance; the epsilon (Quantus's) makes an example without positive relevance score 0. With
+  relevance; the epsilon (Quantus's) makes an example without positive relevance score 0 (the
+  computation is `xjax.explain.heatmaps.positive_share`, which `relevance_share` also calls). With
   `weighted`, mu_b * (H * W) / |mask_b|: the ratio to what relevance spread evenly would score,
   so that large objects do not score high by size alone (Kohlbrenner et al.'s weighted variant).
 
@@ -196,16 +212,19 @@ def attribution_localisation(apply_fn: ApplyFn, params: Any, x: Array, target: A
   del apply_fn, params, target
   scores = pixel_relevance(x, relevance)
   ground_truth = _check_mask(x, mask)
-  if positive_only:
-    scores = jnp.maximum(scores, 0)
-  inside = jnp.sum(jnp.where(ground_truth, scores, 0), axis=(1, 2))
-  share = inside / (scores.sum(axis=(1, 2)) + ATTRIBUTION_EPSILON)
+  # The computation `xjax.explain.heatmaps.relevance_share` (runs.explain's share) shares.
+  share = positive_share(scores, ground_truth, positive_only=positive_only)
   if weighted:
     _, height, width = ground_truth.shape
     share = share * (height * width) / ground_truth.sum(axis=(1, 2))
   return _undefined_if_empty(share, ground_truth)
 
 
+@METRICS.register(
+    "relevance_mass_accuracy",
+    description="relevance mass accuracy: the share of the (signed) relevance inside the "
+                "ground-truth mask (Arras et al. 2022)",
+    higher_is_better=True, score=None)
 @per_example_metric
 def relevance_mass_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                             relevance: Array, *, mask: Array | None = None) -> Array:
@@ -241,6 +260,11 @@ def relevance_mass_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Ar
   return _undefined_if_empty(inside / scores.sum(axis=(1, 2)), ground_truth)
 
 
+@METRICS.register(
+    "relevance_rank_accuracy",
+    description="relevance rank accuracy: the share of the K most relevant pixels inside the "
+                "ground-truth mask of K pixels (Arras et al. 2022)",
+    higher_is_better=True, score=None)
 @per_example_metric
 def relevance_rank_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                             relevance: Array, *, mask: Array | None = None) -> Array:

@@ -16,6 +16,7 @@ they are needed (`x`, the baseline and the ranks are gathered per image), and th
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any, NamedTuple
@@ -26,14 +27,18 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_count, check_model_target, output_seed
+from xjax.metrics.registry import COUNT, METRICS, OPTIONAL_COUNT, ApplyFn
 from xjax.metrics.relevance import checked_relevance, per_example_metric, relevance_ranks
+from xjax.registry import Check, in_range, one_of
 
 Array = jax.Array
-ApplyFn = Callable[[Any, Array], Array]
 
 ORDERS = ("most_relevant_first", "least_relevant_first")
 SCORES = ("logit", "probability")
 BASELINES = ("mean", "uniform")
+# The check of a `baseline` option (here and in `faithfulness_correlation`).
+BASELINE = Check(lambda v: not isinstance(v, str) or v in BASELINES,
+                 f"a number, an array or one of {', '.join(BASELINES)}")
 
 
 class PixelFlippingResult(NamedTuple):
@@ -58,12 +63,11 @@ class PixelFlippingResult(NamedTuple):
 # Checks and the static schedule.
 
 
-def _check_fraction(fraction: Any) -> float:
+def _check_fraction(fraction: Any) -> None:
   if (isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating))
       or not 0 < fraction <= 1):
     raise ConfigError(f"fraction must be a Python number in (0, 1] (the share of pixels flipped "
                       f"by the last step); got {fraction!r}.")
-  return float(fraction)
 
 
 def flip_counts(num_pixels: int, steps: int, fraction: float = 1.0) -> np.ndarray:
@@ -71,9 +75,15 @@ def flip_counts(num_pixels: int, steps: int, fraction: float = 1.0) -> np.ndarra
   steps)`, rounded half up from the exact rational value (so 2.5 -> 3 on every platform).
 
   Computed with `fractions.Fraction` because `k * P / steps` in floating point lands just below
-  a half (or an integer) for some k, and the counts fix the shapes under jit.
+  a half (or an integer) for some k, and the counts fix the shapes under jit. The fraction is
+  the decimal the user wrote, its shortest repr (0.3 is 3/10), not its binary value
+  (0.29999999999999998889...), which would round the halves it makes down: 25 pixels, 3 steps
+  and 0.3 flip 2.5 -> 3 pixels at the first step, not 2.
   """
-  share = Fraction(fraction) * num_pixels / steps
+  # int and Fraction are exact already; str() of a float (Python's or numpy's) is its shortest
+  # repr, the number as written, and a Decimal's str() is its digits.
+  exact = Fraction(fraction) if isinstance(fraction, numbers.Rational) else Fraction(str(fraction))
+  share = exact * num_pixels / steps
   return np.array([math.floor(k * share + Fraction(1, 2)) for k in range(steps + 1)], np.int32)
 
 
@@ -119,6 +129,17 @@ def _pixel_ranks(relevance: Array, order: str) -> Array:
 # The metric.
 
 
+@METRICS.register(
+    "pixel_flipping",
+    checks={"steps": COUNT, "fraction": in_range(0, 1, include_low=False),
+            "max_batch": OPTIONAL_COUNT, "baseline": BASELINE, "order": one_of(*ORDERS),
+            "score": one_of(*SCORES)},
+    description="pixel flipping: the explained output as the most relevant pixels are replaced, "
+                "and the area under it (Samek et al. 2017)",
+    # That of the default order, most relevant first; with order="least_relevant_first" a higher
+    # area is the better explanation.
+    higher_is_better=False,
+    score="area", curves=("curves",))
 @per_example_metric
 def pixel_flipping(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                    steps: int = 20, fraction: float = 1.0, baseline: Any = 0.0,
@@ -173,7 +194,7 @@ def pixel_flipping(apply_fn: ApplyFn, params: Any, x: Array, target: Array, rele
   relevance = checked_relevance(x, relevance)
   check_model_target(apply_fn, params, x, target)
   steps = check_count("steps", steps)
-  fraction = _check_fraction(fraction)
+  _check_fraction(fraction)  # passed on as given: flip_counts rounds the decimal it was written as
   if order not in ORDERS:
     raise ConfigError(f"Unknown order {order!r}; known: {', '.join(ORDERS)}.")
   if score not in SCORES:

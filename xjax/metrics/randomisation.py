@@ -27,7 +27,7 @@ given (take `abs` in `explain` and in `relevance` for that variant).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -37,16 +37,16 @@ import numpy as np
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_inputs
 from xjax.metrics.correlation import pearson, ranks
+from xjax.metrics.registry import AT_LEAST_TWO, EXPLAIN, FLAG, METRICS, ApplyFn, ExplainFn
 from xjax.metrics.relevance import (
   check_explain,
   checked_relevance,
   per_example_metric,
   recomputed_relevance,
 )
+from xjax.registry import one_of
 
 Array = jax.Array
-ApplyFn = Callable[[Any, Array], Array]
-ExplainFn = Callable[[Any, Array, Array], Array]
 
 LAYER_ORDERS = ("top_down", "bottom_up")
 SIMILARITIES = ("spearman", "pearson")
@@ -123,6 +123,16 @@ def _randomised(layer: Any, key: Array) -> Any:
   return jax.tree_util.tree_unflatten(tree, new)
 
 
+@METRICS.register(
+    "model_parameter_randomisation",
+    checks={"explain": EXPLAIN, "order": one_of(*LAYER_ORDERS),
+            "similarity": one_of(*SIMILARITIES), "cascade": FLAG},
+    description="model parameter randomisation: the similarity of the explanation to the "
+                "original as the layers are randomised from the top (Adebayo et al. 2018)",
+    # The similarity to the original explanation as layers are randomised: lower is better.
+    # The score is the similarity after the last step (cascading: the whole model randomised;
+    # independent: the last layer), each step kept as a curve.
+    higher_is_better=False, score="similarity", curves=("similarity",))
 @per_example_metric
 def model_parameter_randomisation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                                   relevance: Array, *, explain: ExplainFn, key: Array | None = None,
@@ -187,6 +197,13 @@ def model_parameter_randomisation(apply_fn: ApplyFn, params: Any, x: Array, targ
   return RandomisationResult(jnp.stack(rows), tuple(str(n) for n in names))
 
 
+@METRICS.register(
+    "random_logit",
+    checks={"explain": EXPLAIN, "num_classes": AT_LEAST_TWO,
+            "similarity": one_of(*SIMILARITIES)},
+    description="random logit: the similarity of the explanation of a random other class to "
+                "that of the target (Sixt et al. 2020)",
+    higher_is_better=False, score=None)
 @per_example_metric
 def random_logit(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                  explain: ExplainFn, key: Array | None = None, num_classes: int | None = None,

@@ -21,7 +21,7 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_count, check_model_target
-from xjax.metrics.insertion_deletion import canvas_images
+from xjax.metrics.insertion_deletion import CANVAS, canvas_images
 from xjax.metrics.pixel_flipping import (
   ORDERS,
   SCORES,
@@ -29,7 +29,9 @@ from xjax.metrics.pixel_flipping import (
   curve_area,
   perturbed_scores,
 )
+from xjax.metrics.registry import COUNT, METRICS, OPTIONAL_COUNT
 from xjax.metrics.relevance import per_example_metric, pixel_relevance, relevance_ranks
+from xjax.registry import at_least, one_of
 
 Array = jax.Array
 
@@ -79,6 +81,16 @@ def patch_ids(height: int, width: int, patch_size: int) -> np.ndarray:
   return rows[:, None] * per_row + cols[None, :]
 
 
+@METRICS.register(
+    "region_perturbation",
+    checks={"patch_size": COUNT, "steps": OPTIONAL_COUNT, "order": one_of(*ORDERS),
+            "baseline": CANVAS, "blur_sigma": at_least(0), "score": one_of(*SCORES),
+            "max_batch": OPTIONAL_COUNT},
+    description="region perturbation: the explained output as the most relevant patches are "
+                "replaced, its area and AOPC (Samek et al. 2017)",
+    # The area under the most-relevant-first curve; the result's `aopc` is higher-is-better.
+    higher_is_better=False,
+    score="area", curves=("curves",), field_higher_is_better={"aopc": True})
 @per_example_metric
 def region_perturbation(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array,
                         *, patch_size: int = 8, steps: int | None = None,

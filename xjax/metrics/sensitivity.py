@@ -31,7 +31,6 @@ images and explained by a single call of `explain`, so there is no Python loop o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -40,18 +39,20 @@ import numpy as np
 
 from xjax.errors import ConfigError
 from xjax.explain.targets import check_count, check_inputs
+from xjax.metrics.registry import COUNT, EXPLAIN, METRICS, ApplyFn, ExplainFn
 from xjax.metrics.relevance import (
   check_explain,
   checked_relevance,
   per_example_metric,
   recomputed_relevance,
 )
+from xjax.registry import one_of, positive
 
 Array = jax.Array
-ApplyFn = Callable[[Any, Array], Array]
-ExplainFn = Callable[[Any, Array, Array], Array]
 
 NORMS = ("fro", "linf")
+# The options of both metrics, and their checks.
+_CHECKS = {"explain": EXPLAIN, "radius": positive, "num_samples": COUNT, "norm": one_of(*NORMS)}
 
 
 def _norm(a: Array, norm: str) -> Array:
@@ -94,6 +95,12 @@ def sensitivities(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relev
   return _norm(change, norm) / _norm(flat, norm)
 
 
+@METRICS.register(
+    "max_sensitivity",
+    checks=_CHECKS,
+    description="max-sensitivity: the largest relative change of the explanation under uniform "
+                "input noise (Yeh et al. 2019)",
+    higher_is_better=False, score=None)
 @per_example_metric
 def max_sensitivity(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                     explain: ExplainFn, radius: float = 0.02, num_samples: int = 10,
@@ -123,6 +130,12 @@ def max_sensitivity(apply_fn: ApplyFn, params: Any, x: Array, target: Array, rel
                        num_samples=num_samples, key=key, norm=norm).max(0)
 
 
+@METRICS.register(
+    "avg_sensitivity",
+    checks=_CHECKS,
+    description="avg-sensitivity: the mean relative change of the explanation under uniform "
+                "input noise (Yeh et al. 2019)",
+    higher_is_better=False, score=None)
 @per_example_metric
 def avg_sensitivity(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                     explain: ExplainFn, radius: float = 0.02, num_samples: int = 10,

@@ -11,8 +11,9 @@ label: they ignore `num_classes`, their `logits` are no class scores (the RBM's 
 log-density, the autoencoder's code), and `intermediates["example_loss"]` (B,) is the per-example
 loss the eval step averages in place of the cross-entropy.
 
-This package registers the models in `MODELS` (`xjax.nn.registry`, which imports no model):
-importing any module of `xjax.nn` imports this one first, so the registry is always complete.
+Each model class registers itself in `MODELS` (`xjax.nn.registry`) with `@MODELS.register(name)`
+above its definition; `MODELS` imports the model modules at its first lookup, so it is complete
+(and in the same order) however it is imported.
 """
 
 from xjax.nn.aae import AdversarialAutoencoder
@@ -22,17 +23,6 @@ from xjax.nn.registry import MODELS, count_params, get_model, init_variables, lo
 from xjax.nn.resnet import BasicBlock, ResNet18
 from xjax.nn.vgg import VGG, VGG_CONFIGS
 from xjax.nn.xnet import XNet
-
-MODELS.register("cnn_cifar10", CNNCifar10)
-MODELS.register("cnn_fashion", CNNFashion)
-MODELS.register("cnn_mnist", CNNMnist)
-MODELS.register("sumpool_cnn", SumPoolCNN)
-MODELS.register("mlp", MLP)
-MODELS.register("resnet18", ResNet18)
-MODELS.register("vgg", VGG)
-MODELS.register("xnet", XNet)
-MODELS.register("gaussian_rbm", GaussianRBM)
-MODELS.register("adversarial_autoencoder", AdversarialAutoencoder)
 
 __all__ = [
     "MLP",

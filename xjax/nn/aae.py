@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
+from xjax.nn.registry import MODELS
 
 Array = jax.Array
 
@@ -49,6 +50,7 @@ def discriminate(params: dict, z: Array) -> Array:
   return (z @ params["output"]["kernel"] + params["output"]["bias"])[:, 0]
 
 
+@MODELS.register("adversarial_autoencoder")
 class AdversarialAutoencoder(nn.Module):
   """An adversarial autoencoder with a Gaussian prior (Makhzani et al. 2016, Sec. 2).
 

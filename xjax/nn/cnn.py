@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from xjax import ops
 from xjax.errors import ConfigError
+from xjax.nn.registry import MODELS
 from xjax.ops import conv_general_dilated as _fast_conv
 
 Array = jax.Array
@@ -64,6 +65,7 @@ def _table1_head(x: Array, units: int, num_classes: int | None, intermediates: d
   return _classifier(x, num_classes, intermediates, _KERAS_KERNEL_INIT)
 
 
+@MODELS.register("cnn_cifar10")
 class CNNCifar10(nn.Module):
   """The CIFAR10 network of Rieger 2018, Table 1: C32-C32-MaxP-C64-C64-MaxP-D512-D10.
 
@@ -103,6 +105,7 @@ class CNNCifar10(nn.Module):
                         self.dense_dropout_rate, train)
 
 
+@MODELS.register("cnn_fashion")
 class CNNFashion(nn.Module):
   """The Fashion-MNIST network of Rieger 2018, Table 1: C32(3x3)-AvgP-D256-D10.
 
@@ -131,6 +134,7 @@ class CNNFashion(nn.Module):
                         self.dense_dropout_rate, train)
 
 
+@MODELS.register("cnn_mnist")
 class CNNMnist(nn.Module):
   """The MNIST network of Rieger 2018, Table 1: C32(3x3)-AvgP-C64(2x2)-AvgP-D512-D10.
 
@@ -164,6 +168,7 @@ class CNNMnist(nn.Module):
                         self.dense_dropout_rate, train)
 
 
+@MODELS.register("sumpool_cnn")
 class SumPoolCNN(nn.Module):
   """The sum-pooling CNN of the heatmapping.org LRP tutorial (Montavon, Samek & Müller 2018).
 
@@ -212,6 +217,7 @@ class SumPoolCNN(nn.Module):
     return _flatten(logits), intermediates
 
 
+@MODELS.register("mlp")
 class MLP(nn.Module):
   """A multi-layer perceptron on flattened inputs: [Dense-ReLU-Dropout] x len(hidden) - Dense.
 

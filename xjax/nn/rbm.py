@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xjax.nn.registry import MODELS
+
 Array = jax.Array
 
 
@@ -99,6 +101,7 @@ def log_partition_bruteforce(params: dict, sigma: float) -> Array:
   return 0.5 * num_visible * math.log(2.0 * math.pi * sigma ** 2) + jax.nn.logsumexp(exponents)
 
 
+@MODELS.register("gaussian_rbm")
 class GaussianRBM(nn.Module):
   """A Gaussian-Bernoulli RBM (Hinton 2010, Sec. 13.2; Welling et al. 2005) trained by CD-k.
 

@@ -1,8 +1,9 @@
 """Models by name, and the few helpers every caller of a model needs.
 
-`MODELS` is the registry of model classes; the model modules are registered by `xjax.nn` (its
-`__init__`), so this module imports no model and a model may build others by name (XNet's
-backbone) without an import cycle.
+`MODELS` is the registry of model classes; each model module registers its classes with
+`@MODELS.register(name)` at their definitions. This module imports no model (the registry
+imports `MODULES` at its first lookup), so a model may build others by name (XNet's backbone)
+without an import cycle.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from xjax.registry import Registry
 
 # name -> Flax module class; every class declares `INTERMEDIATES`, the names of the
 # intermediate activations its `__call__` returns beside the logits.
-MODELS = Registry("model")
+# The modules that register models, in the order of `MODELS.names()` (plug-ins, e.g. the
+# explainer of `xjax.methods.explainer`, come after them).
+MODULES = ("xjax.nn.cnn", "xjax.nn.resnet", "xjax.nn.vgg", "xjax.nn.xnet", "xjax.nn.rbm",
+           "xjax.nn.aae")
+MODELS = Registry("model", modules=MODULES)
 
 _FLAX_FIELDS = ("parent", "name")
 

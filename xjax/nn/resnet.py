@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from xjax.errors import ConfigError
+from xjax.nn.registry import MODELS
 from xjax.ops import conv_general_dilated as _fast_conv
 
 Array = jax.Array
@@ -59,6 +60,7 @@ class BasicBlock(nn.Module):
     return nn.relu(y + x)
 
 
+@MODELS.register("resnet18")
 class ResNet18(nn.Module):
   """ResNet-18 of He et al., "Deep residual learning for image recognition" (CVPR 2016).
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from xjax import ops
 from xjax.errors import ConfigError
+from xjax.nn.registry import MODELS
 
 Array = jax.Array
 
@@ -37,6 +38,7 @@ def resolve_config(config: str | tuple[int | str, ...]) -> tuple[int | str, ...]
   return layers
 
 
+@MODELS.register("vgg")
 class VGG(nn.Module):
   """VGG of Simonyan & Zisserman, "Very deep convolutional networks..." (ICLR 2015), small images.
 

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 
 from xjax.errors import ConfigError
-from xjax.nn.registry import get_model
+from xjax.nn.registry import MODELS, get_model
 
 Array = jax.Array
 
@@ -50,6 +50,7 @@ class XNetHead(nn.Module):
     return nn.Dense(self.num_classes, name="output")(passed), hidden
 
 
+@MODELS.register("xnet")
 class XNet(nn.Module):
   """Any registered model without its classifier ("backbone") under an `XNetHead` ("head").
 

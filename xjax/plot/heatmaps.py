@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 
 from xjax.errors import ConfigError
@@ -70,6 +71,7 @@ def _displayable_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 def plot_explanations(images: np.ndarray, heatmaps: Mapping[str, np.ndarray], path: str | Path, *,
                       titles: Sequence[str] | None = None, labels: Sequence[str] | None = None,
+                      masks: np.ndarray | None = None, mistakes: Sequence[bool] | None = None,
                       cell_size: float = 2.0, dpi: int = 100) -> Path:
   """Saves a PNG grid: one row per image, the image first, then one heatmap per method.
 
@@ -80,8 +82,11 @@ def plot_explanations(images: np.ndarray, heatmaps: Mapping[str, np.ndarray], pa
     path: where to write the PNG (parent folders are created).
     titles: column titles, 1 + len(heatmaps) of them; default "input" and the method names.
     labels: one text per row (e.g. "class 3, p = 0.91"), written left of the row.
-    cell_size: the size of one cell in inches; the PNG is (N * cell_size * dpi) pixels high and
-      ((1 + len(heatmaps)) * cell_size * dpi) pixels wide.
+    masks: (N, H, W) the ground truth the heatmaps are scored against (e.g. the object's
+      pixels); its outline is drawn on the image and on every heatmap.
+    mistakes: one bool per row: True rows (e.g. misclassified images) get a red label.
+    cell_size: the size of one cell in inches; the PNG is ((N * cell_size + 0.6) * dpi) pixels
+      high (0.6 inches for the colour scale) and ((1 + len(heatmaps)) * cell_size * dpi) wide.
     dpi: dots per inch of the PNG.
 
   Returns:
@@ -98,21 +103,41 @@ def plot_explanations(images: np.ndarray, heatmaps: Mapping[str, np.ndarray], pa
     raise ConfigError(f"titles needs {num_cols} entries (input + methods); got {len(titles)}.")
   if labels is not None and len(labels) != num_rows:
     raise ConfigError(f"labels needs {num_rows} entries (one per image); got {len(labels)}.")
+  if masks is not None and np.shape(masks) != (num_rows, *images.shape[1:3]):
+    raise ConfigError(f"masks must have shape {(num_rows, *images.shape[1:3])} (one per image); "
+                      f"got {np.shape(masks)}.")
+  if mistakes is not None and len(mistakes) != num_rows:
+    raise ConfigError(f"mistakes needs {num_rows} entries (one per image); got {len(mistakes)}.")
   colours = [heatmap_rgb(h) for h in heatmaps.values()]
 
-  fig = Figure(figsize=(num_cols * cell_size, num_rows * cell_size))
-  axes = fig.subplots(num_rows, num_cols, squeeze=False)
+  # The last row of the grid, a short one, holds the colour scale shared by every heatmap.
+  fig = Figure(figsize=(num_cols * cell_size, num_rows * cell_size + 0.6))
+  grid = fig.add_gridspec(num_rows + 1, num_cols,
+                          height_ratios=[cell_size] * num_rows + [0.12])
+  axes = np.array([[fig.add_subplot(grid[row, col]) for col in range(num_cols)]
+                   for row in range(num_rows)])
   for row in range(num_rows):
     image, cmap = _displayable_image(images[row])
     cells = [(image, cmap)] + [(rgb[row], None) for rgb in colours]
     for col, (content, cmap) in enumerate(cells):
       ax = axes[row, col]
       ax.imshow(content, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+      if masks is not None and np.any(masks[row]):
+        ax.contour(np.asarray(masks[row], np.float64), levels=[0.5], colors="black",
+                   linewidths=0.8)
       ax.set_xticks([])
       ax.set_yticks([])
       if row == 0:
         ax.set_title(titles[col], fontsize=9)
     if labels is not None:
-      axes[row, 0].set_ylabel(labels[row], fontsize=8)
+      wrong = mistakes is not None and bool(mistakes[row])
+      axes[row, 0].set_ylabel(labels[row], fontsize=8, color="red" if wrong else "black")
+  if heatmaps:
+    scale = fig.add_subplot(grid[num_rows, 1:])
+    fig.colorbar(ScalarMappable(Normalize(-1.0, 1.0), RELEVANCE_CMAP), cax=scale,
+                 orientation="horizontal")
+    scale.set_xlabel("relevance / max |relevance| of the image"
+                     + ("; black: the mask" if masks is not None else ""), fontsize=8)
+    scale.tick_params(labelsize=7)
   fig.tight_layout()
   return save_figure(fig, path, dpi)

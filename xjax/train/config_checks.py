@@ -14,7 +14,6 @@ The rules are `xjax.registry.Check`s (`positive`, `non_negative`, `in_range`, `o
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import numbers
 from collections.abc import Mapping
@@ -28,8 +27,9 @@ from xjax.data import registry as datasets
 from xjax.errors import ConfigError
 from xjax.nn import registry as models
 from xjax.registry import Check, at_least, in_range, non_negative, one_of, positive
+from xjax.train import optim
 from xjax.train.losses import LOSS_TERMS, is_penalty
-from xjax.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from xjax.train.optim import OPTIMIZERS
 
 # A rule: a `Check`, or a `Check` and why it is the rule (added to the message in parentheses).
 Rule = Check | tuple[Check, str]
@@ -148,16 +148,9 @@ TASK = {"label_attribute": optional(name), "positive_classes": sequence(integer(
 # Options of loss terms that mean the same for every term that takes them (the terms register
 # the checks of their other options).
 LOSS_OPTIONS = {"num_classes": (integer(2), "the data's class count")}
-OPTIMIZER = {  # the checks `xjax.train.optim` registers, under the config's keys
-    "name": name,
-    "learning_rate": positive,
-    "momentum": in_range(0, 1, include_high=False),
-    "nesterov": boolean,
-    "weight_decay": non_negative,
-    "schedule": one_of(*SCHEDULES),
-    "decay_every_epochs": at_least(1),
-    "decay_factor": in_range(0, 1, include_low=False),
-}
+# The checks the optimizers are registered with (`xjax.train.optim.CHECKS`, their one place),
+# under the config's keys.
+OPTIMIZER = {"name": name, **optim.CHECKS}
 TRAIN = {
     "epochs": counts,
     "log_every_steps": counts,
@@ -200,9 +193,9 @@ def check_model(model: Mapping[str, Any], prefix: str = "model") -> None:
 
 
 def make_optimizer_options() -> set[str]:
-  """The options a config's optimizer section can set: `make_optimizer`'s, less those the loop
-  derives from the data."""
-  return set(inspect.signature(make_optimizer).parameters) - {"steps_per_epoch", "total_epochs"}
+  """The options a config's optimizer section can set: `name` and those of the registered
+  optimizers (`xjax.train.optim.optimizer_options`), less those the loop derives from the data."""
+  return {"name", *optim.optimizer_options()} - {"steps_per_epoch", "total_epochs"}
 
 
 def check_optimizer(optimizer: Mapping[str, Any], prefix: str = "optimizer",
@@ -250,15 +243,20 @@ def check_train(train: Mapping[str, Any], terms: tuple[str, ...], prefix: str = 
       string(k) and name(v) for k, v in pretrained.items()):
     raise ConfigError(f"Bad value {pretrained!r} for {prefix}.pretrained: expected a dict of "
                       f"parameter path prefix -> workdir.")
-  penalties = tuple(train.get("validation_penalties") or ())
+  check_validation_penalties(tuple(train.get("validation_penalties") or ()), terms,
+                             f"{prefix}.validation_penalties")
+
+
+def check_validation_penalties(penalties: tuple[str, ...], terms, key: str) -> None:
+  """Each of `penalties` is one of the loss `terms` and a penalty of the parameters alone."""
   unknown = sorted(set(penalties) - set(terms))
   if unknown:
-    raise ConfigError(f"{prefix}.validation_penalties {unknown} are not loss terms of this "
-                      f"config; its terms: {', '.join(terms)}.")
+    raise ConfigError(f"{key} {unknown} are not loss terms of this config; its terms: "
+                      f"{', '.join(terms)}.")
   batch_terms = [term for term in penalties if not is_penalty(term)]
   if batch_terms:
-    raise ConfigError(f"{prefix}.validation_penalties: {', '.join(map(repr, batch_terms))} is "
-                      f"not a penalty of the parameters alone (it needs a batch).")
+    raise ConfigError(f"{key}: {', '.join(map(repr, batch_terms))} is not a penalty of the "
+                      f"parameters alone (it needs a batch).")
 
 
 def check_config(config: Mapping[str, Any], optimizer_options: set[str] | None = None) -> None:
