@@ -80,9 +80,7 @@ def check_model_target(apply_fn, params: Any, x: Array, target: Array) -> None:
   """
   check_inputs(x, target)
   if jnp.ndim(target) == 1 and not isinstance(target, jax.core.Tracer):
-    outputs = jax.eval_shape(apply_fn, params,
-                             jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)))
-    check_inputs(x, target, outputs.shape[-1])
+    check_inputs(x, target, model_outputs(apply_fn, params, x))
 
 
 def model_outputs(apply_fn: Callable, params: Any, x: Array) -> int:
