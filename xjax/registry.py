@@ -23,6 +23,8 @@ import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from xjax.errors import ConfigError
 
 _KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -61,6 +63,22 @@ def in_range(low: float, high: float, *, include_low: bool = True,
   interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
   return Check(lambda v: _finite(v) and (low <= v if include_low else low < v)
                and (v <= high if include_high else v < high), f"a number in {interval}")
+
+
+def integer(low: int, high: int | None = None) -> Check:
+  """An int (not a bool; numpy's too) >= `low`, and <= `high` when one is given."""
+  bound = at_least(low) if high is None else in_range(low, high)
+  text = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+  return Check(lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and bound(v),
+               text)
+
+
+def optional(check: Check) -> Check:
+  """None, or what `check` accepts."""
+  return Check(lambda v: v is None or check(v), f"None or {check.requirement}")
+
+
+boolean = Check(lambda v: isinstance(v, (bool, np.bool_)), "True or False")
 
 
 def one_of(*choices: Any) -> Check:

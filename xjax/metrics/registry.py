@@ -30,7 +30,7 @@ from typing import Any
 
 import jax
 
-from xjax.registry import Check, Registry
+from xjax.registry import Check, Registry, boolean, integer, optional
 
 # The calling convention's functions: the model, and a method re-run by a metric (`explain=`).
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -48,11 +48,10 @@ METRICS = Registry("metric", modules=MODULES)
 NUM_POSITIONAL = 5
 
 # Checks of the options several metrics share.
-COUNT = Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-              "a Python int >= 1")
-OPTIONAL_COUNT = Check(lambda v: v is None or COUNT(v), "None or a Python int >= 1")
-AT_LEAST_TWO = Check(lambda v: COUNT(v) and v >= 2, "a Python int >= 2")
-FLAG = Check(lambda v: isinstance(v, bool), "True or False")
+COUNT = integer(1)
+OPTIONAL_COUNT = optional(COUNT)
+AT_LEAST_TWO = integer(2)
+FLAG = boolean
 EXPLAIN = Check(callable, "a function explain(params, x, target) -> relevance")
 
 

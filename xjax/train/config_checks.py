@@ -15,18 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 from xjax.data import pipeline
 from xjax.data import registry as datasets
 from xjax.errors import ConfigError
 from xjax.nn import registry as models
-from xjax.registry import Check, at_least, in_range, non_negative, one_of, positive
+from xjax.registry import (
+  Check,
+  boolean,
+  in_range,
+  integer,
+  non_negative,
+  one_of,
+  optional,
+  positive,
+)
 from xjax.train import optim
 from xjax.train.losses import LOSS_TERMS, is_penalty
 from xjax.train.optim import OPTIMIZERS
@@ -42,22 +49,6 @@ Rule = Check | tuple[Check, str]
 def is_mapping(value: Any) -> bool:
   """A dict or a `ConfigDict` (which is no `Mapping`)."""
   return isinstance(value, (Mapping, ml_collections.ConfigDict))
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def integer(low: int, high: int | None = None) -> Check:
-  """An int (not a bool) >= `low`, and <= `high` when one is given."""
-  bound = at_least(low) if high is None else in_range(low, high)
-  text = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-  return Check(lambda v: _is_int(v) and bound(v), text)
-
-
-def optional(check: Check) -> Check:
-  """None, or what `check` accepts."""
-  return Check(lambda v: v is None or check(v), f"None or {check.requirement}")
 
 
 def sequence(check: Check, *, length: int | None = None, empty: bool = False,
@@ -76,7 +67,6 @@ def sequence(check: Check, *, length: int | None = None, empty: bool = False,
 
 
 finite = Check(in_range(-math.inf, math.inf).test, "a finite number")
-boolean = Check(lambda v: isinstance(v, (bool, np.bool_)), "True or False")
 string = Check(lambda v: isinstance(v, str), "a string")
 name = Check(lambda v: isinstance(v, str) and bool(v), "a non-empty string")
 counts = integer(1)
