@@ -411,14 +411,18 @@ def test_max_pool_as_average_splits_in_proportion():
 
 
 @pytest.mark.parametrize("fn, op", [
-    (lambda p, x: jax.nn.softmax(x @ p), "exp"),
-    (lambda p, x: (x @ p) / jnp.sum(x), "div"),
-    (lambda p, x: (x * x) @ p, "mul"),
-    (lambda p, x: jnp.exp(x) @ p, "exp"),
+    (lambda p, x: (x @ p) / jnp.sum(x), "div"),  # not a norm: the sum is not over x @ p
+    (lambda p, x: jnp.log(jnp.abs(x) + 1.0) @ p, "log"),
+    (lambda p, x: jnp.exp(x) @ p, "exp"),  # an exp outside a softmax
 ])
 def test_unsupported_operations_raise_a_clear_error(fn, op):
-  with pytest.raises(UnsupportedOperationError, match=f"`{op}`"):
+  with pytest.raises(UnsupportedOperationError, match=f"`{op}`.*test_lrp.py"):
     lrp(fn, jnp.ones((3, 2)), jnp.ones((1, 3)), jnp.array([0]))
+
+
+def test_a_softmax_needs_a_rule_from_the_composite():
+  with pytest.raises(ConfigError, match="no rule for the softmax `div`.*'attn_lrp'"):
+    lrp(lambda p, x: jax.nn.softmax(x @ p), jnp.ones((3, 2)), jnp.ones((1, 3)), jnp.array([0]))
 
 
 def test_bad_composites_and_rules_raise_config_errors():

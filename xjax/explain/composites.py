@@ -35,9 +35,9 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from xjax.explain import rules
+from xjax.explain import rules, transformer_rules
 from xjax.explain.lrp.program import LayerInfo
-from xjax.registry import Registry, non_negative
+from xjax.registry import Registry, non_negative, optional
 
 Rule = Callable
 Composite = Callable[[LayerInfo], "Rule | None"]
@@ -66,12 +66,16 @@ class FirstLayer:
 
 @dataclasses.dataclass(frozen=True)
 class ByKind:
-  """The rule of a layer by its kind; see `by_kind`."""
+  """The rule of a layer or unit by its kind; see `by_kind`."""
   conv: Rule | None = None
   dense: Rule | None = None
+  product: Rule | None = None
+  softmax: Rule | None = None
+  norm: Rule | None = None
+  activation: Rule | None = None
 
   def __call__(self, info: LayerInfo) -> Rule | None:
-    return {"conv": self.conv, "dense": self.dense}.get(info.kind)
+    return getattr(self, info.kind, None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +102,13 @@ def first_layer(rule: Rule) -> FirstLayer:
   return FirstLayer(rule)
 
 
-def by_kind(*, conv: Rule | None = None, dense: Rule | None = None) -> ByKind:
-  """`conv` for convolution layers, `dense` for dense layers (None: not chosen)."""
-  return ByKind(conv, dense)
+def by_kind(*, conv: Rule | None = None, dense: Rule | None = None,
+            product: Rule | None = None, softmax: Rule | None = None, norm: Rule | None = None,
+            activation: Rule | None = None) -> ByKind:
+  """`conv` for convolution layers, `dense` for dense layers, and the rules of a transformer's
+  units (`xjax.explain.lrp.units`: products, softmax, norms, activations; rules from
+  `xjax.explain.transformer_rules`). None: not chosen."""
+  return ByKind(conv, dense, product, softmax, norm, activation)
 
 
 def uniform(rule: Rule) -> ByKind:
@@ -160,6 +168,34 @@ def _alpha_beta(alpha: float, beta: float):
 for _alpha in (1, 2, 3):
   COMPOSITES.register(f"alpha{_alpha}_beta{_alpha - 1}", _alpha_beta(float(_alpha), _alpha - 1.0))
 del _alpha
+
+@COMPOSITES.register("attn_lrp", checks={**_EPSILON, "gamma": optional(non_negative)})
+def attn_lrp(epsilon: float = 0.0, gamma: float | None = None) -> FirstOf:
+  """AttnLRP (Achtibat et al., ICML 2024, Sec. 3): the uniform rule on products of
+  input-dependent values (Eq. 7, Prop. 3.3), softmax's own gradient (Prop. 3.1), the identity
+  on norms (Prop. 3.4) and activations (Eq. 9), epsilon on dense and convolution layers
+  (epsilon 0 with the bias in the denominator, as its reference implementation's efficient
+  mode: the plain gradient), or gamma on them (`gamma`, the paper's choice for ViTs)."""
+  layer = rules.Epsilon(epsilon) if gamma is None else rules.Gamma(gamma)
+  return first_of(by_kind(product=transformer_rules.Uniform(epsilon),
+                          softmax=transformer_rules.Gradient(),
+                          norm=transformer_rules.Identity(),
+                          activation=transformer_rules.Identity()),
+                  uniform(layer))
+
+
+@COMPOSITES.register("cp_lrp", checks=_EPSILON)
+def cp_lrp(epsilon: float = 0.0) -> FirstOf:
+  """CP-LRP (Ali et al., "XAI for Transformers: Better Explanations through Conservative
+  Propagation", ICML 2022, Sec. 4): attention weights and gates held constant (relevance through
+  the values only), norms' scales held constant, activations pass relevance unchanged, epsilon
+  on dense and convolution layers."""
+  return first_of(by_kind(product=transformer_rules.ThroughValues(),
+                          softmax=transformer_rules.Detach(),
+                          norm=transformer_rules.Identity(),
+                          activation=transformer_rules.Identity()),
+                  uniform(rules.Epsilon(epsilon)))
+
 
 # The presets that take the input box [low, high] (a z^B layer).
 NEEDS_BOUNDS = tuple(name for name in COMPOSITES if "low" in COMPOSITES.options(name))

@@ -49,6 +49,12 @@ class Epsilon:
   epsilon: float = 1e-6
   ignore_bias: bool = False
 
+  @property
+  def is_gradient(self) -> bool:
+    """LRP-0 with the bias in `z` is the plain gradient (`x W^T (R / z)` with `R = z g`): the
+    engine then leaves the layer to automatic differentiation, with no division by `z`."""
+    return self.epsilon == 0 and not self.ignore_bias
+
   def __call__(self, layer: LayerCall, x: Array, relevance: Array) -> Array:
     z = layer.output - layer.bias() if self.ignore_bias else layer.output
     return x * layer.backward(relevance / stabilize(z, self.epsilon), "w")

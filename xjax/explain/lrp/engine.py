@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.explain.lrp.program import PASS_ACTIVATIONS, Layer, LayerInfo, Lit, Program
+from xjax.explain.lrp.program import PASS_ACTIVATIONS, Layer, Lit, Program
 from xjax.ops import conv_params, linear_conv_general_dilated, max_pool_winners_backward
 
 Array = jax.Array
@@ -332,15 +332,20 @@ def evaluate(program: Program, param_leaves: Sequence[Any], x: Array, *,
       weight = read(linear.invars[1 - layer.input_position])
       chain_args = [read(v) for operands in _chain_operands(layer)
                     for v in operands if v is not None and not isinstance(v, Lit)]
-      if rules is None:
+      rule = None if rules is None else rules[layer.info.index]
+      if rule is None or getattr(rule, "is_gradient", False):
         args = [read(v) for v in linear.invars]
         outs = [_run_chain(layer, _rearrange(layer, bind(linear, args)[0]), chain_args)]
       else:
         use_probe = x_var in twins
-        fn = _layer_with_rule(layer, rules[layer.info.index], use_probe)
+        fn = _layer_with_rule(layer, rule, use_probe)
         probe_value = twins[x_var] if use_probe else jnp.zeros((), read(x_var).dtype)
         outs = [fn(read(x_var), weight, chain_args, probe_value)]
       outvars = [layer.output]
+    elif rules is not None and (unit := program.unit_at.get(id(eqn))) is not None:
+      source = None if unit.source is None else read(unit.source)
+      outs = [rules[unit.info.index].apply(unit, [read(v) for v in eqn.invars], source)]
+      outvars = eqn.outvars
     elif rules is not None and (op := _relevance_op(eqn, program, max_pool)) is not None:
       outs, outvars = [op(read(eqn.invars[0]))], eqn.outvars
     else:
@@ -405,8 +410,14 @@ def value_and_gradient_at(program: Program, leaves: Sequence[Any], x: Array,
   return value, pullback(seed.astype(y.dtype))[0]
 
 
-def check_rules(program: Program, composite: Callable[[LayerInfo], Callable]) -> list[Callable]:
-  """The rule of every layer, chosen by `composite`; a clear error if it returns no rule."""
+def check_rules(program: Program, composite: Callable) -> list[Callable]:
+  """The rule of every layer and then of every unit (`program.units`), chosen by `composite`.
+
+  An activation unit the composite leaves alone passes relevance unchanged (as tanh does);
+  a layer, product, softmax or norm without a rule is a one-line `ConfigError`.
+  """
+  from xjax.explain import transformer_rules  # it imports this module
+
   rules = []
   for info in program.infos:
     rule = composite(info)
@@ -414,5 +425,19 @@ def check_rules(program: Program, composite: Callable[[LayerInfo], Callable]) ->
       raise ConfigError(f"The composite returned {rule!r} for layer {info.index} ({info.name}); "
                         "expected a rule from xjax.explain.rules.")
     rules.append(rule)
+  for unit in program.units:
+    kind = unit.info.kind
+    rule = composite(unit.info)
+    if rule is None and kind == "activation":
+      rule = transformer_rules.Identity()
+    if rule is None:
+      raise ConfigError(
+          f"The composite chooses no rule for {unit.describe()}: a transformer needs rules for "
+          f"its products, softmax and norms; use the preset 'attn_lrp' or 'cp_lrp', or add "
+          f"by_kind({kind}=...) with a rule of xjax.explain.transformer_rules.")
+    if kind not in getattr(rule, "KINDS", ()):
+      raise ConfigError(f"The composite chose {rule!r} for {unit.describe()}, which is not a "
+                        f"rule for a {kind}; rules for it: "
+                        f"{', '.join(transformer_rules.rules_for(kind))}.")
+    rules.append(rule)
   return rules
-

@@ -15,8 +15,11 @@ to a jaxpr, calls (`jit`, `custom_jvp_call`, ...) are inlined, and the analysis 
 * which values depend on the input `x`, which are statically non-negative (ReLU outputs and what
   pooling or reshaping makes of them; the rules skip the negative-input terms there), and which
   layers read the input itself (`LayerInfo.is_input`, for first-layer rules such as z^B);
-* operations relevance cannot pass (a product of two input-dependent values, a nonlinear function
-  such as `exp` of one): `UnsupportedOperationError` names the operation and its source line.
+* the **units** of a transformer (`units.py`): products of two input-dependent values, softmax,
+  LayerNorm / RMSNorm and GELU / SiLU-like activations, each with a rule of its own;
+* operations relevance cannot pass (a nonlinear function such as `exp` outside a softmax, a
+  division by an input-dependent value that is not a norm's or softmax's):
+  `UnsupportedOperationError` names the operation and its source line.
 
 Everything else (additions, concatenation, reshapes, sum / average / max pooling, ReLU) is left
 to automatic differentiation: relevance is `x * modified_gradient`, which splits in proportion
@@ -35,11 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import UnsupportedOperationError
+from xjax.explain.lrp.units import UnitInfo, find_units
 
 LINEAR_PRIMITIVES = ("dot_general", "conv_general_dilated")
 # Calls whose body is inlined; the key of the body in the equation's params.
 _CALL_BODIES = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
-                "core_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
+                "core_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr", "remat2": "jaxpr",
                 "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
                 "remat": "jaxpr", "checkpoint": "jaxpr"}
 # Ops that only move or copy values: a layer fed through them still reads the input.
@@ -189,6 +193,8 @@ class Program:
       if self._output_nonnegative(eqn, dep):
         self.nonnegative.update(eqn.outvars)
     self._find_layers()
+    self.units, self.softmax_exps, self.live = find_units(self)
+    self.unit_at = {id(unit.eqn): unit for unit in self.units}
     self._check_supported()
 
   def _is_nonneg_atom(self, atom: Atom) -> bool:
@@ -231,12 +237,7 @@ class Program:
       if eqn.primitive.name not in LINEAR_PRIMITIVES:
         continue
       dep = [i for i, v in enumerate(eqn.invars) if isinstance(v, int) and v in self.dependent]
-      if len(dep) != 1:
-        if len(dep) == 2:
-          raise UnsupportedOperationError(
-              f"LRP cannot propagate relevance through {eqn.describe()}: both of its operands "
-              "depend on the input (a product of two input-dependent tensors, as in attention); "
-              "only layers with constant weights are supported.")
+      if len(dep) != 1:  # two: a product of input-dependent values (a unit, units.py)
         continue
       position = dep[0]
       if eqn.primitive.name == "conv_general_dilated" and position != 0:
@@ -369,27 +370,29 @@ class Program:
     return axes
 
   def _check_supported(self) -> None:
+    """Refuses an operation relevance reaches that no rule covers (one line: op and source)."""
     for eqn in self.eqns:
       name = eqn.primitive.name
       dep = [v for v in eqn.invars if isinstance(v, int) and v in self.dependent]
-      if (not dep or id(eqn) in self.merged
+      if (not dep or id(eqn) in self.merged or id(eqn) in self.unit_at
+          or id(eqn) in self.softmax_exps or not any(v in self.live for v in eqn.outvars)
           or not any(self._is_float(v) for v in dep)):
         continue
-      if name in ("mul", "dot_general") and len(dep) > 1:
-        raise UnsupportedOperationError(
-            f"LRP cannot propagate relevance through {eqn.describe()}: it multiplies two "
-            "input-dependent values (e.g. gating or attention).")
       if name == "div" and self.depends(eqn.invars[1]):
         raise UnsupportedOperationError(
             f"LRP cannot propagate relevance through {eqn.describe()}: it divides by an "
-            "input-dependent value (e.g. softmax or a normalisation); explain the logits.")
+            "input-dependent value that is neither a softmax's sum nor a norm's scale.")
       if name not in _PROPORTIONAL and name not in PASS_ACTIVATIONS:
         raise UnsupportedOperationError(
             f"LRP cannot propagate relevance through {eqn.describe()} of an input-dependent "
             "value. Supported: dense and convolution layers with constant weights, elementwise "
-            "affine maps, ReLU / abs / max (piecewise linear), tanh / sigmoid (relevance passes "
-            "unchanged), sum / average / max pooling, reshapes and concatenation. Explain "
-            "logits, not probabilities.")
+            "affine maps, ReLU / abs / max (piecewise linear), tanh / sigmoid / GELU / SiLU, "
+            "products of input-dependent values, softmax, LayerNorm / RMSNorm, sum / average / "
+            "max pooling, reshapes and concatenation.")
+
+  @property
+  def unit_infos(self) -> list[UnitInfo]:
+    return [unit.info for unit in self.units]
 
   # ---------------------------------------------------------------------------------------------
   # Lookup
