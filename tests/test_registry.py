@@ -119,7 +119,7 @@ EXPECTED_NAMES = {
         "relevance_mass_accuracy", "relevance_rank_accuracy", "sparseness", "complexity"),
     "xjax.nn.registry:MODELS": (
         "cnn_cifar10", "cnn_fashion", "cnn_mnist", "sumpool_cnn", "mlp", "resnet18", "vgg", "xnet",
-        "gaussian_rbm", "adversarial_autoencoder", "explainer"),
+        "gaussian_rbm", "adversarial_autoencoder", "vit", "bert", "llama", "explainer"),
     "xjax.data.registry:DATASETS": (
         "shapes", "mnist", "fashion_mnist", "cifar10", "celeb_a", "caltech_birds2011",
         "celeb_a_local", "caltech_birds2011_local"),

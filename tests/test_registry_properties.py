@@ -127,6 +127,12 @@ MODEL_EXAMPLES = {  # name -> (fields of a small instance, image shape)
     "gaussian_rbm": ({"num_hidden": 5}, (8, 8, 3)),
     "adversarial_autoencoder": ({"code_size": 2, "hidden": (8,), "image_shape": (8, 8, 3)},
                                 (8, 8, 3)),
+    "vit": ({"patch_size": 4, "hidden": 8, "depth": 1, "num_heads": 2, "mlp": 8}, (8, 8, 3)),
+    # Token ids (B, 6): the uniform floats are cast to id 0.
+    "bert": ({"vocab_size": 11, "hidden": 8, "depth": 1, "num_heads": 2, "mlp": 8,
+              "max_positions": 8}, (6,)),
+    "llama": ({"vocab_size": 11, "hidden": 8, "depth": 1, "num_heads": 2, "num_kv_heads": 1,
+               "mlp": 8}, (6,)),
 }
 
 

@@ -25,7 +25,7 @@ from xjax.registry import Registry
 # The modules that register models, in the order of `MODELS.names()` (plug-ins, e.g. the
 # explainer of `xjax.methods.explainer`, come after them).
 MODULES = ("xjax.nn.cnn", "xjax.nn.resnet", "xjax.nn.vgg", "xjax.nn.xnet", "xjax.nn.rbm",
-           "xjax.nn.aae")
+           "xjax.nn.aae", "xjax.nn.vit", "xjax.nn.bert", "xjax.nn.llama")
 MODELS = Registry("model", modules=MODULES)
 
 _FLAX_FIELDS = ("parent", "name")

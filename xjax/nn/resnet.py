@@ -1,4 +1,5 @@
-"""ResNet-18 (He et al. 2016) with an ImageNet or a CIFAR stem.
+"""ResNet-18 (He et al. 2016) with an ImageNet or a CIFAR stem, and the bottleneck ResNets
+(ResNet-50: `get_model("resnet18", **RESNET50)`).
 
 Layout and parameter names mirror torchvision's `resnet18` so weights map one to one (see
 `benchmarks/torch_models.py`): paddings are explicit (7x7/2 conv pads 3, 3x3 convs pad 1, 3x3/2
@@ -19,6 +20,8 @@ Array = jax.Array
 
 STEMS = ("imagenet", "cifar")
 STAGE_SIZES = (2, 2, 2, 2)  # BasicBlocks per stage (ResNet-18)
+# torchvision's resnet50: Bottleneck blocks (3, 4, 6, 3) per stage.
+RESNET50 = {"stage_sizes": (3, 4, 6, 3), "bottleneck": True}
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for every convolution.
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -60,6 +63,35 @@ class BasicBlock(nn.Module):
     return nn.relu(y + x)
 
 
+class Bottleneck(nn.Module):
+  """The three-convolution residual block of He et al. 2016 (Fig. 5, right), as torchvision's
+  `Bottleneck` (the stride on the 3x3 convolution, "ResNet v1.5").
+
+  out = relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x)): 1x1 to
+  `features`, 3x3 (stride), 1x1 to 4 * `features`; the shortcut is the identity, or a 1x1
+  strided convolution + batch norm ("proj_conv", "proj_bn") when the shape changes.
+  """
+
+  features: int = 64
+  stride: int = 1
+
+  EXPANSION = 4
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    out_features = self.features * self.EXPANSION
+    y = _conv(self.features, 1, 1, "conv1")(x)
+    y = nn.relu(_batch_norm(train, "bn1")(y))
+    y = _conv(self.features, 3, self.stride, "conv2")(y)
+    y = nn.relu(_batch_norm(train, "bn2")(y))
+    y = _conv(out_features, 1, 1, "conv3")(y)
+    y = _batch_norm(train, "bn3")(y)
+    if self.stride != 1 or x.shape[-1] != out_features:
+      x = _conv(out_features, 1, self.stride, "proj_conv")(x)
+      x = _batch_norm(train, "proj_bn")(x)
+    return nn.relu(y + x)
+
+
 @MODELS.register("resnet18")
 class ResNet18(nn.Module):
   """ResNet-18 of He et al., "Deep residual learning for image recognition" (CVPR 2016).
@@ -74,11 +106,18 @@ class ResNet18(nn.Module):
 
   Intermediates: "block1".."block4" (stage outputs), "conv_maps" (= "block4", after its ReLU) and
   "features" (B, 8 * width), the globally averaged "block4".
+
+  Deeper ResNets (He et al. 2016, Table 1): `stage_sizes` blocks per stage, `bottleneck=True` for
+  `Bottleneck` blocks (4x wider outputs: "features" (B, 32 * width)). torchvision's `resnet50` is
+  `stage_sizes=(3, 4, 6, 3), bottleneck=True` (`RESNET50`; 25,557,032 parameters with 1000
+  classes).
   """
 
   num_classes: int | None = 1000
   stem: str = "imagenet"
   width: int = 64
+  stage_sizes: tuple[int, ...] = STAGE_SIZES
+  bottleneck: bool = False
 
   INTERMEDIATES = ("block1", "block2", "block3", "block4", "conv_maps", "features")
 
@@ -87,6 +126,10 @@ class ResNet18(nn.Module):
       raise ConfigError(f"Unknown ResNet18 stem {self.stem!r}; expected one of {STEMS}.")
     if self.width < 1:
       raise ConfigError(f"ResNet18 width must be a positive int, got {self.width!r}.")
+    if len(self.stage_sizes) != 4 or not all(isinstance(n, int) and n > 0
+                                             for n in self.stage_sizes):
+      raise ConfigError(f"ResNet stage_sizes must be four positive ints, got "
+                        f"{self.stage_sizes!r}.")
     super().__post_init__()
 
   @nn.compact
@@ -100,11 +143,12 @@ class ResNet18(nn.Module):
       x = _conv(self.width, 3, 1, "stem_conv")(x)
       x = nn.relu(_batch_norm(train, "stem_bn")(x))
     intermediates = {}
-    for stage, num_blocks in enumerate(STAGE_SIZES):
+    block_cls = Bottleneck if self.bottleneck else BasicBlock
+    for stage, num_blocks in enumerate(self.stage_sizes):
       features = self.width * 2**stage
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(features, stride, name=f"layer{stage + 1}_{block}")(x, train)
+        x = block_cls(features, stride, name=f"layer{stage + 1}_{block}")(x, train)
       intermediates[f"block{stage + 1}"] = x
     intermediates["conv_maps"] = x
     x = jnp.mean(x, axis=(1, 2))
