@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,11 +59,13 @@ def test_lrp_without_composite_is_epsilon_plus():
         lrp(tiny_cnn, PARAMS, X, TARGET, composite=composites.epsilon_plus()))
 
 
-def test_the_registry_names_every_method_of_the_brief():
-  assert set(m.METHODS) == {
-      "saliency", "gradient", "sensitivity", "gradient_x_input", "smoothgrad",
-      "integrated_gradients", "lrp", "cam", "gradcam", "excitation_backprop",
-      "contrastive_excitation_backprop", "random"}
+NAMES = ("saliency", "gradient", "sensitivity", "gradient_x_input", "smoothgrad",
+         "integrated_gradients", "lrp", "cam", "gradcam", "excitation_backprop",
+         "contrastive_excitation_backprop", "random")
+
+
+def test_the_registry_names_every_method_of_the_brief_in_order():
+  assert m.METHODS.names() == NAMES
   assert m.is_conservative("lrp:dtd") and m.is_conservative("lrp")
   assert not m.is_conservative("saliency")
 
@@ -115,6 +120,38 @@ def test_bad_bounds_are_one_line_config_errors_for_every_method(spec, bounds):
 def test_good_bounds_scalars_or_per_channel_arrays():
   for bounds in ((-1, 1), (np.zeros(3), np.ones(3)), (jnp.zeros(3), 1.0), [0.0, 0.0]):
     assert callable(m.get_method("lrp:dtd", bounds=bounds))
+
+
+@pytest.mark.parametrize("first", ["", "xjax.explain.random_control", "xjax.explain.excitation",
+                                   "xjax.explain.lrp"])
+def test_the_methods_are_complete_and_in_order_on_any_import_path(first):
+  # In a fresh interpreter: the registry imports the method modules at its first lookup, in the
+  # order of MODULES, whichever registering module a program imported first (or none).
+  code = (f"import importlib\nif {first!r}: importlib.import_module({first!r})\n"
+          "from xjax.explain.methods import METHODS\nprint(','.join(METHODS.names()))")
+  names = subprocess.check_output([sys.executable, "-c", code], text=True, timeout=600)
+  assert tuple(names.strip().split(",")) == NAMES
+
+
+def test_each_entry_is_the_method_registered_at_its_definition():
+  import importlib  # the modules (the package exports functions of the same names)
+  cam, excitation, random_control = (importlib.import_module(f"xjax.explain.{module}")
+                                     for module in ("cam", "excitation", "random_control"))
+  defined = {"saliency": gradients.saliency, "smoothgrad": gradients.smoothgrad, "lrp": lrp,
+             "cam": cam.cam, "gradcam": cam.gradcam,
+             "excitation_backprop": excitation.excitation_backprop,
+             "contrastive_excitation_backprop": excitation.excitation_backprop,
+             "random": random_control.random}
+  for name, method in defined.items():
+    assert m.METHODS[name] is method, name
+  assert m.METHODS.metadata("contrastive_excitation_backprop")["fixed"] == {"contrastive": True}
+
+
+def test_a_binding_the_method_does_not_take_is_said_at_lookup(monkeypatch):
+  about = dict(m.METHODS.metadata("gradient"), fixed={"relu": True})
+  monkeypatch.setitem(m.METHODS._metadata, "gradient", about)
+  with pytest.raises(ConfigError, match=r"'gradient' does not take the options \['relu'\]"):
+    m.get_method("gradient")
 
 
 def test_cam_methods_are_imported_when_asked_for():

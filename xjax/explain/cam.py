@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from xjax.errors import ConfigError
 from xjax.explain.lrp.engine import value_and_gradient_at
 from xjax.explain.lrp.program import Program, trace
+from xjax.explain.methods import METHODS
 from xjax.explain.targets import check_inputs, explanation_method, output_seed
 
 Array = jax.Array
@@ -96,6 +97,18 @@ def cam_maps(apply_fn: Callable, params: Any, x: Array, target: Array, *,
   return _cam_maps(apply_fn, params, x, target, layer=layer)
 
 
+@METHODS.register("cam", description="class activation map (Zhou et al. 2016)")
+@explanation_method
+def cam(apply_fn: Callable, params: Any, x: Array, target: Array, *,
+        layer: int | str | None = None) -> Array:
+  """CAM (Zhou et al. 2016, Eq. 2) for networks with a global-average-pooling head, resized to x.
+
+  For other heads this is `h w` times Grad-CAM without its ReLU, not a CAM.
+  """
+  return spread_over_input(_cam_maps(apply_fn, params, x, target, layer=layer), x)
+
+
+@METHODS.register("gradcam", description="Grad-CAM (Selvaraju et al. 2017)")
 @explanation_method
 def gradcam(apply_fn: Callable, params: Any, x: Array, target: Array, *,
             layer: int | str | None = None, relu: bool = True) -> Array:
@@ -108,13 +121,3 @@ def gradcam(apply_fn: Callable, params: Any, x: Array, target: Array, *,
     relu: keep only positive evidence (the paper's choice).
   """
   return spread_over_input(_gradcam_maps(apply_fn, params, x, target, layer=layer, relu=relu), x)
-
-
-@explanation_method
-def cam(apply_fn: Callable, params: Any, x: Array, target: Array, *,
-        layer: int | str | None = None) -> Array:
-  """CAM (Zhou et al. 2016, Eq. 2) for networks with a global-average-pooling head, resized to x.
-
-  For other heads this is `h w` times Grad-CAM without its ReLU, not a CAM.
-  """
-  return spread_over_input(_cam_maps(apply_fn, params, x, target, layer=layer), x)

@@ -22,6 +22,7 @@ from xjax.explain import rules
 from xjax.explain.cam import layer_maps, spread_over_input
 from xjax.explain.lrp.engine import check_rules, propagate
 from xjax.explain.lrp.program import trace
+from xjax.explain.methods import METHODS
 from xjax.explain.targets import check_inputs, explanation_method, output_seed
 
 Array = jax.Array
@@ -65,6 +66,9 @@ def _winning_probability(apply_fn: Callable, params: Any, x: Array, target: Arra
   return propagate(program, params, x, probability, check_rules(program, composite), at=at)
 
 
+@METHODS.register("contrastive_excitation_backprop", fixed={"contrastive": True},
+                  description="contrastive excitation backprop (Zhang et al. 2016)")
+@METHODS.register("excitation_backprop", description="excitation backprop (Zhang et al. 2016)")
 @explanation_method
 def excitation_backprop(apply_fn: Callable, params: Any, x: Array, target: Array, *,
                         contrastive: bool = False, layer: int | str | None = None) -> Array:

@@ -5,6 +5,7 @@ shape of `x` (see `xjax.explain.targets` for `target`). All of them rest on one 
 `input_gradient`: the pull-back of the seed `onehot(target)` (or the explicit output weights)
 through `apply_fn(params, .)`. Because the images of a batch do not interact in eval mode, the
 gradient of `sum_b seed_b . f(x_b)` with respect to the batch is each image's own gradient.
+Each method registers by name in `xjax.explain.methods.METHODS` where it is defined.
 
 SmoothGrad and Integrated Gradients evaluate the gradient at many points per image. The points
 of a chunk are stacked into the batch dimension, `k` points of B images as one batch of `k x B`
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xjax.errors import ConfigError
+from xjax.explain.methods import METHODS, prng_key
 from xjax.explain.targets import check_count, check_inputs, explanation_method, output_seed
 
 Array = jax.Array
@@ -66,6 +68,19 @@ def _checked_gradient(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -
   return input_gradient(apply_fn, params, x, target)
 
 
+@METHODS.register("saliency", description="absolute input gradient (Simonyan et al. 2014)")
+@explanation_method
+def saliency(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
+  """Saliency map `|d f_c / d x|` per input element (Simonyan et al., ICLR-W 2014, Sec. 3.1).
+
+  The paper reduces the colour channels with a max afterwards; that is a heatmap reduction
+  (`xjax.explain.heatmaps.channel_max_abs`) and is not done here. Arguments as in `gradient`
+  (below).
+  """
+  return jnp.abs(_checked_gradient(apply_fn, params, x, target))
+
+
+@METHODS.register("gradient", description="signed input gradient")
 @explanation_method
 def gradient(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
   """The signed input gradient `d f_c / d x` of the explained output (or `d (t . f) / d x`).
@@ -85,16 +100,7 @@ def gradient(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
   return _checked_gradient(apply_fn, params, x, target)
 
 
-@explanation_method
-def saliency(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
-  """Saliency map `|d f_c / d x|` per input element (Simonyan et al., ICLR-W 2014, Sec. 3.1).
-
-  The paper reduces the colour channels with a max afterwards; that is a heatmap reduction
-  (`xjax.explain.heatmaps.channel_max_abs`) and is not done here. Arguments as in `gradient`.
-  """
-  return jnp.abs(_checked_gradient(apply_fn, params, x, target))
-
-
+@METHODS.register("sensitivity", description="squared input gradient (sensitivity analysis)")
 @explanation_method
 def sensitivity(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
   """Sensitivity analysis `R_i = (d f_c / d x_i)^2` (Montavon, Samek, Mueller,
@@ -106,6 +112,7 @@ def sensitivity(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Arra
   return jnp.square(_checked_gradient(apply_fn, params, x, target))
 
 
+@METHODS.register("gradient_x_input", description="input times gradient")
 @explanation_method
 def gradient_x_input(apply_fn: ApplyFn, params: Any, x: Array, target: Array) -> Array:
   """Simple Taylor decomposition at the root point 0, `R = x * grad f(x)` (DSP 2018, Sec. 3.2;
@@ -206,6 +213,24 @@ SMOOTHGRAD_BASES: dict[str, Callable[[Array, Array], Array]] = {
 }
 
 
+def smoothgrad_base(option: str | None, bounds: Any, key: Array) -> str:
+  """Binds `base` to the base `smoothgrad:BASE` names (default "gradient"; see
+  `xjax.explain.methods`).
+
+  Raises:
+    ConfigError: a base not in `SMOOTHGRAD_BASES` (listing them).
+  """
+  del bounds, key
+  base = option or "gradient"
+  if base not in SMOOTHGRAD_BASES:
+    raise ConfigError(f"Unknown SmoothGrad base {base!r} in 'smoothgrad:{base}'; known: "
+                      f"{', '.join(SMOOTHGRAD_BASES)}.")
+  return base
+
+
+@METHODS.register(
+    "smoothgrad", binds={"base": smoothgrad_base, "key": prng_key}, option="SmoothGrad base",
+    description="SmoothGrad, 50 noisy samples (Smilkov et al. 2017); smoothgrad:BASE")
 @explanation_method
 def smoothgrad(apply_fn: ApplyFn, params: Any, x: Array, target: Array, *, key: Array,
                num_samples: int = 50, noise_scale: float = 0.15, chunk_size: int | None = None,
@@ -315,6 +340,9 @@ def _broadcast_baseline(x: Array, baseline: Array | float | None) -> Array:
   return jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
 
 
+@METHODS.register(
+    "integrated_gradients",
+    description="Integrated Gradients from a zero baseline (Sundararajan et al. 2017)")
 @explanation_method
 def integrated_gradients(apply_fn: ApplyFn, params: Any, x: Array, target: Array, *,
                          baseline: Array | float | None = None, steps: int = 50,

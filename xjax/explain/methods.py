@@ -14,148 +14,82 @@ A spec is `NAME` or `NAME:OPTION`:
 | `cam` / `gradcam` | class activation maps (`xjax.explain.cam`) |
 | `excitation_backprop` | excitation backprop (`xjax.explain.excitation`) |
 | `contrastive_excitation_backprop` | the same with `contrastive=True` |
-| `random` | uniform noise from `key`: a control, the chance level of every metric |
+| `random` | uniform noise from `key`: the chance level of every metric (`random_control`) |
 
 Every method comes back as `method(apply_fn, params, x, target) -> relevance (shape of x)`, with
 its options bound, so a caller can `jax.jit(lambda p, x, t: method(apply_fn, p, x, t))`.
 
 `bounds = (low, high)` is the input box of the composites with a z^B first layer (`dtd`,
 `epsilon_gamma_box`): scalars or per-channel arrays, e.g.
-`xjax.data.pipeline.input_bounds(info, normalization)`. SmoothGrad draws its noise from `key`,
-by default the fixed `jax.random.key(0)`, so the same spec gives the same heatmaps run after run.
+`xjax.data.pipeline.input_bounds(info, normalization)`. SmoothGrad and `random` draw their noise
+from `key`, by default the fixed `jax.random.key(0)`, so the same spec gives the same heatmaps run
+after run.
 
-`METHODS` registers a factory per name, `make(option, bounds, key) -> method`, with the metadata
-`description` (shown in error messages and `--help`), `option` (what `NAME:OPTION` names, for the
-methods that take one) and `conservative` (the relevance sums to the explained output). The
-modules behind the methods are imported when a method is asked for, so the registry works (and
-lists them) before or without those modules.
+`METHODS` maps a name to the method function itself. Each method registers where it is defined,
+with the decorator above `@explanation_method`:
+
+    @METHODS.register("smoothgrad", binds={"base": smoothgrad_base, "key": prng_key},
+                      option="SmoothGrad base", description="SmoothGrad ...")
+    @explanation_method
+    def smoothgrad(apply_fn, params, x, target, *, key, base="gradient", ...): ...
+
+with this metadata:
+
+* `description`: one line, what the method computes and the paper.
+* `option`: what `NAME:OPTION` names (e.g. "composite"), for the methods that take one.
+* `conservative`: True if the relevance sums to the explained output (tested so).
+* `binds`: {parameter: binder}; `get_method` binds `parameter=binder(option, bounds, key)`, from
+  the spec's option (None without one), the input box and the key. `prng_key` binds the key,
+  `lrp_composite` the composite `lrp:COMPOSITE` names in the box `bounds`.
+* `fixed`: {parameter: value} bound as they are, for one function under a second name with an
+  option set (`contrastive_excitation_backprop` is `excitation_backprop` with
+  `contrastive=True`).
+
+This module imports no method (they import it, for `METHODS`); `METHODS` imports `MODULES` at its
+first lookup, in the order of `METHODS.names()`, so it is complete and in order however it was
+imported.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
 from xjax.errors import ConfigError
-from xjax.explain.targets import explanation_method
 from xjax.registry import Registry
 
 Method = Callable[[Callable, Any, jax.Array, jax.Array], jax.Array]
+# `binder(option, bounds, key) -> value` of a parameter (metadata `binds`).
+Binder = Callable[[str | None, tuple[Any, Any], jax.Array], Any]
 
-METHODS = Registry("explanation method")
+# The modules that register methods, in the order of `METHODS.names()`.
+MODULES = ("xjax.explain.gradients", "xjax.explain.lrp", "xjax.explain.cam",
+           "xjax.explain.excitation", "xjax.explain.random_control")
+METHODS = Registry("explanation method", modules=MODULES)
 DEFAULT_COMPOSITE = "epsilon_plus"
+# The leading arguments every method takes by position: apply_fn, params, x, target.
+NUM_POSITIONAL = 4
 
 
-def _gradients():
-  return importlib.import_module("xjax.explain.gradients")
-
-
-def _gradient_method(name: str) -> Callable[..., Method]:
-  """The factory of the gradient method `name` of `xjax.explain.gradients` (no options)."""
-
-  def make(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
-    del option, bounds, key
-    return getattr(_gradients(), name)
-
-  return make
-
-
-METHODS.register("saliency", _gradient_method("saliency"),
-                 description="absolute input gradient (Simonyan et al. 2014)")
-METHODS.register("gradient", _gradient_method("gradient"), description="signed input gradient")
-METHODS.register("sensitivity", _gradient_method("sensitivity"),
-                 description="squared input gradient (sensitivity analysis)")
-METHODS.register("gradient_x_input", _gradient_method("gradient_x_input"),
-                 description="input times gradient")
-
-
-@METHODS.register("smoothgrad", option="SmoothGrad base",
-                  description="SmoothGrad, 50 noisy samples (Smilkov et al. 2017); smoothgrad:BASE")
-def _smoothgrad(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
-  gradients = _gradients()
-  base = option or "gradient"
-  if base not in gradients.SMOOTHGRAD_BASES:
-    raise ConfigError(f"Unknown SmoothGrad base {base!r} in 'smoothgrad:{base}'; known: "
-                      f"{', '.join(gradients.SMOOTHGRAD_BASES)}.")
-  return functools.partial(gradients.smoothgrad, key=jax.random.key(0) if key is None else key,
-                           base=base)
-
-
-METHODS.register(
-    "integrated_gradients", _gradient_method("integrated_gradients"),
-    description="Integrated Gradients from a zero baseline (Sundararajan et al. 2017)")
-
-
-@METHODS.register("lrp", option="composite", conservative=True,
-                  description="layer-wise relevance propagation; lrp:COMPOSITE, default "
-                  "epsilon_plus")
-def _lrp(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
-  del key
-  from xjax.explain import composites
-  from xjax.explain.lrp import lrp
-  return functools.partial(lrp, composite=composites.get_composite(option or DEFAULT_COMPOSITE,
-                                                                   *bounds))
-
-
-def _cam_method(name: str) -> Callable[..., Method]:
-  def make(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
-    del option, bounds, key
-    return getattr(importlib.import_module("xjax.explain.cam"), name)
-
-  return make
-
-
-METHODS.register("cam", _cam_method("cam"), description="class activation map (Zhou et al. 2016)")
-METHODS.register("gradcam", _cam_method("gradcam"),
-                 description="Grad-CAM (Selvaraju et al. 2017)")
-
-
-def _excitation_method(name: str, contrastive: bool) -> Callable[..., Method]:
-  def make(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
-    del option, bounds, key
-    excitation = importlib.import_module("xjax.explain.excitation")
-    return functools.partial(excitation.excitation_backprop, contrastive=contrastive)
-
-  return make
-
-
-METHODS.register("excitation_backprop", _excitation_method("excitation_backprop", False),
-                 description="excitation backprop (Zhang et al. 2016)")
-METHODS.register("contrastive_excitation_backprop",
-                 _excitation_method("contrastive_excitation_backprop", True),
-                 description="contrastive excitation backprop (Zhang et al. 2016)")
-
-
-@METHODS.register("random", description="uniform noise in [0, 1): the chance level of every "
-                  "metric (a control, not an explanation)")
-def _random(option: str | None = None, bounds: Any = (0.0, 1.0), key: Any = None) -> Method:
+def prng_key(option: str | None, bounds: tuple[Any, Any], key: jax.Array) -> jax.Array:
+  """Binds `get_method`'s `key` (default `jax.random.key(0)`): for a method that draws noise."""
   del option, bounds
-  key = jax.random.key(0) if key is None else key
+  return key
 
-  @explanation_method
-  def random(apply_fn: Callable, params: Any, x: jax.Array, target: jax.Array) -> jax.Array:
-    del apply_fn, params, target  # blind to the model: what a metric gives an uninformed map
-    # Each image's noise comes from the key folded with the bits of three of its pixels: the
-    # same image gets the same map in any batch (an evaluation in batches of 32 and one in 64
-    # agree), and different images get different maps.
-    flat = jax.numpy.reshape(x, (jax.numpy.shape(x)[0], -1)).astype(jax.numpy.float32)
-    picks = flat[:, jax.numpy.array([0, flat.shape[1] // 2, flat.shape[1] - 1])]
-    bits = jax.lax.bitcast_convert_type(picks, jax.numpy.uint32)
 
-    def one(image_bits):
-      k = key
-      for b in image_bits:
-        k = jax.random.fold_in(k, b)
-      return jax.random.uniform(k, jax.numpy.shape(x)[1:])
+def lrp_composite(option: str | None, bounds: tuple[Any, Any], key: jax.Array) -> Any:
+  """Binds the composite `lrp:COMPOSITE` names (default `DEFAULT_COMPOSITE`) in the box `bounds`.
 
-    return jax.vmap(one)(bits)
-
-  return random
+  Raises:
+    ConfigError: an unknown composite (listing the known ones).
+  """
+  del key
+  from xjax.explain import composites  # here: composites imports the LRP engine, which imports us
+  return composites.get_composite(option or DEFAULT_COMPOSITE, *bounds)
 
 
 def _option_names() -> dict[str, str]:
@@ -205,7 +139,7 @@ def get_method(spec: str, *, bounds: tuple[Any, Any] = (0.0, 1.0),
     spec: `NAME` or `NAME:OPTION`, see the module docstring, e.g. "lrp:dtd", "saliency".
     bounds: (low, high) of the input box, scalars or per-channel arrays; used by the LRP
       composites with a z^B layer ("dtd", "epsilon_gamma_box"), ignored by the others.
-    key: the PRNG key of SmoothGrad's noise; None: `jax.random.key(0)`.
+    key: the PRNG key of the noise of SmoothGrad and `random`; None: `jax.random.key(0)`.
 
   Returns:
     A function `(apply_fn, params, x, target) -> relevance` with the shape of `x`.
@@ -216,7 +150,14 @@ def get_method(spec: str, *, bounds: tuple[Any, Any] = (0.0, 1.0),
   """
   name, option = parse_spec(spec)
   _check_bounds(bounds)
-  return METHODS.get(name, option=option, bounds=bounds, key=key)
+  about = METHODS.metadata(name)
+  key = jax.random.key(0) if key is None else key
+  binds: Mapping[str, Binder] = about.get("binds", {})
+  options = {**about.get("fixed", {}),
+             **{parameter: bind(option, bounds, key) for parameter, bind in binds.items()}}
+  METHODS.check(name, options, positional=NUM_POSITIONAL)  # a registration's mistake, said early
+  method = METHODS[name]
+  return functools.partial(method, **options) if options else method
 
 
 def _check_bounds(bounds: Any) -> None:

@@ -110,19 +110,10 @@ def complexity(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevanc
   as Quantus 0.6.0 `Complexity` computes it (its epsilon inside the log makes a zero feature add
   0). It is log(N) for evenly spread relevance and 0 for all of it on one feature; lower is
   simpler. An all-zero explanation has no fractions and scores NaN (0 / 0, as in Quantus).
-
-  Args:
-    apply_fn, params, target: ignored (the calling convention of `xjax.metrics`).
-    x: the images (B, H, W, C); only their shape is used.
-    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W).
-    sum_channels: sum (B, H, W, C) relevance over channels before taking |R| (per pixel);
-      False (Quantus's convention): every element is a feature.
+  Arguments and errors as in `sparseness`.
 
   Returns:
     (B,) the entropy in nats, in [0, log N].
-
-  Raises:
-    ConfigError: x not (B, H, W, C), or relevance of another shape.
   """
   del apply_fn, params, target
   magnitudes = _magnitudes(x, relevance, sum_channels)

@@ -238,20 +238,10 @@ def relevance_mass_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Ar
   inside the mask it lowers the score, outside it raises it, and the score can leave [0, 1] (and
   is +-inf or NaN where the relevance sums to 0). Arras et al. score positive relevance only;
   for that, clip it first (this is then `attribution_localisation` without its epsilon).
-
-  Args:
-    apply_fn, params, target: ignored (the calling convention of `xjax.metrics`).
-    x: the images (B, H, W, C); only their shape is used.
-    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W).
-    mask: the ground truth, (B, H, W) boolean or 0/1; required (None only so that a metric can
-      be bound by name without it, see `xjax.metrics.get_metric`).
+  Arguments and errors as in `attribution_localisation`, less its options.
 
   Returns:
     (B,) the relevance inside the mask over the total relevance.
-
-  Raises:
-    ConfigError: x not (B, H, W, C); no mask, or relevance or mask of another shape; a concrete
-      mask not 0/1 or empty for some example.
   """
   del apply_fn, params, target
   scores = pixel_relevance(x, relevance)
@@ -276,21 +266,11 @@ def relevance_rank_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Ar
   `RelevanceRankAccuracy`). Ties in relevance are broken by the row-major pixel index, the lower
   index ranking higher (a stable sort, as in `pixel_flipping`); Quantus's `np.argsort` does not
   specify its order of ties, so the two can differ on tied relevance only (e.g. zeros). K varies
-  per example, so instead of slicing the top K each pixel's rank is compared with K.
-
-  Args:
-    apply_fn, params, target: ignored (the calling convention of `xjax.metrics`).
-    x: the images (B, H, W, C); only their shape is used.
-    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W).
-    mask: the ground truth, (B, H, W) boolean or 0/1; required (None only so that a metric can
-      be bound by name without it, see `xjax.metrics.get_metric`).
+  per example, so instead of slicing the top K each pixel's rank is compared with K. Arguments
+  and errors as in `relevance_mass_accuracy`.
 
   Returns:
     (B,) the share in [0, 1].
-
-  Raises:
-    ConfigError: x not (B, H, W, C); no mask, or relevance or mask of another shape; a concrete
-      mask not 0/1 or empty for some example.
   """
   del apply_fn, params, target
   scores = pixel_relevance(x, relevance)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from xjax.explain.lrp.engine import check_rules, propagate
 from xjax.explain.lrp.program import LayerInfo, Program, trace
+from xjax.explain.methods import METHODS, lrp_composite
 from xjax.explain.targets import check_inputs, explanation_method, output_seed
 
 Array = jax.Array
@@ -23,6 +24,9 @@ Array = jax.Array
 __all__ = ["LayerInfo", "Program", "layers", "lrp", "trace"]
 
 
+@METHODS.register("lrp", binds={"composite": lrp_composite}, option="composite",
+                  conservative=True, description="layer-wise relevance propagation; "
+                  "lrp:COMPOSITE, default epsilon_plus")
 @explanation_method
 def lrp(apply_fn: Callable[[Any, Array], Array], params: Any, x: Array, target: Array,
         composite: Callable[[LayerInfo], Callable] | None = None, *,
