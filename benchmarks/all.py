@@ -7,7 +7,8 @@ the naive k + 1 passes), `maximize` (activation maximization, vmapped over class
 call per class and PyTorch), `metrics` (xjax's metrics against Quantus 0.6.0) `srae_step`
 (C SRAE modules trained by vmap against a loop of C single-module steps) and `explainer_step`
 (the explainer network's step with and without the filter loss; the filter loss vmapped over
-filters against a loop). Each prints
+filters against a loop) and `transformer` (AttnLRP on a BERT against `jax.grad` and, where
+`XJAX_LXT_PYTHON` names a Python with LXT, against LXT on the same weights). Each prints
 its own report as when run alone (correctness checks first, then the timing); a benchmark that
 cannot be imported (a missing optional dependency: torch, captum, zennit, quantus) or that fails
 (a check, an error) gets its reason in its row of the table and the others still run.
@@ -45,7 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 BENCHMARKS = ("train_step", "explain", "xnet_step", "maximize", "metrics", "srae_step",
-              "explainer_step")
+              "explainer_step", "transformer")
 # Benchmarks run once per model, so that one model's failing check leaves the other's rows.
 PER_MODEL = {"explain": ("cnn_cifar10", "resnet18")}
 
@@ -110,6 +111,7 @@ def settings(quick: bool, gpu: bool, device: str) -> dict[str, list[str]]:
         "metrics": ["--quick"],
         "srae_step": ["--steps", "5", "--rounds", "2"],
         "explainer_step": ["--steps", "2", "--rounds", "1", "--batch", "64" if gpu else "16"],
+        "transformer": ["--size", "small", "--rounds", "1"],
     }
   return {
       "train_step": ["--batch", "512" if gpu else "128", *dev],
@@ -119,6 +121,7 @@ def settings(quick: bool, gpu: bool, device: str) -> dict[str, list[str]]:
       "metrics": ["--batch", "64" if gpu else "32"],
       "srae_step": [],
       "explainer_step": ["--batch", "128" if gpu else "32"],
+      "transformer": ["--batch", "32" if gpu else "8"],
   }
 
 
@@ -179,10 +182,20 @@ def rows_explainer_step(result: dict, argv: list[str]) -> list[Row]:
            f"vmap {1e3 * result['filter_vmap_s']:.2f} ms")]
 
 
+def rows_transformer(result: dict, argv: list[str]) -> list[Row]:
+  rows = [("BERT AttnLRP: jax.grad/AttnLRP time", 1 / result["lrp/grad time"],
+           f"AttnLRP {1e3 * result['attn_lrp_s']:.0f} ms; memory AttnLRP/grad "
+           f"{result['lrp/grad memory']:.2f}")]
+  if "xjax/lxt speed" in result:
+    rows.append(("BERT AttnLRP: LXT/xjax time", result["xjax/lxt speed"],
+                 f"LXT {1e3 * result['lxt_s']:.0f} ms; relevance gap {result['check_gap']:.1e}"))
+  return rows
+
+
 ROWS: dict[str, Callable[[Any, list[str]], list[Row]]] = {
     "train_step": rows_train_step, "explain": rows_explain, "xnet_step": rows_xnet_step,
     "maximize": rows_maximize, "metrics": rows_metrics, "srae_step": rows_srae_step,
-    "explainer_step": rows_explainer_step,
+    "explainer_step": rows_explainer_step, "transformer": rows_transformer,
 }
 
 

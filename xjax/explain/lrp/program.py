@@ -57,7 +57,7 @@ _PROPORTIONAL = _LAYOUT | {
     "reduce_window_max", "reduce_min", "max", "min", "abs", "stop_gradient", "clamp",
     "squeeze", "dynamic_update_slice", "mul", "div", "sign", "floor", "ceil", "round",
     "gt", "lt", "ge", "le", "eq", "ne", "argmax", "argmin", "and", "or", "not", "is_finite",
-    "iota", "optimization_barrier"}
+    "iota", "optimization_barrier", "split"}
 # Elementwise nonlinear activations: relevance passes through them unchanged (zennit's Pass).
 PASS_ACTIVATIONS = {"tanh", "logistic", "erf"}
 # Elementwise affine ops with one constant operand, merged into the layer before them.
@@ -482,7 +482,12 @@ class _Flattener:
         outs = self.inline(sub_jaxpr, sub_consts, ins, name)
       else:
         outs = [self.new_var(v.aval) for v in eqn.outvars]
-        self.eqns.append(Eqn(eqn.primitive, ins, outs, dict(eqn.params), name, _source(eqn)))
+        params = dict(eqn.params)
+        if eqn.primitive.name in LINEAR_PRIMITIVES and params.get("precision") is None:
+          # Full float32 products on GPUs too (their default is TF32, whose 10-bit mantissa
+          # moves relevance by 1e-3): explanations are compared to 1e-5.
+          params["precision"] = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+        self.eqns.append(Eqn(eqn.primitive, ins, outs, params, name, _source(eqn)))
       for v, o in zip(eqn.outvars, outs):
         if not isinstance(v, jcore.DropVar):
           env[v] = o
