@@ -229,3 +229,18 @@ def test_convolutional_presets_name_the_unit_they_lack_a_rule_for(model):
                               composites.attn_lrp())
   with pytest.raises(ConfigError, match="not a rule for a product; rules for it: Uniform"):
     lrp(transformer, p, x, target, wrong)
+
+
+def test_units_are_found_at_any_depth():
+  # A 16-layer BERT: every LayerNorm (2 per layer and the embeddings'), attention product,
+  # softmax and GELU is recognised, however long the residual stream before it.
+  from xjax.nn import get_model
+  model = get_model("bert", vocab_size=11, hidden=8, depth=16, num_heads=2, mlp=8,
+                    max_positions=8, num_classes=2)
+  ids = jnp.zeros((1, 4), jnp.int32)
+  variables = model.init(jax.random.key(0), ids)
+  program = trace(lambda v, e: model.apply(v, e)[0], variables,
+                  model.apply(variables, ids, method=model.embed))
+  kinds = [unit.info.kind for unit in program.units]
+  assert {kind: kinds.count(kind) for kind in set(kinds)} == {
+      "norm": 33, "product": 32, "softmax": 16, "activation": 16}

@@ -39,7 +39,7 @@ _ELEMENTWISE = {
     "pow", "select_n", "clamp", "reduce_precision", "stop_gradient"}
 _SHAPE = {"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose"}
 _REDUCTIONS = {"reduce_sum", "reduce_max"}
-_MAX_WALK = 256  # equations visited by one walk; larger means "not a unit"
+_MAX_WALK = 4096  # values visited by one walk; more means "not a unit"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +105,19 @@ def elementwise_walk(program: Program, var: int, stops: set[int]
     eqn = program.producer.get(v)
     if (v in stops or eqn is None or id(eqn) in program.merged
         or eqn.primitive.name not in _ELEMENTWISE | _SHAPE
-        or (eqn.primitive.name in _SHAPE and v in program.reads_input)):
+        or (eqn.primitive.name in _SHAPE and v in program.reads_input)
+        or _joins_two_values(program, eqn)):
       sources.add(v)
       continue
     todo.extend(u for u in eqn.invars if program.depends(u))
   return frozenset(sources), frozenset(seen)
+
+
+def _joins_two_values(program: Program, eqn: Eqn) -> bool:
+  """A product or quotient of two different input-dependent values (a unit of its own, e.g. the
+  previous block's norm): the walk ends there, so its length does not grow with depth."""
+  return (eqn.primitive.name in ("mul", "div") and len(eqn.invars) == 2
+          and all(program.depends(v) for v in eqn.invars) and eqn.invars[0] != eqn.invars[1])
 
 
 class UnitFinder:
