@@ -154,12 +154,18 @@ class _ItemsOnly:
     return self.ds[key]
 
 
-def test_celeba_and_cub_against_tfds_mock_data(monkeypatch):
-  """The read path on TFDS's random mock examples: TFDS's real feature names and decoding."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+@pytest.fixture
+def files_checks_pass(monkeypatch):
+  """TfdsSource's checks of the prepared files pass: TFDS's mock data (`tfds.testing.mock_data`)
+  has no files on disk to check."""
   monkeypatch.setattr(tfds_data, "_is_prepared", lambda builder: True)
   monkeypatch.setattr(tfds_data, "_check_random_access", lambda builder: None)
   monkeypatch.setattr(tfds_data, "_check_split", lambda *args: None)
+
+
+def test_celeba_and_cub_against_tfds_mock_data(files_checks_pass):
+  """The read path on TFDS's random mock examples: TFDS's real feature names and decoding."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=4):
     celeba = TfdsSource("celeb_a", "train", data_dir="/nonexistent")
     celeba._source = _ItemsOnly(celeba._data_source())
@@ -191,11 +197,8 @@ class _Broken:
     raise RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch\nmore detail")
 
 
-def test_unreadable_records_are_one_line(monkeypatch):
+def test_unreadable_records_are_one_line(files_checks_pass):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(tfds_data, "_is_prepared", lambda builder: True)
-  monkeypatch.setattr(tfds_data, "_check_random_access", lambda builder: None)
-  monkeypatch.setattr(tfds_data, "_check_split", lambda *args: None)
   with tfds.testing.mock_data(num_examples=4):
     source = TfdsSource("mnist", "train", data_dir="/nonexistent")
   source._source = _Broken()

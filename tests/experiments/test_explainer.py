@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from runs.configs import explainer as explainer_config
+from tests.experiments.named_run import run_and_read, shared_run
 from xjax.errors import ConfigError, DataNotFoundError
 from xjax.experiments.registry import get_experiment
 from xjax.experiments.runner import run_experiment
 from xjax.train import checkpoint
 
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("explainer")
-  run_experiment(get_experiment("explainer"), explainer_config.get_config("smoke"), workdir)
-  return workdir, json.loads((workdir / "results.json").read_text())
+smoke = shared_run("explainer", explainer_config.get_config, "smoke")
 
 
 def test_two_runs_and_the_papers_numbers(smoke):
@@ -55,8 +49,7 @@ def test_the_performer_is_frozen_and_the_explainer_reads_it(smoke):
 def test_a_rerun_reads_both_runs_back(smoke):
   workdir, results = smoke
   (workdir / "results.json").unlink()
-  run_experiment(get_experiment("explainer"), explainer_config.get_config("smoke"), workdir)
-  again = json.loads((workdir / "results.json").read_text())
+  again = run_and_read("explainer", explainer_config.get_config("smoke"), workdir)
   for key in ("p", "location_instability_performer", "location_instability_explainer"):
     assert again["explainer"][key] == results["explainer"][key]
 

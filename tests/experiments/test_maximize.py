@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from runs.configs import maximize as maximize_config
+from tests.experiments.named_run import shared_run
 from xjax.errors import ConfigError
 from xjax.experiments.maximize import nearest_distances
 from xjax.experiments.registry import get_experiment
 from xjax.experiments.runner import run_experiment
 
-
-@pytest.fixture(scope="module")
-def maximized(tmp_path_factory):
-  # In process (the command line's own path is `runs.cli`, tested with the other experiments);
-  # that a second run resumes the three trained runs is the runner's, tested there and, for
-  # generative models, in tests/train/test_generative.py.
-  workdir = tmp_path_factory.mktemp("maximize")
-  run_experiment(get_experiment("maximize"), maximize_config.get_config("shapes,smoke"), workdir)
-  return workdir, json.loads((workdir / "results.json").read_text())
+# In process (the command line's own path is `runs.cli`, tested with the other experiments);
+# that a second run resumes the three trained runs is the runner's, tested there and, for
+# generative models, in tests/train/test_generative.py.
+maximized = shared_run("maximize", maximize_config.get_config, "shapes,smoke")
 
 
 def test_three_runs_three_priors_and_every_method(maximized):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 
 from runs.configs import srae as srae_config
+from tests.experiments.named_run import run_and_read, shared_run
 from xjax.errors import ConfigError
 from xjax.experiments.registry import get_experiment
 from xjax.experiments.runner import run_experiment
@@ -18,11 +18,7 @@ from xjax.metrics.locality import box_masks
 METHODS = ("srae", "nn", "sae", "z", "excitation_backprop")
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("srae")
-  run_experiment(get_experiment("srae"), srae_config.get_config("smoke"), workdir)
-  return workdir, json.loads((workdir / "results.json").read_text())
+smoke = shared_run("srae", srae_config.get_config, "smoke")
 
 
 def test_table1_numbers_for_every_method_and_class(smoke):
@@ -60,8 +56,7 @@ def test_a_rerun_reads_the_modules_back_and_a_retrained_method_is_the_same(smoke
   workdir, results = smoke
   (workdir / "results.json").unlink()
   shutil.rmtree(workdir / "modules" / "nn")  # as if killed before nn's modules were saved
-  run_experiment(get_experiment("srae"), srae_config.get_config("smoke"), workdir)
-  again = json.loads((workdir / "results.json").read_text())
+  again = run_and_read("srae", srae_config.get_config("smoke"), workdir)
   np.testing.assert_allclose(again["network"]["f_reg"]["nn"]["test"],
                              results["network"]["f_reg"]["nn"]["test"], rtol=1e-5)
   for method in METHODS:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.metrics.linear_model import TARGET, close, exact_relevance, images_and_weights, linear
 from xjax.errors import ConfigError
 from xjax.metrics.faithfulness_correlation import (
   faithfulness_correlation,
@@ -16,22 +17,12 @@ from xjax.metrics.faithfulness_correlation import (
   subset_correlation,
 )
 
-B, H, W, C, K = 3, 4, 4, 2, 3
-P = H * W
 RNG = np.random.default_rng(2)
-X = RNG.normal(size=(B, H, W, C)).astype(np.float32)
-WEIGHTS = RNG.normal(size=(H * W * C, K)).astype(np.float32)
-TARGET = np.array([0, 2, 1])
-RELEVANCE = (WEIGHTS[:, TARGET].T.reshape(B, H, W, C) * X).astype(np.float32)
+X, WEIGHTS = images_and_weights(RNG)
+B, H, W, C = X.shape
+P = H * W
+RELEVANCE = exact_relevance(WEIGHTS, X)
 KEY = jax.random.key(0)
-
-
-def linear(w, x):
-  return x.reshape(x.shape[0], -1) @ w
-
-
-def close(a, b, atol=1e-5):
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=1e-5)
 
 
 def test_gradient_times_input_of_a_linear_model_correlates_exactly():

@@ -8,25 +8,16 @@ import jax
 import numpy as np
 import pytest
 
+from tests.metrics.linear_model import TARGET, close, images_and_weights, linear
 from xjax.errors import ConfigError
 from xjax.metrics.insertion_deletion import gaussian_blur, insertion_deletion
 from xjax.metrics.pixel_flipping import flip_counts, pixel_flipping
 
-B, H, W, C, K = 3, 4, 4, 2, 3
-P = H * W
 RNG = np.random.default_rng(1)
-X = RNG.normal(size=(B, H, W, C)).astype(np.float32)
-WEIGHTS = RNG.normal(size=(H * W * C, K)).astype(np.float32)
-TARGET = np.array([0, 2, 1])
+X, WEIGHTS = images_and_weights(RNG)
+B, H, W, C = X.shape
+P = H * W
 RELEVANCE = RNG.normal(size=(B, H, W, C)).astype(np.float32)
-
-
-def linear(w, x):
-  return x.reshape(x.shape[0], -1) @ w
-
-
-def close(a, b, atol=1e-5):
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=1e-5)
 
 
 def softmax(z):

@@ -10,20 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.metrics.linear_model import TARGET, close, exact_relevance, images_and_weights, linear
 from xjax.errors import ConfigError
 from xjax.metrics import METRICS, flip_counts, get_metric, pixel_flipping
 
-B, H, W, C, K = 3, 4, 4, 2, 3
-P = H * W
 RNG = np.random.default_rng(0)
-X = RNG.normal(size=(B, H, W, C)).astype(np.float32)
-WEIGHTS = RNG.normal(size=(H * W * C, K)).astype(np.float32)
-TARGET = np.array([0, 2, 1])
-
-
-def linear(w, x):
-  """Bias-free, so flipping a pixel to 0 removes exactly its contribution."""
-  return x.reshape(x.shape[0], -1) @ w
+X, WEIGHTS = images_and_weights(RNG)
+B, H, W, C = X.shape
+P = H * W
+K = WEIGHTS.shape[1]
 
 
 def probe(params, x):
@@ -33,12 +28,8 @@ def probe(params, x):
 
 
 # The exact decomposition of the linear model: R = w_c * x, summing to f_c(x).
-TRUE_RELEVANCE = (WEIGHTS[:, TARGET].T.reshape(B, H, W, C) * X).astype(np.float32)
+TRUE_RELEVANCE = exact_relevance(WEIGHTS, X)
 CONTRIBUTIONS = TRUE_RELEVANCE.sum(-1).reshape(B, P).astype(np.float64)
-
-
-def close(a, b, atol=1e-5, rtol=1e-5):
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=rtol)
 
 
 def reference_curves(apply_np, x, target, pixel_relevance, counts, base, order, probability=False):

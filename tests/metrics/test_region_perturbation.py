@@ -9,24 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.metrics.linear_model import TARGET, close, exact_relevance, images_and_weights, linear
 from xjax.errors import ConfigError
 from xjax.metrics.region_perturbation import patch_ids, region_perturbation
 
-B, H, W, C, K = 3, 4, 4, 2, 3
 RNG = np.random.default_rng(0)
-X = RNG.normal(size=(B, H, W, C)).astype(np.float32)
-WEIGHTS = RNG.normal(size=(H * W * C, K)).astype(np.float32)
-TARGET = np.array([0, 2, 1])
-# Gradient x input of the bias-free linear model: the exact contribution of every element.
-RELEVANCE = (WEIGHTS[:, TARGET].T.reshape(B, H, W, C) * X).astype(np.float32)
-
-
-def linear(w, x):
-  return x.reshape(x.shape[0], -1) @ w
-
-
-def close(a, b, atol=1e-5):
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=1e-5)
+X, WEIGHTS = images_and_weights(RNG)
+B, H, W, C = X.shape
+RELEVANCE = exact_relevance(WEIGHTS, X)  # the exact contribution of every element
 
 
 def patch_sums(relevance, patch=2):
