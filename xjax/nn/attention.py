@@ -29,6 +29,19 @@ Array = jax.Array
 Initializer = Callable[..., Any]
 
 
+def check_heads(model: str, hidden: int, num_heads: int, num_kv_heads: int | None = None,
+                head_dim: int | None = None) -> None:
+  """Raises a one-line ConfigError unless `hidden` splits into `num_heads` heads (or `head_dim`
+  is given) and `num_heads` into `num_kv_heads` groups."""
+  kv_heads = num_kv_heads or num_heads
+  if num_heads % kv_heads:
+    raise ConfigError(f"{model} num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                      f"({kv_heads}).")
+  if head_dim is None and hidden % num_heads:
+    raise ConfigError(f"{model} hidden ({hidden}) must be a multiple of num_heads "
+                      f"({num_heads}){', or set head_dim' if num_kv_heads else ''}.")
+
+
 def rotate_half(x: Array) -> Array:
   """(x1, x2) -> (-x2, x1) on the two halves of the last axis (LLaMA's rotary layout)."""
   x1, x2 = jnp.split(x, 2, axis=-1)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from xjax.errors import ConfigError
-from xjax.nn.attention import MultiHeadAttention
+from xjax.nn.attention import MultiHeadAttention, check_heads
 from xjax.nn.norms import RMSNorm
 from xjax.nn.registry import MODELS
 
@@ -124,13 +124,8 @@ class Llama(nn.Module):
     if self.positions not in POSITIONS:
       raise ConfigError(f"Unknown LLaMA positions {self.positions!r}; expected one of "
                         f"{POSITIONS}.")
-    kv_heads = self.num_kv_heads or self.num_heads
-    if self.num_heads % kv_heads:
-      raise ConfigError(f"LLaMA num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
-                        f"({kv_heads}).")
-    if self.head_dim is None and self.hidden % self.num_heads:
-      raise ConfigError(f"LLaMA hidden ({self.hidden}) must be a multiple of num_heads "
-                        f"({self.num_heads}), or set head_dim.")
+    check_heads("LLaMA", self.hidden, self.num_heads, self.num_kv_heads or self.num_heads,
+                self.head_dim)
     super().__post_init__()
 
   def setup(self) -> None:

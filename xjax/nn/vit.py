@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from xjax.errors import ConfigError
-from xjax.nn.attention import MultiHeadAttention
+from xjax.nn.attention import MultiHeadAttention, check_heads
 from xjax.nn.norms import layer_norm
 from xjax.nn.registry import MODELS
 
@@ -90,9 +90,7 @@ class ViT(nn.Module):
   INTERMEDIATES = ("tokens", "features")
 
   def __post_init__(self) -> None:
-    if self.hidden % self.num_heads:
-      raise ConfigError(f"ViT hidden ({self.hidden}) must be a multiple of num_heads "
-                        f"({self.num_heads}).")
+    check_heads("ViT", self.hidden, self.num_heads)
     super().__post_init__()
 
   @nn.compact
