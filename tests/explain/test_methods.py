@@ -61,7 +61,7 @@ def test_lrp_without_composite_is_epsilon_plus():
 
 NAMES = ("saliency", "gradient", "sensitivity", "gradient_x_input", "smoothgrad",
          "integrated_gradients", "lrp", "cam", "gradcam", "excitation_backprop",
-         "contrastive_excitation_backprop", "random")
+         "contrastive_excitation_backprop", "attention_rollout", "generic_attention", "random")
 
 
 def test_the_registry_names_every_method_of_the_brief_in_order():
@@ -194,7 +194,10 @@ def test_contrastive_excitation_backprop_is_the_contrastive_option():
         excitation_backprop(tiny_cnn, PARAMS, X, TARGET))
 
 
-SPECS = [*m.METHODS, *(f"lrp:{name}" for name in composites.COMPOSITES)]
+# The methods that need attention maps (metadata `needs`) are tested on a transformer in
+# tests/explain/test_attention_maps.py and tests/test_registry_properties.py.
+SPECS = [*(name for name in m.METHODS if "needs" not in m.METHODS.metadata(name)),
+         *(f"lrp:{name}" for name in composites.COMPOSITES)]
 
 
 @pytest.mark.parametrize("spec", SPECS)

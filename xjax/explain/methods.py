@@ -14,6 +14,8 @@ A spec is `NAME` or `NAME:OPTION`:
 | `cam` / `gradcam` | class activation maps (`xjax.explain.cam`) |
 | `excitation_backprop` | excitation backprop (`xjax.explain.excitation`) |
 | `contrastive_excitation_backprop` | the same with `contrastive=True` |
+| `attention_rollout` | attention rollout, blind to the target (`xjax.explain.attention_maps`) |
+| `generic_attention` | Chefer et al.'s gradient-weighted attention (`attention_maps`) |
 | `random` | uniform noise from `key`: the chance level of every metric (`random_control`) |
 
 Every method comes back as `method(apply_fn, params, x, target) -> relevance (shape of x)`, with
@@ -44,6 +46,8 @@ with this metadata:
 * `fixed`: {parameter: value} bound as they are, for one function under a second name with an
   option set (`contrastive_excitation_backprop` is `excitation_backprop` with
   `contrastive=True`).
+* `needs`: what the model must have, for methods that do not apply to every model (e.g.
+  "attention": the attention maps of a transformer).
 
 This module imports no method (they import it, for `METHODS`); `METHODS` imports `MODULES` at its
 first lookup, in the order of `METHODS.names()`, so it is complete and in order however it was
@@ -68,7 +72,8 @@ Binder = Callable[[str | None, tuple[Any, Any], jax.Array], Any]
 
 # The modules that register methods, in the order of `METHODS.names()`.
 MODULES = ("xjax.explain.gradients", "xjax.explain.lrp", "xjax.explain.cam",
-           "xjax.explain.excitation", "xjax.explain.random_control")
+           "xjax.explain.excitation", "xjax.explain.attention_maps",
+           "xjax.explain.random_control")
 METHODS = Registry("explanation method", modules=MODULES)
 DEFAULT_COMPOSITE = "epsilon_plus"
 # The leading arguments every method takes by position: apply_fn, params, x, target.
