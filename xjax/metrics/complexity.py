@@ -11,7 +11,8 @@ order, so NHWC and NCHW agree), (B, H, W) relevance is H * W pixels. `sum_channe
 (B, H, W, C) relevance over channels first, the pixel relevance of `pixel_flipping` and the
 localisation metrics. The model is not needed: `apply_fn`, `params` and `target` are taken (the
 calling convention of `xjax.metrics`) and ignored; `x` gives the shape relevance is checked
-against.
+against. For token sequences x (B, T, D) the features are the T tokens: relevance (B, T), or
+(B, T, D) summed over D first (`xjax.metrics.relevance`), so `sum_channels` changes nothing.
 
 Quantus's own defaults differ in one respect: `normalise=True` divides the attributions by the
 largest |R| of the whole batch before its epsilon is added, so its sparseness depends (slightly)
@@ -57,7 +58,7 @@ def _magnitudes(x: Any, relevance: Any, sum_channels: bool) -> Array:
     checks={"sum_channels": FLAG},
     description="sparseness: the Gini index of the absolute relevance (Chalasani et al. 2020)",
     higher_is_better=True, score=None)
-@per_example_metric
+@per_example_metric(sequences=True)
 def sparseness(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                sum_channels: bool = False) -> Array:
   """Sparseness (Chalasani, Chen, Chowdhury, Wu, Jha, "Concise explanations of neural networks
@@ -74,8 +75,9 @@ def sparseness(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevanc
 
   Args:
     apply_fn, params, target: ignored (the calling convention of `xjax.metrics`).
-    x: the images (B, H, W, C); only their shape is used.
-    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W).
+    x: the images (B, H, W, C) or token sequences (B, T, D); only their shape is used.
+    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W); for
+      sequences (B, T) or (B, T, D) (summed over D).
     sum_channels: sum (B, H, W, C) relevance over channels before taking |R| (per pixel);
       False (Quantus's convention): every element is a feature.
 
@@ -98,7 +100,7 @@ def sparseness(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevanc
     description="complexity: the entropy of the shares of the absolute relevance (Bhatt et al. "
                 "2020)",
     higher_is_better=False, score=None)
-@per_example_metric
+@per_example_metric(sequences=True)
 def complexity(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                sum_channels: bool = False) -> Array:
   """Complexity (Bhatt, Weller, Moura, "Evaluating and aggregating feature-based model

@@ -93,7 +93,7 @@ def subset_correlation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
     description="faithfulness correlation: the Pearson correlation of the relevance of random "
                 "subsets and the drop of the output when they are removed (Bhatt et al. 2020)",
     higher_is_better=True, score=None)
-@per_example_metric
+@per_example_metric(sequences=True)
 def faithfulness_correlation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                              relevance: Array, *, subset_size: int = 224, num_samples: int = 100,
                              baseline: Any = 0.0, score: str = "logit", key: Array | None = None,
@@ -116,8 +116,9 @@ def faithfulness_correlation(apply_fn: ApplyFn, params: Any, x: Array, target: A
   (Pearson's correlation does not change under a positive scale).
 
   Args:
-    apply_fn, params, x, target, relevance: as for `pixel_flipping`.
-    subset_size: the pixels per subset, an int in [1, H*W).
+    apply_fn, params, x, target, relevance: as for `pixel_flipping` (images or token
+      sequences).
+    subset_size: the pixels (tokens) per subset, an int in [1, H*W) ([1, T)).
     num_samples: the number of random subsets per image (Quantus: nr_runs), an int >= 2.
     baseline: as `pixel_flipping`'s (a number, "mean", "uniform", an array); Bhatt et al. leave
       x_bar open.

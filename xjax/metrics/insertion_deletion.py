@@ -122,7 +122,7 @@ def canvas_images(x: Array, baseline: Any, key: Array | None, blur_sigma: float)
     higher_is_better=True,
     score="insertion_area", curves=("insertion", "deletion"),
     field_higher_is_better={"deletion_area": False})
-@per_example_metric
+@per_example_metric(sequences=True)
 def insertion_deletion(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                        relevance: Array, *, steps: int = 20, fraction: float = 1.0,
                        deletion_baseline: Any = 0.0, insertion_baseline: Any = "blur",
@@ -149,13 +149,15 @@ def insertion_deletion(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
   kernel is truncated at 3 sigma and renormalised at the border; its sort is not stable.
 
   Args:
-    apply_fn, params, x, target, relevance: as for `pixel_flipping`.
+    apply_fn, params, x, target, relevance: as for `pixel_flipping` (images or token
+      sequences).
     steps: the number of steps; each curve has `steps + 1` points.
     fraction: the share of the H*W pixels moved by the last step, in (0, 1].
     deletion_baseline: what deleted pixels become: anything `pixel_flipping` takes as its
       baseline (default 0, RISE's), or "blur".
     insertion_baseline: the canvas the pixels are inserted into: "blur" (RISE's), or a number,
-      "mean", "uniform" or an array as for `pixel_flipping`.
+      "mean", "uniform" or an array as for `pixel_flipping`. "blur" is for images: token
+      sequences need a number (e.g. 0) or an embedding (D,) (e.g. the [MASK] token's) here.
     blur_sigma: the standard deviation in pixels of the "blur" canvas (RISE: 5); >= 0.
     score: "probability" (of the softmax, as RISE) or "logit".
     key: a JAX PRNG key, required by a "uniform" baseline (deletion and insertion draw

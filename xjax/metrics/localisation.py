@@ -15,6 +15,11 @@ The relevance of a pixel is the sum of its channels' relevance, as in `pixel_fli
 is not needed: `apply_fn`, `params` and `target` are taken (so that every metric is called the
 same way) and ignored; `x` gives the shapes the relevance and the mask are checked against.
 
+Token sequences x (B, T, D) are scored the same way with relevance (B, T) (or (B, T, D), summed
+over D) and a mask (B, T) of the ground-truth tokens: a sequence is an image of T x 1 pixels
+(`xjax.metrics.relevance`), so the pointing game's `tolerance` counts tokens to either side and
+`weighted` divides by the share of the tokens in the mask.
+
 Each metric follows Quantus 0.6.0 (Hedstroem et al., JMLR 2023) with `normalise=False` and
 `abs=False`, the differences being named in each docstring. An empty mask makes every score
 undefined: a concrete mask (outside `jax.jit`) with an empty example raises a `ConfigError`
@@ -56,7 +61,7 @@ def _check_mask(x: Any, mask: Any) -> Array:
   """
   if mask is None:
     raise ConfigError("localisation metrics need the ground truth: pass mask=, one boolean (H, W) "
-                      "mask per image (B, H, W).")
+                      "mask per image (B, H, W), or one boolean per token (B, T) for sequences.")
   expected, shape = tuple(jnp.shape(x)[:3]), jnp.shape(mask)
   if shape != expected:
     raise ConfigError(f"mask must be one (H, W) mask per image, shape {expected}; got shape "
@@ -112,7 +117,7 @@ def _dilate(mask: Array, radius: float) -> Array:
     description="pointing game: 1 where the most relevant pixel lies within `tolerance` pixels of "
                 "the ground-truth mask (Zhang et al. 2016)",
     higher_is_better=True, score=None)
-@per_example_metric
+@per_example_metric(sequences=True)
 def pointing_game(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                   mask: Array | None = None, tolerance: float = 0) -> Array:
   """The pointing game (Zhang, Lin, Brandt, Shen, Sclaroff, "Top-down neural attention by
@@ -138,10 +143,11 @@ def pointing_game(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relev
 
   Args:
     apply_fn, params, target: ignored (the calling convention of `xjax.metrics`).
-    x: the images (B, H, W, C); only their shape is used.
-    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W).
-    mask: the ground truth, (B, H, W) boolean or 0/1; required (None only so that a metric can
-      be bound by name without it, see `xjax.metrics.get_metric`).
+    x: the images (B, H, W, C) or token sequences (B, T, D); only their shape is used.
+    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W); for
+      sequences (B, T) or (B, T, D) (summed over D).
+    mask: the ground truth, (B, H, W) boolean or 0/1 ((B, T) for sequences); required (None
+      only so that a metric can be bound by name without it, see `xjax.metrics.get_metric`).
     tolerance: the largest distance in pixels from the mask that still counts as a hit, a Python
       number >= 0 (it fixes the shape of the dilation under jit).
 
@@ -171,7 +177,7 @@ def pointing_game(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relev
     description="attribution localisation: the share of the positive relevance inside the "
                 "ground-truth mask (Kohlbrenner et al. 2020)",
     higher_is_better=True, score=None)
-@per_example_metric
+@per_example_metric(sequences=True)
 def attribution_localisation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                              relevance: Array, *, mask: Array | None = None,
                              positive_only: bool = True, weighted: bool = False) -> Array:
@@ -195,10 +201,11 @@ def attribution_localisation(apply_fn: ApplyFn, params: Any, x: Array, target: A
 
   Args:
     apply_fn, params, target: ignored (the calling convention of `xjax.metrics`).
-    x: the images (B, H, W, C); only their shape is used.
-    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W).
-    mask: the ground truth, (B, H, W) boolean or 0/1; required (None only so that a metric can
-      be bound by name without it, see `xjax.metrics.get_metric`).
+    x: the images (B, H, W, C) or token sequences (B, T, D); only their shape is used.
+    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W); for
+      sequences (B, T) or (B, T, D) (summed over D).
+    mask: the ground truth, (B, H, W) boolean or 0/1 ((B, T) for sequences); required (None
+      only so that a metric can be bound by name without it, see `xjax.metrics.get_metric`).
     positive_only: clip the relevance at 0 first (the paper's definition); False: signed.
     weighted: multiply by the ratio of the image's size to the mask's, H * W / |mask_b|.
 
@@ -225,7 +232,7 @@ def attribution_localisation(apply_fn: ApplyFn, params: Any, x: Array, target: A
     description="relevance mass accuracy: the share of the (signed) relevance inside the "
                 "ground-truth mask (Arras et al. 2022)",
     higher_is_better=True, score=None)
-@per_example_metric
+@per_example_metric(sequences=True)
 def relevance_mass_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                             relevance: Array, *, mask: Array | None = None) -> Array:
   """Relevance mass accuracy (Arras, Osman, Samek, "CLEVR-XAI: A benchmark dataset for the ground
@@ -255,7 +262,7 @@ def relevance_mass_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Ar
     description="relevance rank accuracy: the share of the K most relevant pixels inside the "
                 "ground-truth mask of K pixels (Arras et al. 2022)",
     higher_is_better=True, score=None)
-@per_example_metric
+@per_example_metric(sequences=True)
 def relevance_rank_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
                             relevance: Array, *, mask: Array | None = None) -> Array:
   """Relevance rank accuracy (Arras, Osman, Samek, "CLEVR-XAI: A benchmark dataset for the ground

@@ -7,6 +7,10 @@ learned" (IEEE TNNLS 2017, "MoRF" perturbation and AOPC): pixels are replaced in
 their relevance, most relevant first, and the explained output is recorded after each step. A
 good explanation finds the evidence first, so its curve falls fast and the area under it is small.
 
+Token sequences x (B, T, D) are flipped token by token: a token's whole embedding is replaced by
+the baseline's (zero, or an embedding (D,) such as a [MASK] token's), as the pixel of an image of
+T x 1 pixels with D channels (`xjax.metrics.relevance`).
+
 All `B * (steps + 1)` perturbed images are evaluated inside one traced function, without a Python
 loop over steps or images: the perturbed images of a chunk are built from their flat index where
 they are needed (`x`, the baseline and the ranks are gathered per image), and the chunks run in a
@@ -140,7 +144,7 @@ def _pixel_ranks(relevance: Array, order: str) -> Array:
     # area is the better explanation.
     higher_is_better=False,
     score="area", curves=("curves",))
-@per_example_metric
+@per_example_metric(sequences=True)
 def pixel_flipping(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array, *,
                    steps: int = 20, fraction: float = 1.0, baseline: Any = 0.0,
                    order: str = "most_relevant_first", score: str = "logit",
@@ -167,16 +171,19 @@ def pixel_flipping(apply_fn: ApplyFn, params: Any, x: Array, target: Array, rele
   Args:
     apply_fn: `(params, x) -> outputs (N, K)`, any JAX-traceable function of a batch.
     params: the variables `apply_fn` takes.
-    x: the images (B, H, W, C).
+    x: the images (B, H, W, C), or token sequences (B, T, D) (embeddings; each token is a pixel).
     target: class indices (B,) or output weights (B, K); see `xjax.explain.targets`. The score
       is `sum_c seed_c * s_c` with `seed = output_seed(outputs, target)`, e.g. the target's logit.
-    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W).
+    relevance: the explanation, (B, H, W, C) or already summed over channels (B, H, W); for
+      sequences (B, T, D) or already summed over D (B, T).
     steps: the number of flipping steps; the curve has `steps + 1` points.
     fraction: the share of the H*W pixels flipped by the last step, in (0, 1].
     baseline: what flipped pixels become: a number (e.g. -1 for black in [-1, 1] MNIST), "mean"
       (each image's per-channel mean), "uniform" (one noise image per image, uniform in
       [min x_b, max x_b], drawn from `key` and shared by all steps), or an array broadcastable
-      to one image (H, W, C) or one per image (B, H, W, C). Cast to x's dtype.
+      to one image (H, W, C), e.g. a colour (C,), or one per image (B, H, W, C). For sequences
+      an embedding (D,) (e.g. the [MASK] token's), one per token (T, D) or per sequence
+      (B, T, D). Cast to x's dtype.
     order: "most_relevant_first" (MoRF) or "least_relevant_first" (LeRF).
     score: "logit" (the raw output of `apply_fn`) or "probability" (of its softmax).
     key: a JAX PRNG key, required by baseline="uniform" and ignored otherwise.

@@ -91,7 +91,7 @@ def patch_ids(height: int, width: int, patch_size: int) -> np.ndarray:
     # The area under the most-relevant-first curve; the result's `aopc` is higher-is-better.
     higher_is_better=False,
     score="area", curves=("curves",), field_higher_is_better={"aopc": True})
-@per_example_metric
+@per_example_metric(sequences=True)
 def region_perturbation(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevance: Array,
                         *, patch_size: int = 8, steps: int | None = None,
                         order: str = "most_relevant_first", baseline: Any = 0.0,
@@ -121,13 +121,17 @@ def region_perturbation(apply_fn: ApplyFn, params: Any, x: Array, target: Array,
   number of patches (here `steps` larger than that is an error; None means all patches).
 
   Args:
-    apply_fn, params, x, target, relevance: as for `pixel_flipping`.
-    patch_size: the side of the square patches in pixels, an int in [1, max(H, W)].
+    apply_fn, params, x, target, relevance: as for `pixel_flipping` (images or token
+      sequences).
+    patch_size: the side of the square patches in pixels, an int in [1, max(H, W)]. For token
+      sequences (images of T x 1 pixels) a patch is a span of `patch_size` consecutive tokens,
+      on the same centred grid (Samek et al.'s regions carry over as spans).
     steps: the number of patches replaced, in [1, N] for N patches; None: all N. The curve has
       `steps + 1` points.
     order: "most_relevant_first" (MoRF) or "least_relevant_first" (LeRF).
     baseline: as `pixel_flipping`'s (a number, "mean", "uniform", an array), or "blur": a
-      Gaussian-blurred copy of each image (`insertion_deletion.gaussian_blur`).
+      Gaussian-blurred copy of each image (`insertion_deletion.gaussian_blur`; not for
+      sequences).
     blur_sigma: the standard deviation in pixels of the "blur" baseline; >= 0.
     score: "logit" or "probability".
     key: a JAX PRNG key, required by baseline="uniform" and ignored otherwise.

@@ -37,10 +37,11 @@ ApplyFn = Callable[[Any, jax.Array], jax.Array]
 ExplainFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 # The modules that register metrics, in the order of `METRICS.names()`.
-MODULES = ("xjax.metrics.pixel_flipping", "xjax.metrics.region_perturbation",
-           "xjax.metrics.insertion_deletion", "xjax.metrics.faithfulness_correlation",
-           "xjax.metrics.completeness", "xjax.metrics.randomisation", "xjax.metrics.diffusion",
-           "xjax.metrics.sensitivity", "xjax.metrics.localisation", "xjax.metrics.complexity")
+MODULES = ("xjax.metrics.pixel_flipping", "xjax.metrics.faithfulness_area",
+           "xjax.metrics.region_perturbation", "xjax.metrics.insertion_deletion",
+           "xjax.metrics.faithfulness_correlation", "xjax.metrics.completeness",
+           "xjax.metrics.randomisation", "xjax.metrics.diffusion", "xjax.metrics.sensitivity",
+           "xjax.metrics.localisation", "xjax.metrics.complexity")
 
 METRICS = Registry("metric", modules=MODULES)
 
