@@ -113,16 +113,17 @@ def test_modules_fix_the_order_whatever_was_imported_first(monkeypatch):
 
 EXPECTED_NAMES = {
     "xjax.metrics.registry:METRICS": (
-        "pixel_flipping", "region_perturbation", "insertion_deletion", "faithfulness_correlation",
-        "completeness", "model_parameter_randomisation", "random_logit", "diffusion",
-        "max_sensitivity", "avg_sensitivity", "pointing_game", "attribution_localisation",
-        "relevance_mass_accuracy", "relevance_rank_accuracy", "sparseness", "complexity"),
+        "pixel_flipping", "faithfulness_area", "region_perturbation", "insertion_deletion",
+        "faithfulness_correlation", "completeness", "model_parameter_randomisation",
+        "random_logit", "diffusion", "max_sensitivity", "avg_sensitivity", "pointing_game",
+        "attribution_localisation", "relevance_mass_accuracy", "relevance_rank_accuracy",
+        "sparseness", "complexity"),
     "xjax.nn.registry:MODELS": (
         "cnn_cifar10", "cnn_fashion", "cnn_mnist", "sumpool_cnn", "mlp", "resnet18", "vgg", "xnet",
         "gaussian_rbm", "adversarial_autoencoder", "vit", "bert", "llama", "explainer"),
     "xjax.data.registry:DATASETS": (
-        "shapes", "mnist", "fashion_mnist", "cifar10", "celeb_a", "caltech_birds2011",
-        "celeb_a_local", "caltech_birds2011_local"),
+        "shapes", "planted_text", "mnist", "fashion_mnist", "cifar10", "celeb_a",
+        "caltech_birds2011", "celeb_a_local", "caltech_birds2011_local"),
 }
 
 

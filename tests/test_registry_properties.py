@@ -169,7 +169,8 @@ def test_model_applies_under_jit_with_its_declared_intermediates(name):
 
 
 # ---------------------------------------------------------------------------------------------
-# Explanation methods, on a tiny bias-free ReLU network (so that LRP conserves relevance).
+# Explanation methods, on a tiny bias-free ReLU network (so that LRP conserves relevance); those
+# that read attention maps on a tiny ViT (METHOD_MODELS).
 
 RNG = np.random.default_rng(0)
 X = jnp.asarray(RNG.uniform(size=(2, 8, 8, 3)), jnp.float32)
@@ -188,14 +189,48 @@ def tiny_cnn(p, x):
   return jnp.mean(h, axis=(1, 2)) @ p["w3"]
 
 
+VIT_RNG = np.random.default_rng(1)
+VIT_PARAMS = {name: jnp.asarray(VIT_RNG.normal(size=shape) / np.sqrt(shape[-2]), jnp.float32)
+              for name, shape in [("embed", (48, 8)), ("cls", (1, 1, 8)), ("q", (2, 2, 8, 4)),
+                                  ("k", (2, 2, 8, 4)), ("v", (2, 2, 8, 4)),
+                                  ("out", (2, 2, 4, 8)), ("head", (8, 3))]}
+
+
+def tiny_vit(p, x):
+  """The smallest ViT, in plain jnp: the 4 x 4 patches of the 8 x 8 images embedded after a class
+  token, two 2-head self-attention layers with residual connections, a head on the class token."""
+  b = x.shape[0]
+  patches = x.reshape(b, 2, 4, 2, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, 4, 48)
+  h = jnp.concatenate([jnp.broadcast_to(p["cls"], (b, 1, 8)), patches @ p["embed"]], axis=1)
+  for i in range(2):
+    q, k, v = (jnp.einsum("btd,hde->bhte", h, p[name][i]) for name in ("q", "k", "v"))
+    a = jax.nn.softmax(jnp.einsum("bhte,bhse->bhts", q, k), axis=-1)
+    h = h + jnp.einsum("bhse,hed->bsd", jnp.einsum("bhts,bhse->bhte", a, v), p["out"][i])
+  return h[:, 0] @ p["head"]
+
+
+# The example model of the methods by what they need of it (their metadata `needs`): the tiny CNN,
+# or for the methods that read attention maps the tiny ViT (same X and classes).
+METHOD_MODELS = {None: (tiny_cnn, PARAMS), "attention": (tiny_vit, VIT_PARAMS)}
+
+
+def method_model(spec: str):
+  """(apply_fn, params) of the example model for the method `spec`."""
+  needs = METHODS.metadata(spec.split(":")[0]).get("needs")
+  if needs not in METHOD_MODELS:
+    pytest.fail(f"method {spec!r} needs {needs!r}: add an example model to METHOD_MODELS")
+  return METHOD_MODELS[needs]
+
+
 @functools.cache
 def explained(spec: str) -> dict[str, np.ndarray]:
   """The method on X, on zeros and vmapped over TARGETS: one compiled function per spec."""
   method = get_method(spec, bounds=(0.0, 1.0))
+  apply_fn, params = method_model(spec)
 
   @jax.jit
   def run(params, x, targets, invalid):
-    one = lambda x, t: method(tiny_cnn, params, x, t)
+    one = lambda x, t: method(apply_fn, params, x, t)
     # One vmapped call over the valid targets, the invalid ones and a NaN input (one compile).
     inputs = jnp.stack([x] * (len(targets) + len(invalid)) + [x.at[1, 0, 0, 0].set(jnp.nan)])
     every = jax.vmap(one)(inputs, jnp.concatenate([targets, invalid, targets[:1]]))
@@ -203,7 +238,7 @@ def explained(spec: str) -> dict[str, np.ndarray]:
             "vmapped": every[:len(targets)], "invalid": every[len(targets):-1],
             "nan_input": every[-1]}
 
-  return {k: np.asarray(v) for k, v in run(PARAMS, X, TARGETS, INVALID_TARGETS).items()}
+  return {k: np.asarray(v) for k, v in run(params, X, TARGETS, INVALID_TARGETS).items()}
 
 
 # Class indices the 3-output model does not have: (explanations, batch), vmapped like TARGETS.
@@ -256,13 +291,14 @@ def test_method_gives_nan_never_a_number_for_invalid_examples_under_jit_and_vmap
 @pytest.mark.parametrize("spec", SPECS)
 def test_method_refuses_a_concrete_invalid_target(spec):
   with pytest.raises(ConfigError, match=r"class indices in \[0, 3\).*got \[3\] at example"):
-    get_method(spec)(tiny_cnn, PARAMS, X, jnp.array([0, 3]))
+    get_method(spec)(*method_model(spec), X, jnp.array([0, 3]))
 
 
 @pytest.mark.parametrize("spec", [s for s in SPECS if is_conservative(s)])
 def test_conservative_method_sums_to_the_target_logit(spec):
   relevance = explained(spec)["vmapped"]
-  logits = np.asarray(tiny_cnn(PARAMS, X))
+  apply_fn, params = method_model(spec)
+  logits = np.asarray(apply_fn(params, X))
   for targets, r in zip(np.asarray(TARGETS), relevance):
     np.testing.assert_allclose(r.sum(axis=(1, 2, 3)), logits[np.arange(len(X)), targets],
                                rtol=1e-3, atol=1e-5)
@@ -281,6 +317,7 @@ def explain_gradient(params, x, target):
 
 METRIC_OPTIONS = {  # small options of each metric on X (2 images of 8 x 8)
     "pixel_flipping": {"steps": 4},
+    "faithfulness_area": {"steps": 4},
     "region_perturbation": {"patch_size": 4},
     "insertion_deletion": {"steps": 4, "blur_sigma": 1.0},
     "faithfulness_correlation": {"subset_size": 4, "num_samples": 4, "key": KEY},
@@ -366,6 +403,8 @@ def dataset_options(name: str) -> dict:
   """Small options of `name`, or skip when its data is not on this machine."""
   if name == "shapes":
     return {"image_size": 16, "num_examples": 8}
+  if name == "planted_text":
+    return {"num_examples": 8, "length": 12, "form": "agreement", "num_nouns": 4}
   if name == "celeb_a_local":
     return {"root": shared_data("celeb_a"), "cache": False}
   if name == "caltech_birds2011_local":  # the shared subset is downscaled: boxes at 1/4
@@ -384,10 +423,15 @@ def dataset_options(name: str) -> dict:
 def test_dataset_meets_the_source_contract(name):
   source = get_source(name, "validation", **dataset_options(name))
   info = source.info
-  assert len(source) > 0 and len(info.image_shape) == 3 and info.num_classes >= 1
+  tokens = info.vocab_size is not None  # token ids (n, T) int32 in `image` (xjax.data.source)
+  assert len(source) > 0 and len(info.image_shape) == (1 if tokens else 3)
+  assert info.num_classes >= 1
   indices = np.array([0, len(source) - 1])
   batch = source.read_batch(indices)
-  assert batch["image"].dtype == np.uint8 and batch["image"].shape == (2, *info.image_shape)
+  assert batch["image"].dtype == (np.int32 if tokens else np.uint8)
+  assert batch["image"].shape == (2, *info.image_shape)
+  if tokens:
+    assert np.all((0 <= batch["image"]) & (batch["image"] < info.vocab_size))
   assert np.issubdtype(batch["label"].dtype, np.integer) and batch["label"].shape == (2,)
   assert np.all((0 <= batch["label"]) & (batch["label"] < info.num_classes))
   np.testing.assert_array_equal(batch["index"], indices)

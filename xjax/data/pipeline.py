@@ -15,6 +15,10 @@ Images leave the pipeline as float32, normalised (`unit`: [0, 1]; `symmetric`: [
 of the normalised pixels, which the z^B rule of Deep Taylor Decomposition needs (Montavon et al.,
 "Explaining nonlinear classification decisions with deep Taylor decomposition", 2017): the image
 of the pixel box [0, 1] under the normalisation.
+
+Token ids (a source whose `info.vocab_size` is set, e.g. `planted_text`) leave the pipeline as
+they came, int32 (B, T), in the same field `image`, so the train and eval steps read them as
+they read images: the normalisation does not apply to them, and augmentation is an error.
 """
 
 from __future__ import annotations
@@ -75,6 +79,17 @@ def input_bounds(info: DatasetInfo, normalization: str) -> tuple[np.ndarray, np.
 def normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
   """uint8 images (..., C) -> float32 `(x / 255 - mean) / std`."""
   return ((images.astype(np.float32) / 255.0) - mean) / std
+
+
+def input_transform(info: DatasetInfo, normalization: str):
+  """The function from a source's `image` field to the model's input: `normalize` for uint8
+  images, int32 ids passed through unchanged for a token dataset (`info.vocab_size` set)."""
+  if normalization not in NORMALIZATIONS:
+    raise ConfigError(f"Unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}.")
+  if info.vocab_size is not None:
+    return lambda ids: np.asarray(ids, np.int32)
+  mean, std = normalization_constants(info, normalization)
+  return lambda images: normalize(images, mean, std)
 
 
 def augment(batch: dict[str, np.ndarray], rng: np.random.Generator,
@@ -181,7 +196,10 @@ def train_pipeline(source: Source, *, batch_size: int, seed: int, normalization:
     A `TrainPipeline`; batch `k` is the same whatever the threads, hosts or restarts.
   """
   plan = _EpochBatchIndices(len(source), batch_size, seed, True, process_index, process_count)
-  mean, std = normalization_constants(source.info, normalization)
+  transform = input_transform(source.info, normalization)
+  if augmentation.active and source.info.vocab_size is not None:
+    raise ConfigError(f"Augmentation flips and shifts images; {source.info.name!r} is token "
+                      f"sequences: set data.augmentation to flip=False, shift=0.")
   if augmentation.active:
     fields = tuple(f for f in (fields or source.info.fields) if f not in _COORDINATE_FIELDS)
 
@@ -189,7 +207,7 @@ def train_pipeline(source: Source, *, batch_size: int, seed: int, normalization:
     return _select_fields(source.read_batch(plan(step)), fields)
 
   def finish(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {**batch, "image": normalize(batch["image"], mean, std)}
+    return {**batch, "image": transform(batch["image"])}
 
   dataset = grain.MapDataset.range(num_epochs * plan.steps_per_epoch).map(read)
   if augmentation.active:
@@ -212,13 +230,13 @@ def eval_batches(source: Source, *, batch_size: int, normalization: str = "unit"
   if batch_size % process_count:
     raise ConfigError(f"The eval batch size {batch_size} must be divisible by the number of "
                       f"processes {process_count}.")
-  mean, std = normalization_constants(source.info, normalization)
+  transform = input_transform(source.info, normalization)
   local = batch_size // process_count
   n = len(source)
   for start in range(0, n, batch_size):
     indices = np.arange(start + process_index * local, start + (process_index + 1) * local)
     valid = indices < n
     batch = _select_fields(source.read_batch(np.where(valid, indices, n - 1)), fields)
-    batch["image"] = normalize(batch["image"], mean, std)
+    batch["image"] = transform(batch["image"])
     batch["valid"] = valid
     yield batch

@@ -2,6 +2,8 @@
 
 * `shapes`: built-in synthetic (`xjax.data.shapes`), generated from the seed, nothing to
   download.
+* `planted_text`: built-in synthetic token sequences with planted deciding tokens
+  (`xjax.data.planted_text`), generated from the seed.
 * `mnist`, `fashion_mnist`, `cifar10`, `celeb_a`, `caltech_birds2011`: TFDS (array_record), in
   `data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets` (`python -m runs.prepare NAME`).
 * `celeb_a_local`: the original CelebA folder layout, in `root`, else `$XJAX_DATA_DIR/celeb_a/`.
@@ -29,8 +31,8 @@ SPLITS = ("train", "validation", "test")
 
 # The modules that register sources, in the order of `DATASETS.names()`; imported at the first
 # lookup (they import this module for `DATASETS`, so it imports none of them).
-MODULES = ("xjax.data.shapes", "xjax.data.tfds_data", "xjax.data.celeba_folder",
-           "xjax.data.cub_folder")
+MODULES = ("xjax.data.shapes", "xjax.data.planted_text", "xjax.data.tfds_data",
+           "xjax.data.celeba_folder", "xjax.data.cub_folder")
 # name -> the source's constructor, called as `make(split, **options)`, or `make(root, split,
 # **options)` for the local folders (metadata `subdir`: the folder under $XJAX_DATA_DIR).
 # Metadata `holdout`: the dataset has no validation split, one is held out of train; `tfds`: the
