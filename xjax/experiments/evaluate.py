@@ -58,6 +58,7 @@ from xjax.train.loop import load_sources
 
 # The x axis of each curve metric's panel.
 CURVE_AXES = {"pixel_flipping": "share of pixels replaced",
+              "faithfulness_area": "share of pixels replaced",
               "region_perturbation": "share of patches replaced",
               "insertion_deletion": "share of pixels inserted / deleted",
               "model_parameter_randomisation": "layers randomised"}
@@ -230,7 +231,8 @@ class EvaluateProtocol(Protocol):
     tuned = copy_config(config, name=f"{config.name}/block_l1")
     tuned.losses["block_l1"] = {"weight": config.evaluate.block_l1,
                                 "num_classes": sources["train"].info.num_classes,
-                                "layers": None, "channel_blocks": ()}
+                                "layers": config.evaluate.get("block_l1_layers"),
+                                "channel_blocks": ()}
     tuned.train.epochs = config.evaluate.finetune_epochs
     return [Run("baseline", config, description="the network, cross-entropy alone"),
             Run("block_l1", tuned, init_from="baseline",
