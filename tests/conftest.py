@@ -41,3 +41,20 @@ class ArraySource:
   def read_batch(self, indices):
     indices = np.asarray(indices)
     return {"image": self.images[indices], "label": self.labels[indices], "index": indices}
+
+
+# The longest tests (a minute each on two cores: two training processes, a real MNIST epoch,
+# three trained networks) start first, so that with `-n 2` no worker is left running one of them
+# alone at the end while the other idles.
+RUN_FIRST = ("tests/train/test_multihost.py", "tests/train/test_mnist_real.py",
+             "tests/experiments/test_maximize.py", "tests/train/test_runs_train.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+
+  def rank(item) -> int:
+    path = item.nodeid.split("::")[0]
+    return RUN_FIRST.index(path) if path in RUN_FIRST else len(RUN_FIRST)
+
+  items.sort(key=rank)  # stable: the rest keep their order

@@ -17,14 +17,15 @@ from xjax.nn.registry import get_model, logits_fn
 
 
 def test_contrastive_map_at_a_layer_under_jit_of_vmap_over_targets():
-  model = get_model("vgg", config=(32, "M", 64, "M", 128, "M"), dense=(64, 64), num_classes=5)
+  model = get_model("vgg", config=(8, "M", 16, "M", 32, "M"), dense=(16, 16), num_classes=5)
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.uniform(size=(8, 64, 64, 3)), jnp.float32)
+  x = jnp.asarray(rng.uniform(size=(4, 32, 32, 3)), jnp.float32)
   variables = model.init(jax.random.key(0), x)
   apply_fn = logits_fn(model)
 
+  @jax.jit
   def one(params, x, n):
-    return excitation_backprop(apply_fn, params, x, jnp.full((8,), n), contrastive=True,
+    return excitation_backprop(apply_fn, params, x, jnp.full((4,), n), contrastive=True,
                                layer="conv2")
 
   every = jax.jit(lambda p, x: jax.vmap(lambda n: one(p, x, n))(jnp.arange(5)))(variables, x)

@@ -217,7 +217,7 @@ def _zero_dense_biases(variables):
 def cnn():
   model = SmallCNN()
   x = jax.random.uniform(jax.random.key(1), (3, 12, 12, 2))
-  variables = model.init(jax.random.key(0), x)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
   variables = jax.tree.map(lambda a: a * 1.5, variables)  # logits of order 1
   return model.apply, variables, x
 
@@ -226,7 +226,7 @@ def cnn():
 def resnet():
   model = ResidualNet()
   x = jax.random.uniform(jax.random.key(2), (2, 8, 8, 3))
-  variables = _random_bn_stats(model.init(jax.random.key(0), x), jax.random.key(5))
+  variables = _random_bn_stats(jax.jit(model.init)(jax.random.key(0), x), jax.random.key(5))
   return model.apply, _zero_dense_biases(variables), x
 
 
@@ -236,11 +236,16 @@ def _explained(apply_fn, variables, x):
   return target, logits[jnp.arange(x.shape[0]), target]
 
 
+def _compiled_dtd(apply_fn):
+  """DTD in the box [0, 1], compiled (one compile instead of one per operation)."""
+  return jax.jit(lambda v, x, t: lrp(apply_fn, v, x, t, composites.dtd(0.0, 1.0)))
+
+
 def test_dtd_conserves_relevance_on_a_cnn(cnn):
   apply_fn, variables, x = cnn
   variables = _zero_dense_biases(variables)
   target, logit = _explained(apply_fn, variables, x)
-  relevance = lrp(apply_fn, variables, x, target, composites.dtd(0.0, 1.0))
+  relevance = _compiled_dtd(apply_fn)(variables, x, target)
   np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logit, rtol=1e-4)
   assert float(jnp.abs(relevance).max()) > 0
 
@@ -249,7 +254,7 @@ def test_dtd_conserves_relevance_on_a_residual_net_with_batchnorm(resnet):
   apply_fn, variables, x = resnet
   target, logit = _explained(apply_fn, variables, x)
   assert float(jnp.abs(logit).min()) > 0.05  # a meaningful logit, not rounding noise
-  relevance = lrp(apply_fn, variables, x, target, composites.dtd(0.0, 1.0))
+  relevance = _compiled_dtd(apply_fn)(variables, x, target)
   np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logit, rtol=1e-4)
   # The BatchNorm layers were merged into the convolutions: 6 layers, all conv but the last.
   infos = layers(apply_fn, variables, x)
@@ -260,9 +265,9 @@ def test_dtd_conserves_relevance_on_a_residual_net_with_batchnorm(resnet):
 def test_z_plus_conserves_with_nonzero_biases_when_the_bias_is_ignored(cnn):
   apply_fn, variables, x = cnn
   target, logit = _explained(apply_fn, variables, x)
-  relevance = lrp(apply_fn, variables, x, target,
-                  composites.first_of(composites.first_layer(rules.ZBox(0.0, 1.0)),
-                                      composites.uniform(rules.ZPlus(ignore_bias=True))))
+  composite = composites.first_of(composites.first_layer(rules.ZBox(0.0, 1.0)),
+                                  composites.uniform(rules.ZPlus(ignore_bias=True)))
+  relevance = jax.jit(lambda v, x, t: lrp(apply_fn, v, x, t, composite))(variables, x, target)
   np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logit, rtol=1e-4)
 
 
@@ -300,8 +305,8 @@ def test_batchnorm_is_merged_exactly_like_a_folded_convolution():
   target = jnp.array([0, 2])
   for composite in (composites.uniform(rules.ZPlus()), composites.epsilon_gamma_box(-3.0, 3.0),
                     composites.uniform(rules.AlphaBeta())):
-    a = lrp(with_bn, params, x, target, composite)
-    b = lrp(folded, params, x, target, composite)
+    a = jax.jit(lambda p, x, t, c=composite: lrp(with_bn, p, x, t, c))(params, x, target)
+    b = jax.jit(lambda p, x, t, c=composite: lrp(folded, p, x, t, c))(params, x, target)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
 
 

@@ -46,7 +46,7 @@ def relevance(name: str, method: str) -> np.ndarray:
   apply_fn, variables, x, data = explained(name)
   target = jnp.asarray(data["target"])
   if method == "gradient_x_input":
-    r = gradient_x_input(apply_fn, variables, x, target)
+    r = jax.jit(functools.partial(gradient_x_input, apply_fn))(variables, x, target)
   else:
     r = jax.jit(lambda v, x, t: lrp(apply_fn, v, x, t, composites.get_composite(method)))(
         variables, x, target)
@@ -65,7 +65,7 @@ def pearson(actual: np.ndarray, expected: np.ndarray) -> float:
 def test_the_targets_are_the_models_top_classes():
   for name in ("bert", "llama", "vit"):
     apply_fn, variables, x, data = explained(name)
-    np.testing.assert_array_equal(np.argmax(apply_fn(variables, x), -1), data["target"])
+    np.testing.assert_array_equal(np.argmax(jax.jit(apply_fn)(variables, x), -1), data["target"])
 
 
 @pytest.mark.parametrize("name, method", CASES)

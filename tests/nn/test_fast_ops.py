@@ -245,9 +245,13 @@ def test_lrp_merges_the_bias_into_the_cropped_conv(cifar, monkeypatch):
     assert [e.primitive.name for e in layer.chain] == ["add"]
     assert layer.info.output_shape == shape
   target = jnp.array([1, 7])
-  got = lrp(apply_fn, variables, x[:2], target, composites.epsilon_alpha2_beta1())
+
+  def explain(v, x, t):  # compiled: one compile, not one per operation of the model
+    return lrp(apply_fn, v, x, t, composites.epsilon_alpha2_beta1())
+
+  got = jax.jit(explain)(variables, x[:2], target)
   monkeypatch.setattr(cnn, "_fast_conv", lax.conv_general_dilated)
-  want = lrp(apply_fn, variables, x[:2], target, composites.epsilon_alpha2_beta1())
+  want = jax.jit(explain)(variables, x[:2], target)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
@@ -279,8 +283,9 @@ def test_batch_norm_folds_through_the_crop(use_bias):
   assert conv.feature_axes == (3, 3)
   target = jnp.array([0, 2])
   for composite in (composites.epsilon_alpha2_beta1(), composites.epsilon_plus()):
-    got = lrp(lambda v, x: fast.apply(v, x), variables, x, target, composite)
-    want = lrp(lambda v, x: plain.apply(v, x), variables, x, target, composite)
+    got = jax.jit(lambda v, x, t, c=composite: lrp(fast.apply, v, x, t, c))(variables, x, target)
+    want = jax.jit(lambda v, x, t, c=composite: lrp(plain.apply, v, x, t, c))(variables, x,
+                                                                               target)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
