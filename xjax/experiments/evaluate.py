@@ -52,6 +52,7 @@ from xjax.metrics import attribution_localisation
 from xjax.nn.registry import logits_fn
 from xjax.plot.heatmaps import plot_explanations
 from xjax.plot.metrics import plot_metric_curves
+from xjax.plot.tokens import plot_token_relevance
 from xjax.registry import positive
 from xjax.train import config_checks
 from xjax.train.loop import load_sources
@@ -87,14 +88,23 @@ def _mean_curves(scores: Mapping[str, scoring.MethodScores], fractions: Mapping[
 
 def write_figures(directory: Path, images: np.ndarray, scores: Mapping[str, scoring.MethodScores],
                   fractions: Mapping[str, np.ndarray], *, row_labels: Sequence[str] | None = None,
-                  num_images: int = 6, prefix: str = "") -> None:
-  """`curves.png` (when a metric has curves) and `heatmaps.png` in `directory`."""
+                  num_images: int = 6, prefix: str = "",
+                  token_names: Sequence[str] | None = None, masks: np.ndarray | None = None
+                  ) -> None:
+  """`curves.png` (when a metric has curves) and `heatmaps.png` in `directory`; with
+  `token_names`, `images` are token ids (n, T) and `heatmaps.png` colours their tokens."""
   if fractions:
     plot_metric_curves(_mean_curves(scores, fractions), directory / f"{prefix}curves.png")
   k = min(num_images, len(images))
+  labels = None if row_labels is None else list(row_labels[:k])
+  if token_names is not None:  # token ids (n, T): sequences coloured by relevance per token
+    maps = {spec: np.asarray(s.relevance[:k]).sum(-1) for spec, s in scores.items()}
+    plot_token_relevance([[token_names[int(i)] for i in ids] for ids in images[:k]], maps,
+                         directory / f"{prefix}heatmaps.png", labels=labels,
+                         masks=None if masks is None else masks[:k])
+    return
   maps = {spec: np.asarray(heatmaps.channel_sum(s.relevance[:k])) for spec, s in scores.items()}
-  plot_explanations(images[:k], maps, directory / f"{prefix}heatmaps.png",
-                    labels=None if row_labels is None else list(row_labels[:k]))
+  plot_explanations(images[:k], maps, directory / f"{prefix}heatmaps.png", labels=labels)
 
 
 def timing(scores: Mapping[str, scoring.MethodScores]) -> dict:
@@ -182,7 +192,9 @@ def evaluate_workdir(workdir: str | Path, methods: Sequence[str],
                       images=examples.images, labels=examples.labels, targets=examples.targets)
   names = run.source.info.class_names or tuple(map(str, range(run.source.info.num_classes)))
   write_figures(out / "figures", examples.images, scores, fractions,
-                row_labels=[f"{names[t]}" for t in examples.targets])
+                row_labels=[f"{names[t]}" for t in examples.targets],
+                token_names=run.source.info.token_names if run.tokens else None,
+                masks=examples.records.get("mask"), num_images=8 if run.tokens else 6)
   log(f"wrote {out / 'results.md'}, results.json, scores.npz and figures/")
   return results
 

@@ -74,7 +74,7 @@ class Examples:
 
   run: LoadedRun
   records: dict  # the source's fields of the n examples (image, label, mask, ...)
-  x: np.ndarray  # (n, H, W, C) normalised as in training
+  x: np.ndarray  # (n, H, W, C) normalised as in training; a token model's embeddings (n, T, D)
   logits: np.ndarray  # (n, num_classes)
   targets: np.ndarray  # (n,) the explained classes
   bounds: tuple  # the input box of the normalised data (for z^B rules)
@@ -120,8 +120,7 @@ def load_examples(workdir: str | Path, split: str = "test", n: int = 16,
     log(f"note: the {split} split has only {len(source)} images; using all of them.")
     n = len(source)
   records = source.read_batch(np.arange(n))
-  x = pipeline.normalize(records["image"],
-                         *pipeline.normalization_constants(info, normalization))
+  x = run.inputs(records["image"])
   logits_of = jax.jit(apply_fn)
   logits = batching.map_batches(lambda xb: logits_of(variables, xb), x,
                                 batch_size=min(batch_size, n))
@@ -129,7 +128,8 @@ def load_examples(workdir: str | Path, split: str = "test", n: int = 16,
   targets = logits.argmax(-1).astype(np.int32) if target == "predicted" else labels
   log(f"{workdir}: {config.model.name} on {info.name} ({split}), {n} images, target = {target}, "
       f"accuracy on them {np.mean(logits.argmax(-1) == labels):.3f}")
-  return Examples(run, records, x, logits, targets, pipeline.input_bounds(info, normalization))
+  bounds = (0.0, 1.0) if run.tokens else pipeline.input_bounds(info, normalization)
+  return Examples(run, records, x, logits, targets, bounds)
 
 
 def localisation_scores(heatmaps_: np.ndarray, masks: np.ndarray

@@ -36,6 +36,20 @@ class LoadedRun:
     """`(variables, x) -> logits` in eval mode, what the explanation methods take."""
     return logits_fn(self.model)
 
+  @property
+  def tokens(self) -> bool:
+    """Whether the run reads token sequences (its data has a vocabulary)."""
+    return getattr(self.source.info, "vocab_size", None) is not None
+
+  def inputs(self, images: np.ndarray) -> np.ndarray:
+    """What the explanation methods explain: the source's `image` field normalised as in
+    training, or, for a token model, the word embeddings of the ids (B, T, D), which the text
+    models take in place of ids (relevance per token is then the sum over D)."""
+    if not self.tokens:
+      return pipeline.input_transform(self.source.info, self.config.data.normalization)(images)
+    embed = jax.jit(lambda v, ids: self.model.apply(v, ids, method=self.model.embed))
+    return np.asarray(embed(self.variables, jnp.asarray(images, jnp.int32)))
+
 
 def load_run(workdir: str | Path, split: str = "test", which: str = "best") -> LoadedRun:
   """The run in `workdir` (written by `runs.train` or one run of an experiment).

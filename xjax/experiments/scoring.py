@@ -43,7 +43,7 @@ from xjax.data import batching
 from xjax.errors import ConfigError
 from xjax.experiments.explain import run_method
 from xjax.metrics import METRICS, get_metric
-from xjax.metrics.relevance import checked_relevance
+from xjax.metrics.relevance import checked_relevance, token_relevance
 
 # What `score_methods` fills in, with the stand-ins that pass the registry's checks of a plan.
 FILLED = {"mask": None, "key": None, "explain": lambda params, x, target: x, "num_classes": 2}
@@ -169,11 +169,11 @@ def score_methods(apply_fn: Callable, variables: Any, x: np.ndarray, targets: np
 
   Args:
     apply_fn, variables: the model, `apply_fn(variables, x) -> (N, C)` logits.
-    x: (N, H, W, C) the inputs as the model takes them.
+    x: (N, H, W, C) the inputs as the model takes them, or token embeddings (N, T, D).
     targets: (N,) the explained classes.
     methods: spec -> method (`xjax.explain.methods.get_method`).
     metrics: `plan_metrics(...)`.
-    ground_truth: {"mask": (N, H, W)} where the data has masks.
+    ground_truth: {"mask": (N, H, W)} (or (N, T) for tokens) where the data has masks.
     batch_size: examples per compiled call (methods and metrics).
     seed: the key of the metrics that draw noise, subsets or weights.
     log: where one line per method goes.
@@ -195,7 +195,9 @@ def score_methods(apply_fn: Callable, variables: Any, x: np.ndarray, targets: np
   if targets.min() < 0 or targets.max() >= num_classes:
     raise ConfigError(f"targets must be classes in [0, {num_classes}); got values in "
                       f"[{targets.min()}, {targets.max()}].")
-  mask = np.asarray(ground_truth.get("mask", np.ones(x.shape[:3], bool)), bool)
+  # Images (N, H, W, C) have masks (N, H, W); token sequences (N, T, D), masks (N, T).
+  positions = x.shape[:2] if x.ndim == 3 else x.shape[:3]
+  mask = np.asarray(ground_truth.get("mask", np.ones(positions, bool)), bool)
   shared = {plan.name: _bound_metric(plan, apply_fn, None, num_classes, seed)
             for plan in metrics if not plan.reruns_method}
   fractions: dict[str, np.ndarray] = {}
@@ -204,7 +206,7 @@ def score_methods(apply_fn: Callable, variables: Any, x: np.ndarray, targets: np
     relevance, compile_seconds, per_image = run_method(method, apply_fn, variables, x, targets,
                                                        batch_size)
     try:
-      checked_relevance(x, relevance)
+      (token_relevance if x.ndim == 3 else checked_relevance)(x, relevance)
     except ConfigError as e:
       raise ConfigError(f"method {spec}: {e}") from None
     columns, curves, seconds = {}, {}, {}

@@ -218,7 +218,18 @@ def to_input(relevance: Array, x: Array, layout: TokenLayout) -> Array:
       x.dtype)
 
 
-@METHODS.register("attention_rollout", needs="attention",
+def explained_token(option: str | None, bounds: Any, key: Any) -> str:
+  """Binds `token` from the spec's option: `attention_rollout:last` reads the last token's row
+  (a decoder's decision), the default the first (a [CLS] or class token)."""
+  del bounds, key
+  if option in (None, "first", "last"):
+    return option or "first"
+  raise ConfigError(f"Unknown explained token {option!r}: write first (a [CLS] or class token, "
+                    "the default) or last (a decoder's last position).")
+
+
+@METHODS.register("attention_rollout", needs="attention", option="explained token",
+                  binds={"token": explained_token},
                   description="attention rollout (Abnar & Zuidema 2020): head-averaged attention "
                   "with the residual identity, multiplied over the layers; blind to the target")
 @explanation_method
@@ -262,7 +273,8 @@ def attention_rollout(apply_fn: Callable, params: Any, x: Array, target: Array, 
   return to_input(row_of_product(matrices, layout.token), x, layout)
 
 
-@METHODS.register("generic_attention", needs="attention",
+@METHODS.register("generic_attention", needs="attention", option="explained token",
+                  binds={"token": explained_token},
                   description="gradient-weighted attention relevance (Chefer, Gur & Wolf 2021, "
                   "the self-attention rule)")
 @explanation_method
