@@ -39,6 +39,7 @@ _ELEMENTWISE = {
     "pow", "select_n", "clamp", "reduce_precision", "stop_gradient"}
 _SHAPE = {"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose"}
 _REDUCTIONS = {"reduce_sum", "reduce_max"}
+_CASTS = {"convert_element_type", "copy"}  # ops that change nothing a unit cares about
 _MAX_WALK = 4096  # values visited by one walk; more means "not a unit"
 
 
@@ -79,13 +80,20 @@ class Unit:
     return f"the {self.info.kind} {self.eqn.describe()}"
 
 
-def _producer_through(program: Program, var, names: set[str]):
-  """The equation producing `var`, looking through the one-operand ops of `names`."""
+def _traced_back(program: Program, var, names: set[str], stops: set[int] = frozenset()):
+  """(value, its producer): `var` followed back through the one-operand ops of `names`, up to a
+  value of `stops`."""
   eqn = program.producer.get(var) if isinstance(var, int) else None
-  while eqn is not None and eqn.primitive.name in names and len(eqn.invars) == 1:
+  while (var not in stops and eqn is not None and eqn.primitive.name in names
+         and len(eqn.invars) == 1):
     var = eqn.invars[0]
     eqn = program.producer.get(var) if isinstance(var, int) else None
-  return eqn
+  return var, eqn
+
+
+def _producer_through(program: Program, var, names: set[str]):
+  """The equation producing `var`, looking through the one-operand ops of `names`."""
+  return _traced_back(program, var, names)[1]
 
 
 def elementwise_walk(program: Program, var: int, stops: set[int]
@@ -136,13 +144,13 @@ class UnitFinder:
     """For `div(n, d)` of a softmax, the `exp` producing `n`; else None."""
     program = self.program
     numerator, denominator = eqn.invars
-    exp = _producer_through(program, numerator, {"convert_element_type", "copy"})
-    total = _producer_through(program, denominator, _SHAPE | {"convert_element_type", "copy"})
+    exp = _producer_through(program, numerator, _CASTS)
+    total = _producer_through(program, denominator, _SHAPE | _CASTS)
     if exp is None or exp.primitive.name != "exp" or total is None:
       return None
     if total.primitive.name != "reduce_sum":
       return None
-    summed = _producer_through(program, total.invars[0], {"convert_element_type", "copy"})
+    summed = _producer_through(program, total.invars[0], _CASTS)
     return exp if summed is exp else None
 
   def norm_scale(self, eqn: Eqn) -> int | None:
@@ -180,11 +188,7 @@ class UnitFinder:
     program = self.program
     if var == program.input_var:
       return "input"
-    eqn = program.producer.get(var)
-    while var not in self.stops and eqn is not None and len(eqn.invars) == 1 and (
-        eqn.primitive.name in _SHAPE | {"convert_element_type", "copy"}):
-      var = eqn.invars[0]
-      eqn = program.producer.get(var) if isinstance(var, int) else None
+    var, eqn = _traced_back(program, var, _SHAPE | _CASTS, self.stops)
     if var in self.stops:
       return "input" if var == program.input_var else "layer"
     if eqn is None:
