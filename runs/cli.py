@@ -263,15 +263,20 @@ def evaluate() -> None:
       f"faithfulness and complexity metrics, and the localisation ones where the data has masks.")
   options = flags.DEFINE_list(
       "options", [], "Metric options, METRIC.OPTION=VALUE, e.g. pixel_flipping.steps=32.")
-  n = flags.DEFINE_integer("n", 64, "Score the first n images of the split.")
+  n = flags.DEFINE_string("n", "64", "Score the first n examples of the split, or `all`.")
   split = flags.DEFINE_string("split", "test", "The split: train, validation or test.")
   target = flags.DEFINE_enum("target", "label", TARGETS,
                              "Explain the true label (the default here: scores ask whether the "
                              "evidence for the class is found) or the predicted class "
                              "(runs.explain's default).")
-  batch_size = flags.DEFINE_integer("batch_size", 32, "Images per compiled call.")
+  batch_size = flags.DEFINE_integer(
+      "batch_size", 32, "Examples per compiled call over all devices (rounded up to a multiple "
+      "of them).")
   seed = flags.DEFINE_integer("seed", 0, "The seed of the methods' and metrics' randomness.")
   out = flags.DEFINE_string("out", None, "Where to write; default WORKDIR/evaluation.")
+  chunk_size = flags.DEFINE_integer(
+      "chunk_size", 1024, "Examples per chunk of results on disk (OUT/chunks/): a killed run, "
+      "run again, continues after the last whole chunk.", lower_bound=1)
 
   def absl_main(argv):
     if _CONFIG.value is not None:  # --config: the experiment, in --workdir
@@ -284,9 +289,9 @@ def evaluate() -> None:
       evaluate_workdir(_WORKDIR.value, methods.value, metrics.value,
                        options=metric_options(options.value), n=n.value, split=split.value,
                        target=target.value, batch_size=batch_size.value, seed=seed.value,
-                       out=out.value)
+                       out=out.value, chunk_size=chunk_size.value)
 
     _guarded(body)
 
   _app_run(absl_main, shown=(_CONFIG, _WORKDIR, _RESUME_WITH_CHANGES, methods, metrics, options,
-                             n, split, target, batch_size, seed, out))
+                             n, split, target, batch_size, seed, out, chunk_size))

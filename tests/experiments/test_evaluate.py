@@ -119,7 +119,12 @@ def test_evaluate_workdir_scores_a_trained_run_into_its_evaluation_folder(finish
                              results["baseline"]["table"]["saliency"]["pointing_game"]["mean"])
   arrays = np.load(run / "evaluation" / "scores.npz")
   assert arrays["saliency/pixel_flipping"].shape == (N,)
-  assert arrays["images"].shape == (N, 32, 32, 3)
+  assert arrays["targets"].shape == (N,)
+  # The per-example heatmaps and curves, streamed to disk in chunks.
+  assert saved["devices"] == 1 and saved["chunks"]["count"] == 1
+  chunk = np.load(run / "evaluation" / "chunks" / "chunk_000000.npz")
+  assert chunk["saliency/heatmap"].shape == (N, 32, 32)
+  assert chunk["saliency/pixel_flipping/curves"].shape == (N, 5)
   assert (run / "evaluation" / "figures" / "curves.png").exists()
   assert "| saliency |" in (run / "evaluation" / "results.md").read_text()
 

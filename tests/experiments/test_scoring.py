@@ -134,7 +134,7 @@ def test_ties_of_the_maximum_are_scored_alike_by_runs_explain_and_runs_evaluate(
 
 def test_mean_table_and_markdown(scored):
   scores, _ = scored
-  table = scoring.mean_table(scores)
+  table = scoring.mean_table({spec: s.columns for spec, s in scores.items()})
   values = scores["random"].columns["pixel_flipping"]
   entry = table["random"]["pixel_flipping"]
   assert entry["n"] == N

@@ -15,7 +15,7 @@ import ml_collections
 import pytest
 
 from xjax.train import workdir as rundir
-from xjax.train.loop import Interrupted, _StopSignals
+from xjax.train.loop import Interrupted, StopSignals
 
 # Another process that holds the lock of a workdir as a run does, then waits to be killed.
 HOLDER = """
@@ -162,7 +162,7 @@ def test_a_changed_config_is_refused_in_a_started_run_and_recorded_when_allowed(
 
 def test_sigint_and_sigterm_become_a_flag_and_a_second_sigint_stops_at_once():
   before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-  with _StopSignals() as signals:
+  with StopSignals() as signals:
     assert signals.agreed() == 0
     os.kill(os.getpid(), signal.SIGINT)
     os.kill(os.getpid(), signal.SIGTERM)

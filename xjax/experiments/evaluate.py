@@ -33,15 +33,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import jax
 import numpy as np
 
 from xjax.data import pipeline
 from xjax.errors import ConfigError
-from xjax.experiments import scoring
-from xjax.experiments.explain import checked_specs, load_examples
+from xjax.experiments import dataset_scoring, scoring
+from xjax.experiments.explain import TARGETS, checked_specs, input_bounds
+from xjax.experiments.loading import load_run
 from xjax.experiments.protocol import Analysis, Protocol, Run, TrainedRun
 from xjax.experiments.registry import EXPERIMENTS
 from xjax.experiments.runner import copy_config
@@ -73,37 +74,45 @@ RULES = {
 }
 
 
-def _mean_curves(scores: Mapping[str, scoring.MethodScores], fractions: Mapping[str, np.ndarray]
-                 ) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray], str]]:
-  """Plot panels: per curve metric (and curve field), each method's mean curve."""
-  panels = {}
-  for metric, x_axis in fractions.items():
-    fields = next(iter(scores.values())).curves[metric]
-    for field in fields:
-      title = metric if len(fields) == 1 else f"{metric}: {field}"
-      panels[title] = (x_axis, {spec: np.nanmean(s.curves[metric][field], 0)
-                                for spec, s in scores.items()}, CURVE_AXES.get(metric, "step"))
-  return panels
+def mean_curves(scores: Mapping[str, scoring.MethodScores]
+                ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+  """spec -> metric -> curve field -> its mean over the examples (NaN skipped)."""
+  return {spec: {metric: {field: np.nanmean(v, 0) for field, v in curves.items()}
+                 for metric, curves in s.curves.items()} for spec, s in scores.items()}
 
 
-def write_figures(directory: Path, images: np.ndarray, scores: Mapping[str, scoring.MethodScores],
-                  fractions: Mapping[str, np.ndarray], *, row_labels: Sequence[str] | None = None,
-                  num_images: int = 6, prefix: str = "",
+def first_heatmaps(scores: Mapping[str, scoring.MethodScores], k: int) -> dict[str, np.ndarray]:
+  """The heatmaps of the first `k` examples of each method: relevance summed over channels (or
+  over a token's embedding)."""
+  return {spec: np.asarray(s.relevance[:k]).sum(-1) for spec, s in scores.items()}
+
+
+def write_figures(directory: Path, images: np.ndarray, maps: Mapping[str, np.ndarray],
+                  curves: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
+                  fractions: Mapping[str, np.ndarray], *,
+                  row_labels: Sequence[str] | None = None, num_images: int = 6, prefix: str = "",
                   token_names: Sequence[str] | None = None, masks: np.ndarray | None = None
                   ) -> None:
-  """`curves.png` (when a metric has curves) and `heatmaps.png` in `directory`; with
+  """`curves.png` (when a metric has curves: `curves` holds each method's mean curves) and
+  `heatmaps.png` (the first images, `maps` their heatmaps per method) in `directory`; with
   `token_names`, `images` are token ids (n, T) and `heatmaps.png` colours their tokens."""
   if fractions:
-    plot_metric_curves(_mean_curves(scores, fractions), directory / f"{prefix}curves.png")
+    panels = {}
+    for metric, x_axis in fractions.items():
+      fields = next(iter(curves.values()))[metric]
+      for field in fields:
+        title = metric if len(fields) == 1 else f"{metric}: {field}"
+        panels[title] = (x_axis, {spec: c[metric][field] for spec, c in curves.items()},
+                         CURVE_AXES.get(metric, "step"))
+    plot_metric_curves(panels, directory / f"{prefix}curves.png")
   k = min(num_images, len(images))
   labels = None if row_labels is None else list(row_labels[:k])
+  maps = {spec: np.asarray(m[:k]) for spec, m in maps.items()}
   if token_names is not None:  # token ids (n, T): sequences coloured by relevance per token
-    maps = {spec: np.asarray(s.relevance[:k]).sum(-1) for spec, s in scores.items()}
     plot_token_relevance([[token_names[int(i)] for i in ids] for ids in images[:k]], maps,
                          directory / f"{prefix}heatmaps.png", labels=labels,
                          masks=None if masks is None else masks[:k])
     return
-  maps = {spec: np.asarray(heatmaps.channel_sum(s.relevance[:k])) for spec, s in scores.items()}
   plot_explanations(images[:k], maps, directory / f"{prefix}heatmaps.png", labels=labels)
 
 
@@ -132,70 +141,109 @@ def _plans(names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None
   return scoring.plan_metrics({name: options.get(name, {}) for name in names})
 
 
+def number_of_examples(n: int | str, available: int, split: str,
+                       log: Callable[[str], None] = print) -> int:
+  """`n` ("all", or a count >= 1) as a count of the split's examples."""
+  if n == "all":
+    return available
+  try:
+    count = int(n)
+  except (TypeError, ValueError):
+    count = 0
+  if count < 1 or str(n).strip() != str(count):
+    raise ConfigError(f"--n takes a number of examples >= 1 or `all`; got {n!r}.")
+  if count > available:
+    log(f"note: the {split} split has only {available} examples; using all of them.")
+  return min(count, available)
+
+
 def evaluate_workdir(workdir: str | Path, methods: Sequence[str],
                      metrics: Sequence[str] | None = None, *,
-                     options: Mapping[str, Mapping[str, Any]] | None = None, n: int = 64,
-                     split: str = "test", target: str = "label",
+                     options: Mapping[str, Mapping[str, Any]] | None = None,
+                     n: int | str = 64, split: str = "test", target: str = "label",
                      batch_size: int = 32, seed: int = 0, out: str | Path | None = None,
-                     log: Callable[[str], None] = print) -> dict:
-  """Scores `methods` by `metrics` on the first `n` images of a trained run (module docstring).
+                     chunk_size: int = dataset_scoring.DEFAULT_CHUNK_SIZE,
+                     log: Callable[[str], None] = print, progress: TextIO | None = None) -> dict:
+  """Scores `methods` by `metrics` on the first `n` examples of a trained run (module docstring),
+  over every device and process, streamed to `out/chunks/` and resumable
+  (`xjax.experiments.dataset_scoring`).
 
   Args:
     workdir: a training run's directory (config.json, checkpoints/).
     methods: method specs (`xjax.explain.methods`), e.g. ["saliency", "lrp:epsilon_plus"].
     metrics: metric names (`xjax.metrics.METRICS`); None: `default_metrics`.
     options: metric name -> its options, e.g. {"pixel_flipping": {"steps": 32}}.
-    n: the number of images.
+    n: the number of examples, or "all" (the whole split).
     split: "train", "validation" or "test".
     target: "label" (the true class) or "predicted".
-    batch_size: images per compiled call.
+    batch_size: examples per compiled call over all devices (rounded up to a multiple of them).
     seed: the seed of SmoothGrad's noise, the random control and the metrics' randomness.
     out: where to write; default `workdir/evaluation`.
+    chunk_size: examples per chunk on disk (rounded up to whole batches): the work a killed run
+      loses, at most.
     log: where progress goes.
+    progress: the stream of the progress bars (default stderr).
 
   Returns:
-    The contents of results.json.
+    The contents of results.json (process 0; the other processes return the same keys).
 
   Raises:
     XjaxError: a missing run or checkpoint, an unknown method or metric or option, a metric that
       needs masks on data without them, a method whose explanations hold NaN.
+    Interrupted: SIGTERM or SIGINT; the chunks done are kept, and the same command continues.
   """
   specs = checked_specs(methods)
   if metrics is not None:  # names and options checked before the run is loaded
     plans = _plans(metrics, options)
-  examples = load_examples(workdir, split, n, target, batch_size, log)
-  run = examples.run
+  if target not in TARGETS:
+    raise ConfigError(f"Unknown target {target!r}; expected one of {TARGETS}.")
+  run = load_run(workdir, split)
+  info = run.source.info
+  n = number_of_examples(n, len(run.source), split, log)
+  first = run.source.read_batch(np.arange(1))
   if metrics is None:
-    plans = _plans(default_metrics("mask" in examples.records), options)
-  chosen = {s: method_registry.get_method(s, bounds=examples.bounds, key=jax.random.key(seed))
+    plans = _plans(default_metrics("mask" in first), options)
+  chosen = {s: method_registry.get_method(s, bounds=input_bounds(run), key=jax.random.key(seed))
             for s in specs}
-  ground_truth = {"mask": examples.records["mask"]} if "mask" in examples.records else {}
-  scores, fractions = scoring.score_methods(
-      run.apply_fn, run.variables, examples.x, examples.targets, chosen, plans,
-      ground_truth=ground_truth, batch_size=batch_size, seed=seed, log=log)
-  table = scoring.mean_table(scores)
   out = Path(workdir) / "evaluation" if out is None else Path(out)
+  done = dataset_scoring.score_dataset(
+      run, chosen, plans, n=n, store=out / "chunks", target=target, batch_size=batch_size,
+      seed=seed, chunk_size=chunk_size, log=log, progress=progress,
+      settings={"workdir": str(Path(workdir).resolve()), "split": split})
+  results = {"workdir": str(workdir), "model": run.config.model.name, "data": info.name,
+             "split": split, "n": n, "target": target,
+             "metrics": {p.name: p.options for p in plans},
+             "devices": done.devices, "processes": done.processes,
+             "batch_size": done.batch_size,
+             "chunks": {"directory": str(done.store.directory), "size": done.store.chunk_size,
+                        "count": done.store.num_chunks, "resumed_at_example": done.resumed_at},
+             "seconds": done.seconds, "examples_computed": done.computed,
+             "timing": done.timing()}
+  if jax.process_index() != 0:  # process 0 reads the chunks back and writes the results
+    return results
+  summary = dataset_scoring.summarise(done.store, specs)
+  results = {**results, "accuracy_on_them": summary.accuracy, "table": summary.table}
   out.mkdir(parents=True, exist_ok=True)
-  results = {"workdir": str(workdir), "model": run.config.model.name,
-             "data": run.source.info.name, "split": split, "n": examples.n, "target": target,
-             "accuracy_on_them": float(np.mean(examples.predictions == examples.labels)),
-             "metrics": {p.name: p.options for p in plans}, "table": table,
-             "timing": timing(scores)}
   (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
   (out / "results.md").write_text(
-      f"# Evaluation of {workdir}\n\n{run.config.model.name} on {run.source.info.name} "
-      f"({split}, the first {examples.n} images, explaining the {target}); mean ± standard "
-      f"error over the images; ↑ higher is better, ↓ lower.\n\n"
-      f"{scoring.markdown_table(table)}\n")
-  np.savez_compressed(out / "scores.npz", **scoring.score_arrays(scores),
-                      **{f"{m}/fractions": f for m, f in fractions.items()},
-                      images=examples.images, labels=examples.labels, targets=examples.targets)
-  names = run.source.info.class_names or tuple(map(str, range(run.source.info.num_classes)))
-  write_figures(out / "figures", examples.images, scores, fractions,
-                row_labels=[f"{names[t]}" for t in examples.targets],
-                token_names=run.source.info.token_names if run.tokens else None,
-                masks=examples.records.get("mask"), num_images=8 if run.tokens else 6)
-  log(f"wrote {out / 'results.md'}, results.json, scores.npz and figures/")
+      f"# Evaluation of {workdir}\n\n{run.config.model.name} on {info.name} "
+      f"({split}, the first {n} examples, explaining the {target}); mean ± standard "
+      f"error over the examples; ↑ higher is better, ↓ lower.\n\n"
+      f"{scoring.markdown_table(summary.table)}\n")
+  np.savez_compressed(out / "scores.npz", **summary.columns,
+                      **{f"{m}/fractions": f for m, f in done.fractions.items()})
+  k = min(8 if run.tokens else 6, n)
+  records = run.source.read_batch(np.arange(k))
+  heads = done.store.read(0, [f"{spec}/heatmap" for spec in specs])
+  names = info.class_names or tuple(map(str, range(info.num_classes)))
+  write_figures(out / "figures", records["image"],
+                {spec: heads[f"{spec}/heatmap"] for spec in specs}, summary.mean_curves,
+                done.fractions, row_labels=[names[t] for t in summary.columns["targets"][:k]],
+                token_names=info.token_names if run.tokens else None,
+                masks=records.get("mask"), num_images=k)
+  log(f"wrote {out / 'results.md'}, results.json, scores.npz, figures/ and the per-example "
+      f"heatmaps, scores and curves in {done.store.directory} ({done.store.num_chunks} chunks, "
+      f"{done.seconds:.1f} s)")
   return results
 
 
@@ -266,7 +314,7 @@ class EvaluateProtocol(Protocol):
           apply_fn, variables, x, records["label"], chosen,
           scoring.plan_metrics(config.evaluate.metrics.to_dict()),
           ground_truth={"mask": records["mask"]}, batch_size=batch, seed=config.seed)
-      out["table"] = scoring.mean_table(scores)
+      out["table"] = scoring.mean_table({spec: s.columns for spec, s in scores.items()})
       out["timing"] = timing(scores)
       out["object_area_share"] = float(np.mean(records["mask"]))
       figures["scores"], figures["fractions"] = scores, fractions
@@ -348,11 +396,13 @@ class EvaluateProtocol(Protocol):
     base, k = analyses["baseline"].figures, config.evaluate.figure_examples
     records = sources["test"].read_batch(np.arange(k))
     names = sources["test"].info.class_names
-    write_figures(directory, records["image"], base["scores"], base["fractions"],
+    write_figures(directory, records["image"], first_heatmaps(base["scores"], k),
+                  mean_curves(base["scores"]), base["fractions"],
                   row_labels=[names[c] for c in records["label"]], num_images=k)
     records = two_object_source(config).read_batch(np.arange(k))
     for name, analysis in analyses.items():
-      write_figures(directory, records["image"], analysis.figures["second"], {},
+      write_figures(directory, records["image"], first_heatmaps(analysis.figures["second"], k),
+                    {}, {},
                     prefix=f"second_{name}_",
                     row_labels=[f"second: {names[c]}" for c in records["second_label"]],
                     num_images=config.evaluate.figure_examples)

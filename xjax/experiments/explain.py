@@ -47,15 +47,14 @@ def method_key(spec: str) -> str:
 
 def run_method(method: Callable, apply_fn: Callable, variables, x: np.ndarray,
                targets: np.ndarray, batch_size: int) -> tuple[np.ndarray, float, float]:
-  """Relevance of all of `x` in batches under one `jax.jit`; (relevance, compile s, s per image)."""
-  batch_size = min(batch_size, len(x))
-  fn = jax.jit(lambda p, xb, tb: method(apply_fn, p, xb, tb))
+  """Relevance of all of `x` in batches split over every device under one `jax.jit`;
+  (relevance, compile s, s per image)."""
+  x, targets = np.asarray(x), np.asarray(targets)
+  plan = batching.plan_batches(len(x), batch_size)
+  explain, compile_seconds = plan.compile(lambda p, xb, tb: method(apply_fn, p, xb, tb),
+                                          variables, x[:1], targets[:1])
   started = time.perf_counter()
-  compiled = fn.lower(variables, x[:batch_size], targets[:batch_size]).compile()
-  compile_seconds = time.perf_counter() - started
-  started = time.perf_counter()
-  relevance = batching.map_batches(lambda xb, tb: compiled(variables, xb, tb), x, targets,
-                                   batch_size=batch_size)
+  relevance = plan.map(explain, plan.local(x), plan.local(targets))
   seconds_per_image = (time.perf_counter() - started) / len(x)
   return relevance, compile_seconds, seconds_per_image
 
@@ -115,7 +114,7 @@ def load_examples(workdir: str | Path, split: str = "test", n: int = 16,
     raise ConfigError(f"--n and --batch_size must be >= 1; got {n} and {batch_size}.")
   run = load_run(Path(workdir), split)
   config, source, apply_fn, variables = run.config, run.source, run.apply_fn, run.variables
-  info, normalization = source.info, config.data.normalization
+  info = source.info
   if n > len(source):
     log(f"note: the {split} split has only {len(source)} images; using all of them.")
     n = len(source)
@@ -128,8 +127,15 @@ def load_examples(workdir: str | Path, split: str = "test", n: int = 16,
   targets = logits.argmax(-1).astype(np.int32) if target == "predicted" else labels
   log(f"{workdir}: {config.model.name} on {info.name} ({split}), {n} images, target = {target}, "
       f"accuracy on them {np.mean(logits.argmax(-1) == labels):.3f}")
-  bounds = (0.0, 1.0) if run.tokens else pipeline.input_bounds(info, normalization)
-  return Examples(run, records, x, logits, targets, bounds)
+  return Examples(run, records, x, logits, targets, input_bounds(run))
+
+
+def input_bounds(run: LoadedRun) -> tuple:
+  """The box of the run's inputs as normalised in training (for z^B rules); (0, 1) for word
+  embeddings."""
+  if run.tokens:
+    return (0.0, 1.0)
+  return pipeline.input_bounds(run.source.info, run.config.data.normalization)
 
 
 def localisation_scores(heatmaps_: np.ndarray, masks: np.ndarray

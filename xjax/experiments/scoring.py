@@ -41,9 +41,9 @@ import numpy as np
 
 from xjax.data import batching
 from xjax.errors import ConfigError
-from xjax.experiments.explain import run_method
 from xjax.metrics import METRICS, get_metric
 from xjax.metrics.relevance import checked_relevance, token_relevance
+from xjax.train import sharding
 
 # What `score_methods` fills in, with the stand-ins that pass the registry's checks of a plan.
 FILLED = {"mask": None, "key": None, "explain": lambda params, x, target: x, "num_classes": 2}
@@ -160,12 +160,119 @@ def _bound_metric(plan: MetricPlan, apply_fn: Callable, method: Callable | None,
   return jax.jit(scored)
 
 
+@dataclasses.dataclass
+class ChunkScores:
+  """One method's explanations and scores on a run of consecutive examples."""
+
+  relevance: np.ndarray  # (n, H, W, C) or (n, T, D)
+  columns: dict[str, np.ndarray]  # score column -> (n,)
+  curves: dict[str, dict[str, np.ndarray]]  # metric -> curve field -> (n, steps + 1)
+
+
+class Scorer:
+  """Every method and metric compiled once, then run on any number of runs ("chunks") of
+  examples split into batches of one size over the devices (`xjax.data.batching.BatchPlan`).
+
+  `score(plan, x, targets, mask)` explains the examples of `plan` with each method and scores
+  each explanation with each metric: `{spec: ChunkScores}`. `x` and `mask` are this process's
+  rows (`plan.local_indices()`), `targets` all of the plan's. The scorer keeps the seconds each
+  method and metric took (`compile_seconds`, `method_seconds`, `metric_seconds`) over all
+  chunks, and each curve metric's x axis (`fractions`).
+
+  Raises (from `score`):
+    ConfigError: a method whose relevance holds NaN or infinity (naming the method).
+  """
+
+  def __init__(self, apply_fn: Callable, variables: Any, methods: Mapping[str, Callable],
+               metrics: Sequence[MetricPlan], *, num_classes: int, seed: int = 0):
+    self.apply_fn, self.variables, self.methods = apply_fn, variables, dict(methods)
+    self.metrics, self.num_classes, self.seed = list(metrics), num_classes, seed
+    self._explain: dict[str, Callable] = {}
+    self._metric: dict[tuple[str, str], Callable] = {}
+    self._placed = None  # the variables on every device of the mesh (placed at the first chunk)
+    self.compile_seconds = {spec: 0.0 for spec in self.methods}
+    self.method_seconds = {spec: 0.0 for spec in self.methods}
+    self.metric_seconds = {spec: {p.name: 0.0 for p in self.metrics} for spec in self.methods}
+    self.fractions: dict[str, np.ndarray] = {}
+
+  def _metric_fn(self, spec: str, plan: MetricPlan) -> Callable:
+    # A metric that does not re-run the method is compiled once, for every method.
+    key = (spec if plan.reruns_method else "", plan.name)
+    if key not in self._metric:
+      self._metric[key] = _bound_metric(plan, self.apply_fn, self.methods[spec],
+                                        self.num_classes, self.seed)
+    return self._metric[key]
+
+  def explain(self, spec: str, batches: batching.BatchPlan, x: np.ndarray,
+              targets: np.ndarray) -> np.ndarray:
+    """One method's relevance of the plan's examples (whole, in every process)."""
+    if spec not in self._explain:
+      method = self.methods[spec]
+      self._explain[spec], seconds = batches.compile(
+          lambda p, xb, tb: method(self.apply_fn, p, xb, tb), self.variables, x[:1],
+          targets[:1])
+      self.compile_seconds[spec] += seconds
+    started = time.perf_counter()
+    relevance = batches.map(self._explain[spec], x, batches.local(targets))
+    self.method_seconds[spec] += time.perf_counter() - started
+    try:  # all of it, in every process, so that all of them stop on a NaN
+      shaped = np.broadcast_to(x[:1], (len(relevance), *x.shape[1:]))
+      (token_relevance if x.ndim == 3 else checked_relevance)(shaped, relevance)
+    except ConfigError as e:
+      raise ConfigError(f"method {spec}: {e}") from None
+    return relevance
+
+  def score(self, batches: batching.BatchPlan, x: np.ndarray, targets: np.ndarray,
+            mask: np.ndarray) -> dict[str, ChunkScores]:
+    """Every method's relevance and scores on the plan's examples (class docstring)."""
+    if self._placed is None:
+      self._placed = jax.device_put(self.variables, sharding.replicated(batches.mesh))
+    local_targets = batches.local(targets)
+    out = {}
+    for spec in self.methods:
+      relevance = self.explain(spec, batches, x, targets)
+      local_relevance = batches.local(relevance)
+      columns, curves = {}, {}
+      for plan in self.metrics:
+        fn = self._metric_fn(spec, plan)
+        started = time.perf_counter()
+        out_columns, out_curves = batches.map(
+            lambda xb, tb, rb, mb, fn=fn: fn(self._placed, xb, tb, rb, mb), x, local_targets,
+            local_relevance, mask)
+        self.metric_seconds[spec][plan.name] += time.perf_counter() - started
+        columns.update(out_columns)
+        if out_curves:
+          # Every row of "fractions" is the same x axis, broadcast to pass through the batches.
+          self.fractions[plan.name] = out_curves.pop("fractions")[0]
+          curves[plan.name] = out_curves
+      out[spec] = ChunkScores(relevance, columns, curves)
+    return out
+
+
+def check_targets(targets: np.ndarray, num_classes: int) -> np.ndarray:
+  """`targets` as int32, or a ConfigError when one is not a class of the model."""
+  targets = np.asarray(targets, np.int32)
+  if targets.min() < 0 or targets.max() >= num_classes:
+    raise ConfigError(f"targets must be classes in [0, {num_classes}); got values in "
+                      f"[{targets.min()}, {targets.max()}].")
+  return targets
+
+
+def check_masks(metrics: Sequence[MetricPlan], has_masks: bool) -> None:
+  """A ConfigError when a metric needs ground-truth masks and the data have none."""
+  missing = [plan.name for plan in metrics if "mask" in plan.needs]
+  if missing and not has_masks:
+    raise ConfigError(f"the metrics {', '.join(missing)} need ground-truth masks (mask=), and "
+                      f"these data have none; choose others or data with masks (e.g. shapes).")
+
+
 def score_methods(apply_fn: Callable, variables: Any, x: np.ndarray, targets: np.ndarray,
                   methods: Mapping[str, Callable], metrics: Sequence[MetricPlan], *,
                   ground_truth: Mapping[str, np.ndarray] | None = None, batch_size: int = 32,
                   seed: int = 0, log: Callable[[str], None] = print
                   ) -> tuple[dict[str, MethodScores], dict[str, np.ndarray]]:
-  """Explains `x` with every method and scores every explanation with every metric.
+  """Explains `x` with every method and scores every explanation with every metric, in
+  batches split over every device (`Scorer` on one chunk holding every example).
 
   Args:
     apply_fn, variables: the model, `apply_fn(variables, x) -> (N, C)` logits.
@@ -174,7 +281,8 @@ def score_methods(apply_fn: Callable, variables: Any, x: np.ndarray, targets: np
     methods: spec -> method (`xjax.explain.methods.get_method`).
     metrics: `plan_metrics(...)`.
     ground_truth: {"mask": (N, H, W)} (or (N, T) for tokens) where the data has masks.
-    batch_size: examples per compiled call (methods and metrics).
+    batch_size: examples per compiled call (methods and metrics), rounded up to a multiple of
+      the devices.
     seed: the key of the metrics that draw noise, subsets or weights.
     log: where one line per method goes.
 
@@ -186,55 +294,38 @@ def score_methods(apply_fn: Callable, variables: Any, x: np.ndarray, targets: np
       a method whose relevance holds NaN or infinity (naming the method).
   """
   ground_truth = dict(ground_truth or {})
-  missing = [plan.name for plan in metrics if "mask" in plan.needs and "mask" not in ground_truth]
-  if missing:
-    raise ConfigError(f"the metrics {', '.join(missing)} need ground-truth masks (mask=), and "
-                      f"these data have none; choose others or data with masks (e.g. shapes).")
-  targets = np.asarray(targets, np.int32)
+  check_masks(metrics, "mask" in ground_truth)
+  x = np.asarray(x)
   num_classes = int(jax.eval_shape(apply_fn, variables, x[:1]).shape[-1])
-  if targets.min() < 0 or targets.max() >= num_classes:
-    raise ConfigError(f"targets must be classes in [0, {num_classes}); got values in "
-                      f"[{targets.min()}, {targets.max()}].")
-  # Images (N, H, W, C) have masks (N, H, W); token sequences (N, T, D), masks (N, T).
-  positions = x.shape[:2] if x.ndim == 3 else x.shape[:3]
-  mask = np.asarray(ground_truth.get("mask", np.ones(positions, bool)), bool)
-  shared = {plan.name: _bound_metric(plan, apply_fn, None, num_classes, seed)
-            for plan in metrics if not plan.reruns_method}
-  fractions: dict[str, np.ndarray] = {}
+  targets = check_targets(targets, num_classes)
+  mask = np.asarray(ground_truth.get("mask", np.ones(mask_shape(x), bool)), bool)
+  batches = batching.plan_batches(len(x), batch_size)
+  scorer = Scorer(apply_fn, variables, methods, metrics, num_classes=num_classes, seed=seed)
+  chunk = scorer.score(batches, batches.local(x), targets, batches.local(mask))
   scores = {}
-  for spec, method in methods.items():
-    relevance, compile_seconds, per_image = run_method(method, apply_fn, variables, x, targets,
-                                                       batch_size)
-    try:
-      (token_relevance if x.ndim == 3 else checked_relevance)(x, relevance)
-    except ConfigError as e:
-      raise ConfigError(f"method {spec}: {e}") from None
-    columns, curves, seconds = {}, {}, {}
-    for plan in metrics:
-      fn = shared.get(plan.name) or _bound_metric(plan, apply_fn, method, num_classes, seed)
-      started = time.perf_counter()
-      out_columns, out_curves = batching.map_batches(
-          lambda xb, tb, rb, mb, fn=fn: fn(variables, xb, tb, rb, mb), x, targets, relevance,
-          mask, batch_size=batch_size)
-      seconds[plan.name] = time.perf_counter() - started
-      columns.update(out_columns)
-      if out_curves:
-        # Every row of "fractions" is the same x axis, broadcast to pass through map_batches.
-        fractions[plan.name] = out_curves.pop("fractions")[0]
-        curves[plan.name] = out_curves
-    scores[spec] = MethodScores(relevance, columns, curves, compile_seconds, per_image, seconds)
-    log(f"{spec:<32} {1e3 * per_image:8.2f} ms/image  " + "  ".join(
-        f"{name}={np.nanmean(value):.4g}" for name, value in columns.items() if "." not in name))
-  return scores, fractions
+  for spec, s in chunk.items():
+    scores[spec] = MethodScores(s.relevance, s.columns, s.curves, scorer.compile_seconds[spec],
+                                scorer.method_seconds[spec] / len(x),
+                                scorer.metric_seconds[spec])
+    log(f"{spec:<32} {1e3 * scores[spec].seconds_per_image:8.2f} ms/image  " + "  ".join(
+        f"{name}={np.nanmean(value):.4g}" for name, value in s.columns.items() if "." not in name))
+  return scores, scorer.fractions
 
 
-def mean_table(scores: Mapping[str, MethodScores]) -> dict[str, dict[str, dict[str, float]]]:
-  """{spec: {column: {"mean", "sem", "n"}}}: each column's mean over the examples (NaN skipped)
-  and its standard error."""
+def mask_shape(x: np.ndarray) -> tuple[int, ...]:
+  """The shape of the masks of inputs `x`: (N, H, W) for images (N, H, W, C), (N, T) for token
+  sequences (N, T, D)."""
+  return x.shape[:2] if x.ndim == 3 else x.shape[:3]
+
+
+def mean_table(columns: Mapping[str, Mapping[str, np.ndarray]]
+               ) -> dict[str, dict[str, dict[str, float]]]:
+  """{spec: {column: {"mean", "sem", "n"}}} from {spec: {column: (N,) per-example scores}}:
+  each column's mean over the examples (NaN skipped) and its standard error."""
   table = {}
-  for spec, method_scores in scores.items():
+  for spec, method_columns in columns.items():
     row = {}
-    for column, values in method_scores.columns.items():
+    for column, values in method_columns.items():
       values = np.asarray(values, np.float64)
       finite = values[np.isfinite(values)]
       row[column] = {

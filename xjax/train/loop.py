@@ -58,7 +58,7 @@ from xjax.train.state import TrainState, create_train_state
 from xjax.train.step import compile_eval_step, compile_train_step, make_eval_step, make_train_step
 
 
-class _StopSignals:
+class StopSignals:
   """Turns SIGTERM and SIGINT into a flag the loop checks after each step (then saves and stops).
 
   A second SIGINT (Ctrl-C pressed again while the step finishes or the checkpoint is written)
@@ -422,7 +422,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, hooks:
   started = time.time() - loop.train_seconds
   bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
              disable=None if is_main else True, dynamic_ncols=True)
-  with _StopSignals() as signals:
+  with StopSignals() as signals:
     step = start_step
     while step < total_steps and not loop.stopped_early:
       if step % steps_per_epoch == 0:

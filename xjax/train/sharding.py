@@ -32,11 +32,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def shard_rows(rows: np.ndarray, mesh: Mesh) -> jax.Array:
+  """This process's rows of a global batch -> one global `jax.Array` split over the mesh."""
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), np.asarray(rows))
+
+
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's rows of a global batch -> global `jax.Array`s split over the mesh."""
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  return {k: shard_rows(v, mesh) for k, v in batch.items()}
+
+
+def process_rows(mesh: Mesh, global_rows: int) -> slice:
+  """The rows of a global batch of `global_rows` that this process feeds: those of the shards on
+  its own devices (`shard_rows` takes exactly these), all rows with one process."""
+  shards = batch_sharding(mesh).addressable_devices_indices_map((global_rows,)).values()
+  starts = [index[0].start or 0 for index in shards]
+  stops = [global_rows if index[0].stop is None else index[0].stop for index in shards]
+  return slice(min(starts), max(stops))
+
+
+def gather(tree):
+  """A pytree of global arrays (split over the mesh) as numpy arrays, whole, in every process."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
