@@ -8,7 +8,9 @@ call per class and PyTorch), `metrics` (xjax's metrics against Quantus 0.6.0) `s
 (C SRAE modules trained by vmap against a loop of C single-module steps) and `explainer_step`
 (the explainer network's step with and without the filter loss; the filter loss vmapped over
 filters against a loop) and `transformer` (AttnLRP on a BERT against `jax.grad` and, where
-`XJAX_LXT_PYTHON` names a Python with LXT, against LXT on the same weights). Each prints
+`XJAX_LXT_PYTHON` names a Python with LXT, against LXT on the same weights) and
+`evaluate_scale` (`runs.evaluate` streamed over a split: examples/s and peak memory against n
+and devices). Each prints
 its own report as when run alone (correctness checks first, then the timing); a benchmark that
 cannot be imported (a missing optional dependency: torch, captum, zennit, quantus) or that fails
 (a check, an error) gets its reason in its row of the table and the others still run.
@@ -46,7 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 BENCHMARKS = ("train_step", "explain", "xnet_step", "maximize", "metrics", "srae_step",
-              "explainer_step", "transformer")
+              "explainer_step", "transformer", "evaluate_scale")
 # Benchmarks run once per model, so that one model's failing check leaves the other's rows.
 PER_MODEL = {"explain": ("cnn_cifar10", "resnet18")}
 
@@ -112,6 +114,8 @@ def settings(quick: bool, gpu: bool, device: str) -> dict[str, list[str]]:
         "srae_step": ["--steps", "5", "--rounds", "2"],
         "explainer_step": ["--steps", "2", "--rounds", "1", "--batch", "64" if gpu else "16"],
         "transformer": ["--size", "small", "--rounds", "1"],
+        "evaluate_scale": ["--ns", "128,512", "--devices", "1,2", "--batch", "32",
+                           "--chunk", "128"],
     }
   return {
       "train_step": ["--batch", "512" if gpu else "128", *dev],
@@ -122,6 +126,8 @@ def settings(quick: bool, gpu: bool, device: str) -> dict[str, list[str]]:
       "srae_step": [],
       "explainer_step": ["--batch", "128" if gpu else "32"],
       "transformer": ["--batch", "32" if gpu else "8"],
+      "evaluate_scale": (["--real_devices", "--devices", "1", "--batch", "256"] if gpu
+                         else []),
   }
 
 
@@ -192,10 +198,20 @@ def rows_transformer(result: dict, argv: list[str]) -> list[Row]:
   return rows
 
 
+def rows_evaluate_scale(result: dict, argv: list[str]) -> list[Row]:
+  largest = max(result["rows"], key=lambda r: (r["n"], r["devices"]))
+  return [("runs.evaluate: peak memory, largest n / smallest n", result["memory large/small n"],
+           f"{largest['examples_per_s']:.0f} examples/s at n={largest['n']} on "
+           f"{largest['devices']} devices"),
+          ("runs.evaluate: examples/s, most devices / one", result["speed most/one device"],
+           "virtual devices share the CPU's cores" if "--real_devices" not in argv else "")]
+
+
 ROWS: dict[str, Callable[[Any, list[str]], list[Row]]] = {
     "train_step": rows_train_step, "explain": rows_explain, "xnet_step": rows_xnet_step,
     "maximize": rows_maximize, "metrics": rows_metrics, "srae_step": rows_srae_step,
     "explainer_step": rows_explainer_step, "transformer": rows_transformer,
+    "evaluate_scale": rows_evaluate_scale,
 }
 
 

@@ -230,6 +230,8 @@ def explain_workdir(workdir: str | Path, specs: Sequence[str], *, n: int = 16, s
         f"relevant pixel (any of them, if tied) on the object)")
 
   # ---------------------------------------------------------------- write
+  if jax.process_index() != 0:  # every process has every heatmap; process 0 writes them
+    return summary
   names = info.class_names or tuple(str(c) for c in range(info.num_classes))
   rows = [f"{names[label]} -> {names[prediction]}"
           for label, prediction in zip(labels, predictions)]
