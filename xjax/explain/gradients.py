@@ -164,12 +164,19 @@ def _check_megabytes(max_megabytes: Any) -> float | None:
 
 def stacked_gradient(apply_fn: ApplyFn, params: Any, inputs: Array, target: Array) -> Array:
   """The gradients of `inputs` (k, B, ...), k points of B images, in one backward pass of a
-  batch of k x B inputs (target repeated for every point)."""
+  batch of B x k inputs (target repeated for every point).
+
+  The stacked batch is example-major (image b's k points are rows b k ... b k + k - 1): when the
+  B images are split over devices, each device then stacks and differentiates only its own
+  images' points, so memory per device falls with the number of devices (point-major, XLA would
+  compute the whole stacked batch on every device).
+  """
   k, batch = inputs.shape[:2]
   target = jnp.asarray(target)
-  tiled = jnp.tile(target, (k,) + (1,) * (target.ndim - 1))
-  grads = input_gradient(apply_fn, params, inputs.reshape(k * batch, *inputs.shape[2:]), tiled)
-  return grads.reshape(inputs.shape)
+  tiled = jnp.repeat(target, k, axis=0)
+  stacked = jnp.swapaxes(inputs, 0, 1).reshape(batch * k, *inputs.shape[2:])
+  grads = input_gradient(apply_fn, params, stacked, tiled)
+  return jnp.swapaxes(grads.reshape(batch, k, *inputs.shape[2:]), 0, 1)
 
 
 # Up to this many chunks are unrolled; more run in a `lax.scan` (see `_sum_over_points`).

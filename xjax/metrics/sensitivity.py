@@ -86,12 +86,14 @@ def sensitivities(apply_fn: ApplyFn, params: Any, x: Array, target: Array, relev
     x = x.astype(jnp.float32)
   batch = x.shape[0]
   noise = jax.random.uniform(key, (num_samples, *x.shape), x.dtype, -radius, radius)
-  # Samples stacked into the batch (sample-major): one call of `explain`, however it is built.
-  perturbed = (x[None] + noise).reshape(num_samples * batch, *x.shape[1:])
-  targets = jnp.tile(target, (num_samples,) + (1,) * (target.ndim - 1))
+  # Samples stacked into the batch: one call of `explain`, however it is built. Example-major
+  # (example b's samples are rows b S ... b S + S - 1), so that when the examples are split over
+  # devices each device explains only its own examples' samples.
+  perturbed = jnp.swapaxes(x[None] + noise, 0, 1).reshape(batch * num_samples, *x.shape[1:])
+  targets = jnp.repeat(target, num_samples, axis=0)
   explained = recomputed_relevance(explain(params, perturbed, targets), perturbed, relevance)
   flat = relevance.reshape(batch, -1)
-  change = explained.reshape(num_samples, batch, -1) - flat[None]
+  change = jnp.swapaxes(explained.reshape(batch, num_samples, -1), 0, 1) - flat[None]
   return _norm(change, norm) / _norm(flat, norm)
 
 
