@@ -90,10 +90,10 @@ def memory_per_device(workdir: Path, batch: int) -> dict[str, float]:
   import jax
   import numpy as np
 
+  from xjax.data import sharding
   from xjax.experiments import scoring
   from xjax.experiments.loading import load_run
   from xjax.explain import methods as registry
-  from xjax.train import sharding
   run = load_run(workdir)
   records = run.source.read_batch(np.zeros(batch, np.int64))
   x = np.asarray(run.inputs(records["image"]))

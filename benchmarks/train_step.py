@@ -86,11 +86,11 @@ import torch
 from torch import nn
 
 from benchmarks.torch_models import flax_to_torch, make_torch_model
+from xjax.data.sharding import make_mesh, replicated, shard_batch
 from xjax.nn.registry import MODELS, count_params, get_model, init_variables, model_fields
 from xjax.ops import max_pool as xjax_max_pool
 from xjax.train.losses import build_loss_terms
 from xjax.train.optim import make_optimizer
-from xjax.train.sharding import make_mesh, replicated, shard_batch
 from xjax.train.state import create_train_state
 from xjax.train.step import compile_train_step, make_train_step
 

@@ -88,11 +88,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from xjax.data.sharding import make_mesh, replicated, shard_batch
 from xjax.methods import xnet
 from xjax.nn.registry import count_params, get_model
 from xjax.train.losses import build_loss_terms
 from xjax.train.optim import make_optimizer
-from xjax.train.sharding import make_mesh, replicated, shard_batch
 from xjax.train.state import TrainState, create_train_state
 from xjax.train.step import Metrics, compile_train_step, make_train_step
 

@@ -6,9 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from xjax.data import batching
+from xjax.data import batching, sharding
 from xjax.errors import ConfigError
-from xjax.train import sharding
 
 
 def test_batches_are_padded_with_the_last_row_and_the_padding_dropped():

@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+from xjax.data import sharding
 from xjax.errors import ConfigError
-from xjax.train import losses, sharding
+from xjax.train import losses
 from xjax.train.state import create_train_state
 from xjax.train.step import compile_eval_step, compile_train_step, make_eval_step, make_train_step
 

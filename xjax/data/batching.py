@@ -5,7 +5,7 @@ function over N examples (heatmaps of a test split, logits for a figure) therefo
 examples into batches of one size, pad the last batch by repeating its last row, and drop the
 padding from the outputs: `map_batches(fn, x, targets, batch_size=64)`.
 
-Each batch is split over the devices of a mesh (`xjax.train.sharding`, the mesh training uses),
+Each batch is split over the devices of a mesh (`xjax.data.sharding`, the mesh training uses),
 so one call runs on every device; its size is rounded up to a multiple of the number of devices.
 With several processes (`jax.distributed`), each process supplies only the rows of each batch
 that its own devices hold, and every process receives the whole outputs. `BatchPlan` says which
@@ -23,8 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from xjax.data import sharding
 from xjax.errors import ConfigError
-from xjax.train import sharding
 
 
 def batch_bounds(n: int, batch_size: int) -> Iterator[tuple[int, int]]:

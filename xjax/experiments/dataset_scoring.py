@@ -33,13 +33,12 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
-from xjax.data import batching
+from xjax.data import batching, sharding
 from xjax.errors import Interrupted
 from xjax.experiments import scoring
 from xjax.experiments.chunks import ChunkStore
 from xjax.experiments.loading import LoadedRun
 from xjax.experiments.progress import Progress
-from xjax.train import sharding
 from xjax.train.loop import StopSignals
 
 DEFAULT_CHUNK_SIZE = 1024  # examples per chunk on disk (rounded up to whole batches)

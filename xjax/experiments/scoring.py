@@ -39,11 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xjax.data import batching
+from xjax.data import batching, sharding
 from xjax.errors import ConfigError
 from xjax.metrics import METRICS, get_metric
 from xjax.metrics.relevance import checked_relevance, token_relevance
-from xjax.train import sharding
 
 # What `score_methods` fills in, with the stand-ins that pass the registry's checks of a plan.
 FILLED = {"mask": None, "key": None, "explain": lambda params, x, target: x, "num_classes": 2}

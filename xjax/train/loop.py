@@ -45,10 +45,10 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from xjax.data import pipeline, registry, tasks
+from xjax.data import pipeline, registry, sharding, tasks
 from xjax.errors import ConfigError, Interrupted, XjaxError
 from xjax.nn import registry as models
-from xjax.train import checkpoint, report, sharding
+from xjax.train import checkpoint, report
 from xjax.train import workdir as rundir
 from xjax.train.config_checks import check_validation_penalties
 from xjax.train.frozen import freeze, frozen_mask, load_pretrained

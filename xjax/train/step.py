@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from xjax.train import sharding
+from xjax.data import sharding
 from xjax.train.frozen import keep_frozen
 from xjax.train.losses import LossTerm, ModelOutputs
 from xjax.train.state import TrainState
