@@ -2,7 +2,11 @@
 
 The model (the CIFAR10 CNN of Table 1, with its max pooling, on 16x16 shapes, one epoch of 16 steps)
 is trained once for the module; it is barely better than chance, but its biases are no longer zero,
-which is what the conservation check of DTD needs to be meaningful.
+which is what the conservation check of DTD needs to be meaningful. It is trained in process, by
+the function behind `python -m runs.train` (whose command line tests/train/test_runs_train.py
+tests): a subprocess would only import JAX and xjax once more. For the same reason the commands
+run as forks of one process that imported xjax once (`tests/train/forked.py`: each is a process
+of its own, run as `python -m runs.explain` runs); `--help` runs in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -16,24 +20,36 @@ import sys
 import numpy as np
 import pytest
 
+from runs import train
+from runs.configs import shapes
 from tests.conftest import REPO
+from tests.train.forked import Forks
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
-TINY = ["--config=runs/configs/shapes.py:smoke", "--config.data.options.num_examples=512",
-        "--config.data.options.image_size=16", "--config.data.batch_size=32",
-        "--config.data.eval_batch_size=64", "--config.train.epochs=1"]
+_FORKS: list[Forks] = []  # the fork server of this module's commands (`_fork_server`)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fork_server(tmp_path_factory):
+  _FORKS.append(Forks(tmp_path_factory.mktemp("forks"), REPO, ENV))
+  yield
+  _FORKS.pop().close()
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=ENV,
-                        capture_output=True, text=True, timeout=300)
+  return _FORKS[0].run(["-m", module, *args], env=ENV, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+  """`python -m runs.train --config=runs/configs/shapes.py:smoke` with 512 images of 16x16, batches
+  of 32 (64 to evaluate) and one epoch, in process."""
   workdir = tmp_path_factory.mktemp("trained")
-  result = _run("runs.train", *TINY, f"--workdir={workdir}")
-  assert result.returncode == 0, result.stderr[-3000:]
+  config = shapes.get_config("smoke")
+  config.data.options.update(num_examples=512, image_size=16)
+  config.data.batch_size, config.data.eval_batch_size = 32, 64
+  config.train.epochs = 1
+  train.main(config, workdir)
   return workdir
 
 
@@ -122,7 +138,9 @@ def test_unknown_method_is_a_one_line_error(workdir, methods, message):
 
 def test_help_lists_the_commands_own_flags():
   # absl's --help shows only the program module's flags; the command's are defined in runs/cli.py.
-  result = _run("runs.explain", "--help")
+  # A fresh interpreter, as a user starts it (which module is the program is what this asks).
+  result = subprocess.run([sys.executable, "-m", "runs.explain", "--help"], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 1  # absl's --help exits with 1
   for flag in ("--workdir", "--methods", "--n:", "--target", "--batch_size", "--multihost"):
     assert flag in result.stdout, flag

@@ -1,11 +1,13 @@
 """`python -m runs.train --multihost` with two real processes on one CPU machine.
 
 Two processes (one CPU device each, gloo collectives, a coordinator on localhost) train the tiny
-shapes run of `test_runs_train` together, each reading its half of every global batch; their
-final parameters must be those of one process reading the whole batch (to the tolerance of the
-4-device test there). A two-process run SIGKILLed after a checkpoint, as a scheduler kills a job,
-and started again, then sent SIGTERM in one process only (both must save the same step and stop)
-and started again, must end with the parameters of the uninterrupted one.
+shapes run of `test_runs_train` on half its data (2 epochs of 8 steps) together, each reading its
+half of every global batch; their final parameters must be those of one process reading the whole
+batch (to the tolerance of the 4-device test there). A two-process run SIGKILLed after a
+checkpoint, as a scheduler kills a job, and started again, then sent SIGTERM in one process only
+(both must save the same step and stop) and started again, must end with the parameters of the
+uninterrupted one. The processes share one compilation cache (`tests/train/compile_cache.py`):
+the later runs load the programs the first compiled.
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.train.compile_cache import compile_cache_env
 from xjax.train.checkpoint import load_params
 
-TINY = ["--config=runs/configs/shapes.py:smoke", "--config.data.options.num_examples=512",
+# 8 steps an epoch, a checkpoint every 5: the first one (step 5, where the SIGKILL falls) is inside
+# epoch 1, and a run resumed there saves next at the end of epoch 1 (step 8, where the SIGTERM
+# falls). Each run starts two processes: fewer steps and examples cost less than each start.
+TINY = ["--config=runs/configs/shapes.py:smoke", "--config.data.options.num_examples=256",
         "--config.data.options.image_size=16", "--config.model.name=cnn_fashion",
         "--config.data.batch_size=32", "--config.data.eval_batch_size=64",
-        "--config.train.epochs=2", "--config.train.checkpoint_every_steps=10",
+        "--config.train.epochs=2", "--config.train.checkpoint_every_steps=5",
         "--config.train.log_every_steps=4"]
 TIMEOUT = 240  # seconds for any one run, both processes (about 30 s on 2 cores)
 
@@ -63,6 +69,16 @@ SIGTERM_TO_PROCESS_0_AFTER_FIRST_SAVE = _AFTER_FIRST_SAVE.format(
 
 
 _LOG_NUMBERS = count()
+# The environment of every `_Run` process of this module: its compilation cache (set by
+# `_compile_cache`, before the first run).
+_CACHE_ENV: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_cache(tmp_path_factory):
+  _CACHE_ENV.update(compile_cache_env(tmp_path_factory))
+  yield
+  _CACHE_ENV.clear()
 
 
 def _free_port() -> int:
@@ -76,7 +92,7 @@ class _Run:
 
   def __init__(self, workdir: Path, processes: int = 2, code: str | None = None):
     self.workdir = workdir
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, **_CACHE_ENV, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "runs.train"]
     port = _free_port()
@@ -161,7 +177,7 @@ def _train_uninterrupted(root: Path) -> dict:
 def _check_two_processes_train_the_parameters_of_one(trained: dict) -> None:
   one, two = trained["one"], trained["two"]
   results = json.loads((two.workdir / "results.json").read_text())
-  assert results["num_devices"] == 2 and results["steps"] == 32
+  assert results["num_devices"] == 2 and results["steps"] == 16
   for i in range(2):  # each process connected to the other, and both finished the run
     assert "connected to 1 peer" in two.output(i) and '"test_accuracy"' in two.output(i)
   _assert_trees_close(_params(two.workdir), _params(one.workdir), rtol=1e-4, atol=1e-5)
@@ -178,25 +194,25 @@ def test_two_processes_train_like_one_and_resume_after_sigkill_and_sigterm(runs,
   trained = _train_uninterrupted(tmp_path)
   _check_two_processes_train_the_parameters_of_one(trained)
   workdir = tmp_path / "interrupted"
-  # SIGKILL, as a scheduler kills a job: both processes at once, after the checkpoint of step 10.
+  # SIGKILL, as a scheduler kills a job: both processes at once, after the checkpoint of step 5.
   killed = runs(workdir, code=PAUSE_AFTER_FIRST_SAVE)
   killed.wait_for([workdir / f"paused.{i}" for i in range(2)])
   for p in killed.procs:
     p.send_signal(signal.SIGKILL)
   assert killed.wait() == [-9, -9]
   assert not (workdir / "results.json").exists()
-  # Restarted, and SIGTERM reaches process 0 only, after its checkpoint of step 16 (the end of
-  # epoch 1): both processes must save step 16 and stop (alone, process 0 would save while
-  # process 1 trains step 17, and each would wait for the other).
+  # Restarted, and SIGTERM reaches process 0 only, after its checkpoint of step 8 (the end of
+  # epoch 1): both processes must save step 8 and stop (alone, process 0 would save while
+  # process 1 trains step 9, and each would wait for the other).
   stopped = runs(workdir, code=SIGTERM_TO_PROCESS_0_AFTER_FIRST_SAVE)
   assert stopped.wait() == [143, 143], stopped.output()
   for i in range(2):
-    assert "Resuming from step 10 " in stopped.output(i), stopped.output(i)
-    assert "error: SIGTERM: saved step 16 " in stopped.output(i), stopped.output(i)
+    assert "Resuming from step 5 " in stopped.output(i), stopped.output(i)
+    assert "error: SIGTERM: saved step 8 " in stopped.output(i), stopped.output(i)
   resumed = runs(workdir)
   assert resumed.wait() == [0, 0], resumed.output()
   for i in range(2):
-    assert "Resuming from step 16 " in resumed.output(i), resumed.output(i)
+    assert "Resuming from step 8 " in resumed.output(i), resumed.output(i)
   two = trained["two"].workdir
   _assert_trees_close(_params(workdir), _params(two), rtol=1e-6, atol=1e-7)
   # metrics.jsonl reads as one uninterrupted run: the same rows, none twice.

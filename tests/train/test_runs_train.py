@@ -2,7 +2,10 @@
 
 The same tiny shapes run (2 epochs of 16 steps) is trained three ways; their final parameters must
 agree: interrupted by a real SIGKILL right after its second checkpoint (mid-epoch) and started
-again, and on 4 (virtual CPU) devices with the same global batch.
+again, and on 4 (virtual CPU) devices with the same global batch. Each command runs in a process
+of its own, forked from one that imported xjax once (`tests/train/forked.py`), and they share one
+compilation cache (`tests/train/compile_cache.py`): the later ones load the programs the first
+compiled.
 """
 
 from __future__ import annotations
@@ -10,14 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.train.compile_cache import compile_cache_env
+from tests.train.forked import Forks
 from xjax.errors import XjaxError
 from xjax.train.checkpoint import load_params
 
@@ -48,12 +51,26 @@ SIGTERM_AFTER_FIRST_SAVE = KILL_AFTER_SECOND_SAVE.replace(
     "signal.SIGKILL", "signal.SIGTERM")
 
 
+# What the `_train` commands of this module share (set by `_commands` before the first one): their
+# environment, with the compilation cache, and the fork server that runs them.
+_SHARED: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _commands(tmp_path_factory):
+  env = {**os.environ, **compile_cache_env(tmp_path_factory), "JAX_PLATFORMS": "cpu"}
+  forks = Forks(tmp_path_factory.mktemp("forks"), REPO, env)
+  _SHARED.update(env=env, forks=forks)
+  yield
+  _SHARED.clear()
+  forks.close()
+
+
 def _train(workdir, *extra, devices: int = 1, code: str | None = None):
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "JAX_PLATFORMS": "cpu"}
-  head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "runs.train"]
-  return subprocess.run([*head, *TINY, f"--workdir={workdir}", *extra], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  env = {**_SHARED["env"], "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  head = ["-c", code] if code else ["-m", "runs.train"]
+  return _SHARED["forks"].run([*head, *TINY, f"--workdir={workdir}", *extra], env=env,
+                              timeout=300)
 
 
 def _params(workdir):
@@ -85,10 +102,26 @@ def test_workdir_has_everything_a_run_promises(plain):
   assert sorted(p.name for p in (plain / "checkpoints").iterdir()) == ["best", "latest"]
 
 
-def test_sigkill_then_resume_gives_the_same_parameters(plain, tmp_path):
-  killed = _train(tmp_path, code=KILL_AFTER_SECOND_SAVE)
+def _latest_on_disk(workdir):
+  return max(int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir()
+             if p.name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def killed_after_two_saves(tmp_path_factory):
+  """A run SIGKILLed right after its second checkpoint (step 10), before it finished."""
+  workdir = tmp_path_factory.mktemp("killed")
+  killed = _train(workdir, code=KILL_AFTER_SECOND_SAVE)
   assert killed.returncode == -9, killed.stderr[-3000:]
-  assert not (tmp_path / "results.json").exists()
+  assert _latest_on_disk(workdir) == 10
+  assert not (workdir / "results.json").exists()
+  return workdir
+
+
+def test_sigkill_then_resume_gives_the_same_parameters(plain, killed_after_two_saves, tmp_path):
+  # A copy of the run SIGKILLed after its second checkpoint (the fixture checks the kill), so
+  # that the tests of corrupt checkpoints below start from the same run, in any order.
+  shutil.copytree(killed_after_two_saves, tmp_path, dirs_exist_ok=True)
   resumed = _train(tmp_path)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resuming from step 10" in resumed.stdout
@@ -179,11 +212,6 @@ cli.run(train.main)
 """
 
 
-def _latest_on_disk(workdir):
-  return max(int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir()
-             if p.name.isdigit())
-
-
 def test_sigterm_between_checkpoints_saves_the_step_it_names(plain, tmp_path):
   stopped = _train(tmp_path, code=SIGTERM_BETWEEN_CHECKPOINTS)
   assert stopped.returncode == 143, stopped.stderr[-3000:]
@@ -202,15 +230,6 @@ def test_sigkill_inside_a_save_leaves_the_previous_checkpoint_and_an_exact_resum
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resuming from step 5" in resumed.stdout  # the half-written step 10 is not used
   _assert_trees_close(_params(tmp_path), _params(plain), rtol=1e-6, atol=1e-7)
-
-
-@pytest.fixture(scope="module")
-def killed_after_two_saves(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("killed")
-  killed = _train(workdir, code=KILL_AFTER_SECOND_SAVE)
-  assert killed.returncode == -9, killed.stderr[-3000:]
-  assert _latest_on_disk(workdir) == 10
-  return workdir
 
 
 def _truncate_largest_data_file(step_dir):
