@@ -1,17 +1,17 @@
 """`python -m runs.train ...` (or `python -c CODE ...`) as forks of one process that imported xjax.
 
 Each `python -m runs.train` spends about 4 s of its CPU importing JAX and xjax (`runs.cli` imports
-every plug-in) before it reads a flag, more than a tiny training run takes after it; the runs of
-tests/train/test_runs_train.py start twenty of them. `Forks` starts one interpreter that imports
-what `runs.train` imports, once (no JAX backend started: no device, no thread of JAX's), and runs
-each command in a fork of it. The fork is a process of its own, run as the interpreter runs
-`python -m MODULE` or `python -c CODE`: `runpy` or `exec` as `__main__`, with the command's
+every plug-in) before it reads a flag, more than a tiny training run takes after it, and
+tests/train/test_runs_train.py starts over twenty of them. `Forks` starts one interpreter that
+imports what `runs.train` imports, once (no JAX backend started: no device, no thread of JAX's),
+and runs each command in a fork of it. The fork is a process of its own, run as the interpreter
+runs `python -m MODULE` or `python -c CODE`: `runpy` or `exec` as `__main__`, with the command's
 argv, working directory and environment, its own stdout, stderr and signals, and the exit status
 of `sys.exit`, of an uncaught exception (its traceback on stderr), or of the signal that killed
 it; at the end it waits for its threads and runs its atexit handlers, as the interpreter does.
 What it skips is the interpreter's start and those imports; commands started as fresh
 interpreters are tested too (tests/train/test_config_checks.py, tests/train/test_multihost.py,
-tests/explain/test_explain_cli.py).
+the `--help` of tests/explain/test_explain_cli.py).
 
 The imports read the JAX_* variables of the server's environment (`env`); the variables a command
 reads later (XLA_FLAGS, read when JAX starts its backend) may differ per command.
@@ -145,7 +145,7 @@ class Forks:
                "stdout": str(stdout), "stderr": str(stderr)}
     self._server.stdin.write(json.dumps(request) + "\n")
     self._server.stdin.flush()
-    started = self._reply(60)
+    started = self._reply(timeout)  # (the first waits for the server's imports too)
     if started is None:
       raise RuntimeError(f"the fork server did not start the command:\n"
                          f"{self._log.read_text()[-3000:]}")
@@ -159,6 +159,8 @@ class Forks:
                                        stdout.read_text(), stderr.read_text())
 
   def close(self) -> None:
-    self._server.stdin.close()
-    self._server.wait(timeout=60)
-    os.close(self._replies)
+    self._server.stdin.close()  # the server ends at the end of its input
+    try:
+      self._server.wait(timeout=60)
+    finally:
+      os.close(self._replies)
