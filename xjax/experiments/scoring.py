@@ -205,10 +205,12 @@ class Scorer:
   def explain(self, spec: str, batches: batching.BatchPlan, x: np.ndarray,
               targets: np.ndarray) -> np.ndarray:
     """One method's relevance of the plan's examples (whole, in every process)."""
+    if self._placed is None:  # one copy of the variables on the devices, for every function
+      self._placed = jax.device_put(self.variables, sharding.replicated(batches.mesh))
     if spec not in self._explain:
       method = self.methods[spec]
       self._explain[spec], seconds = batches.compile(
-          lambda p, xb, tb: method(self.apply_fn, p, xb, tb), self.variables, x[:1],
+          lambda p, xb, tb: method(self.apply_fn, p, xb, tb), self._placed, x[:1],
           targets[:1])
       self.compile_seconds[spec] += seconds
     started = time.perf_counter()
@@ -224,8 +226,6 @@ class Scorer:
   def score(self, batches: batching.BatchPlan, x: np.ndarray, targets: np.ndarray,
             mask: np.ndarray) -> dict[str, ChunkScores]:
     """Every method's relevance and scores on the plan's examples (class docstring)."""
-    if self._placed is None:
-      self._placed = jax.device_put(self.variables, sharding.replicated(batches.mesh))
     local_targets = batches.local(targets)
     out = {}
     for spec in self.methods:
